@@ -1,0 +1,167 @@
+//! Configuration: a TOML file read strictly (every unknown key or bad value is an error naming
+//! the file, the key and the line, and all errors are reported at once), then command-line
+//! flags that override it, giving one validated [`Config`].
+
+mod parse;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+pub use parse::{ConfigError, ConfigErrors};
+
+/// The validated configuration of `pgwarden serve`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    /// Address clients connect to.
+    pub listen: SocketAddr,
+    /// Client sessions allowed at once; one more gets FATAL 53300.
+    pub max_client_connections: usize,
+    /// Time from accept until the session is ready (TLS, startup, authentication).
+    pub startup_timeout: Duration,
+    /// On SIGTERM, how long sessions inside a transaction may go on before they are closed.
+    pub shutdown_grace: Duration,
+    /// Whether replication connections (`replication=...` in the startup packet) are relayed.
+    pub allow_replication: bool,
+    pub tls: ClientTls,
+    pub upstream: Upstream,
+}
+
+/// TLS between clients and pgwarden.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientTls {
+    pub mode: ClientTlsMode,
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+}
+
+/// What pgwarden does with a client's request for TLS.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientTlsMode {
+    /// Answer SSLRequest with `N`; refuse direct TLS.
+    Disable,
+    /// Accept TLS when the client asks; plaintext is fine.
+    Allow,
+    /// As `allow` on the wire (a server cannot make a client use TLS); plaintext sessions are
+    /// logged at info level.
+    Prefer,
+    /// Plaintext startup packets are refused with FATAL 28000.
+    Require,
+}
+
+/// The PostgreSQL server behind pgwarden.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Upstream {
+    pub address: UpstreamAddr,
+    pub tls: UpstreamTlsMode,
+    /// CA bundle for `verify-ca` / `verify-full`.
+    pub ca: Option<PathBuf>,
+    /// Name checked against the server certificate in `verify-full`; defaults to the host.
+    pub server_name: Option<String>,
+    pub connect_timeout: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UpstreamAddr {
+    Tcp {
+        host: String,
+        port: u16,
+    },
+    /// Path of the server's socket file, e.g. `/var/run/postgresql/.s.PGSQL.5432`.
+    Unix(PathBuf),
+}
+
+impl std::fmt::Display for UpstreamAddr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            UpstreamAddr::Tcp { host, port } if host.contains(':') => write!(f, "[{host}]:{port}"),
+            UpstreamAddr::Tcp { host, port } => write!(f, "{host}:{port}"),
+            UpstreamAddr::Unix(p) => write!(f, "{}", p.display()),
+        }
+    }
+}
+
+/// TLS between pgwarden and PostgreSQL, with libpq's `sslmode` meanings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpstreamTlsMode {
+    Disable,
+    /// TLS if the server offers it, without verifying the certificate.
+    Prefer,
+    /// TLS required, certificate not verified.
+    Require,
+    /// TLS required, certificate chain verified against `ca`.
+    VerifyCa,
+    /// As `verify-ca`, and the certificate must name the server.
+    VerifyFull,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: "127.0.0.1:6432".parse().expect("valid literal"),
+            max_client_connections: 1000,
+            startup_timeout: Duration::from_secs(15),
+            shutdown_grace: Duration::from_secs(30),
+            allow_replication: false,
+            tls: ClientTls {
+                mode: ClientTlsMode::Disable,
+                cert: None,
+                key: None,
+            },
+            upstream: Upstream {
+                address: UpstreamAddr::Tcp {
+                    host: "127.0.0.1".into(),
+                    port: 5432,
+                },
+                tls: UpstreamTlsMode::Disable,
+                ca: None,
+                server_name: None,
+                connect_timeout: Duration::from_secs(5),
+            },
+        }
+    }
+}
+
+/// Values given on the command line; each overrides the file.
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    pub listen: Option<String>,
+    pub upstream: Option<String>,
+}
+
+impl Config {
+    /// Reads `file` (if any), applies `overrides`, and validates the result.
+    pub fn load(
+        file: Option<&std::path::Path>,
+        overrides: &Overrides,
+    ) -> Result<Config, ConfigErrors> {
+        let mut cfg = Config::default();
+        let mut errors = Vec::new();
+        if let Some(path) = file {
+            match std::fs::read_to_string(path) {
+                Ok(text) => parse::apply_toml(&mut cfg, path, &text, &mut errors),
+                Err(e) => errors.push(ConfigError::new(path, 0, "", format!("cannot read: {e}"))),
+            }
+        }
+        parse::apply_overrides(&mut cfg, overrides, &mut errors);
+        parse::check(&cfg, file, &mut errors);
+        if errors.is_empty() {
+            Ok(cfg)
+        } else {
+            Err(ConfigErrors(errors))
+        }
+    }
+
+    /// Parses a config from text (for tests and `policy` tooling); `path` is only for messages.
+    pub fn from_toml(path: &std::path::Path, text: &str) -> Result<Config, ConfigErrors> {
+        let mut cfg = Config::default();
+        let mut errors = Vec::new();
+        parse::apply_toml(&mut cfg, path, text, &mut errors);
+        parse::check(&cfg, Some(path), &mut errors);
+        if errors.is_empty() {
+            Ok(cfg)
+        } else {
+            Err(ConfigErrors(errors))
+        }
+    }
+}

@@ -1,0 +1,448 @@
+//! Reading the TOML file key by key against the known schema, so that every problem is
+//! reported with its line, all at once (serde would stop at the first).
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use toml_edit::{ImDocument, Item, Table};
+
+use super::{ClientTlsMode, Config, Overrides, UpstreamAddr, UpstreamTlsMode};
+
+/// One configuration problem: where it is and what is wrong.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub file: PathBuf,
+    /// 1-based line, 0 when not tied to a line (a flag, an unreadable file).
+    pub line: usize,
+    pub key: String,
+    pub message: String,
+}
+
+impl ConfigError {
+    pub fn new(file: &Path, line: usize, key: &str, message: impl Into<String>) -> Self {
+        ConfigError {
+            file: file.to_path_buf(),
+            line,
+            key: key.to_owned(),
+            message: message.into(),
+        }
+    }
+}
+
+impl std::fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.file.display())?;
+        if self.line > 0 {
+            write!(f, ":{}", self.line)?;
+        }
+        if !self.key.is_empty() {
+            write!(f, ": {}", self.key)?;
+        }
+        write!(f, ": {}", self.message)
+    }
+}
+
+/// Every problem found, in file order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigErrors(pub Vec<ConfigError>);
+
+impl std::fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for (i, e) in self.0.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{e}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigErrors {}
+
+struct Ctx<'a> {
+    file: &'a Path,
+    text: &'a str,
+    errors: &'a mut Vec<ConfigError>,
+}
+
+impl Ctx<'_> {
+    fn err(&mut self, item: &Item, key: &str, msg: impl Into<String>) {
+        let line = line_of(self.text, item.span());
+        self.errors
+            .push(ConfigError::new(self.file, line, key, msg.into()));
+    }
+}
+
+fn line_of(text: &str, span: Option<std::ops::Range<usize>>) -> usize {
+    match span {
+        Some(s) => {
+            text.as_bytes()[..s.start.min(text.len())]
+                .iter()
+                .filter(|&&b| b == b'\n')
+                .count()
+                + 1
+        }
+        None => 0,
+    }
+}
+
+pub(super) fn apply_toml(cfg: &mut Config, file: &Path, text: &str, errors: &mut Vec<ConfigError>) {
+    let doc = match ImDocument::parse(text) {
+        Ok(d) => d,
+        Err(e) => {
+            let line = line_of(text, e.span());
+            errors.push(ConfigError::new(
+                file,
+                line,
+                "",
+                e.message().trim().to_owned(),
+            ));
+            return;
+        }
+    };
+    let mut cx = Ctx { file, text, errors };
+    let root = doc.as_table();
+    for (key, item) in root.iter() {
+        let kspan = root.key(key).and_then(|k| k.span());
+        match key {
+            "listen" => {
+                if let Some(v) = string(&mut cx, item, key) {
+                    match v.parse() {
+                        Ok(a) => cfg.listen = a,
+                        Err(_) => cx.err(
+                            item,
+                            key,
+                            format!(
+                                "{v:?} is not an IP address and port (e.g. \"127.0.0.1:6432\")"
+                            ),
+                        ),
+                    }
+                }
+            }
+            "max_client_connections" => {
+                if let Some(n) = integer(&mut cx, item, key, 1, 1_000_000) {
+                    cfg.max_client_connections = n as usize;
+                }
+            }
+            "startup_timeout" => {
+                if let Some(d) = duration(&mut cx, item, key) {
+                    cfg.startup_timeout = d;
+                }
+            }
+            "shutdown_grace" => {
+                if let Some(d) = duration(&mut cx, item, key) {
+                    cfg.shutdown_grace = d;
+                }
+            }
+            "allow_replication" => {
+                if let Some(b) = boolean(&mut cx, item, key) {
+                    cfg.allow_replication = b;
+                }
+            }
+            "tls" => {
+                if let Some(t) = table(&mut cx, item, key) {
+                    apply_client_tls(cfg, &mut cx, t);
+                }
+            }
+            "upstream" => {
+                if let Some(t) = table(&mut cx, item, key) {
+                    apply_upstream(cfg, &mut cx, t);
+                }
+            }
+            _ => unknown(&mut cx, kspan, key),
+        }
+    }
+}
+
+fn unknown(cx: &mut Ctx<'_>, span: Option<std::ops::Range<usize>>, key: &str) {
+    let line = line_of(cx.text, span);
+    cx.errors
+        .push(ConfigError::new(cx.file, line, key, "unknown key"));
+}
+
+fn apply_client_tls(cfg: &mut Config, cx: &mut Ctx<'_>, t: &Table) {
+    for (key, item) in t.iter() {
+        let full = format!("tls.{key}");
+        match key {
+            "mode" => {
+                if let Some(v) = string(cx, item, &full) {
+                    match parse_client_tls_mode(&v) {
+                        Some(m) => cfg.tls.mode = m,
+                        None => cx.err(
+                            item,
+                            &full,
+                            format!("{v:?} is not one of disable, allow, prefer, require"),
+                        ),
+                    }
+                }
+            }
+            "cert" => cfg.tls.cert = string(cx, item, &full).map(PathBuf::from),
+            "key" => cfg.tls.key = string(cx, item, &full).map(PathBuf::from),
+            _ => unknown(cx, t.key(key).and_then(|k| k.span()), &full),
+        }
+    }
+}
+
+fn apply_upstream(cfg: &mut Config, cx: &mut Ctx<'_>, t: &Table) {
+    for (key, item) in t.iter() {
+        let full = format!("upstream.{key}");
+        match key {
+            "address" => {
+                if let Some(v) = string(cx, item, &full) {
+                    match parse_upstream_addr(&v) {
+                        Ok(a) => cfg.upstream.address = a,
+                        Err(m) => cx.err(item, &full, m),
+                    }
+                }
+            }
+            "tls" => {
+                if let Some(v) = string(cx, item, &full) {
+                    match parse_upstream_tls_mode(&v) {
+                        Some(m) => cfg.upstream.tls = m,
+                        None => cx.err(item, &full, format!("{v:?} is not one of disable, prefer, require, verify-ca, verify-full")),
+                    }
+                }
+            }
+            "ca" => cfg.upstream.ca = string(cx, item, &full).map(PathBuf::from),
+            "server_name" => cfg.upstream.server_name = string(cx, item, &full),
+            "connect_timeout" => {
+                if let Some(d) = duration(cx, item, &full) {
+                    cfg.upstream.connect_timeout = d;
+                }
+            }
+            _ => unknown(cx, t.key(key).and_then(|k| k.span()), &full),
+        }
+    }
+}
+
+fn string(cx: &mut Ctx<'_>, item: &Item, key: &str) -> Option<String> {
+    match item.as_str() {
+        Some(s) => Some(s.to_owned()),
+        None => {
+            cx.err(item, key, "expected a string");
+            None
+        }
+    }
+}
+
+fn boolean(cx: &mut Ctx<'_>, item: &Item, key: &str) -> Option<bool> {
+    let b = item.as_bool();
+    if b.is_none() {
+        cx.err(item, key, "expected true or false");
+    }
+    b
+}
+
+fn integer(cx: &mut Ctx<'_>, item: &Item, key: &str, min: i64, max: i64) -> Option<i64> {
+    match item.as_integer() {
+        Some(n) if (min..=max).contains(&n) => Some(n),
+        Some(n) => {
+            cx.err(item, key, format!("{n} is outside {min}..={max}"));
+            None
+        }
+        None => {
+            cx.err(item, key, "expected an integer");
+            None
+        }
+    }
+}
+
+fn duration(cx: &mut Ctx<'_>, item: &Item, key: &str) -> Option<Duration> {
+    let s = string(cx, item, key)?;
+    match humantime::parse_duration(&s) {
+        Ok(d) => Some(d),
+        Err(e) => {
+            cx.err(
+                item,
+                key,
+                format!("{s:?} is not a duration like \"10s\" or \"500ms\": {e}"),
+            );
+            None
+        }
+    }
+}
+
+fn table<'a>(cx: &mut Ctx<'_>, item: &'a Item, key: &str) -> Option<&'a Table> {
+    let t = item.as_table();
+    if t.is_none() {
+        cx.err(item, key, "expected a table");
+    }
+    t
+}
+
+pub fn parse_client_tls_mode(s: &str) -> Option<ClientTlsMode> {
+    Some(match s {
+        "disable" => ClientTlsMode::Disable,
+        "allow" => ClientTlsMode::Allow,
+        "prefer" => ClientTlsMode::Prefer,
+        "require" => ClientTlsMode::Require,
+        _ => return None,
+    })
+}
+
+pub fn parse_upstream_tls_mode(s: &str) -> Option<UpstreamTlsMode> {
+    Some(match s {
+        "disable" => UpstreamTlsMode::Disable,
+        "prefer" => UpstreamTlsMode::Prefer,
+        "require" => UpstreamTlsMode::Require,
+        "verify-ca" => UpstreamTlsMode::VerifyCa,
+        "verify-full" => UpstreamTlsMode::VerifyFull,
+        _ => return None,
+    })
+}
+
+/// `host:port`, `[v6]:port`, or the absolute path of a Unix socket file.
+pub fn parse_upstream_addr(s: &str) -> Result<UpstreamAddr, String> {
+    if s.starts_with('/') {
+        return Ok(UpstreamAddr::Unix(PathBuf::from(s)));
+    }
+    let bad = || format!("{s:?} is not HOST:PORT or the absolute path of a Unix socket");
+    let (host, port) = if let Some(rest) = s.strip_prefix('[') {
+        let (h, p) = rest.split_once("]:").ok_or_else(bad)?;
+        (h, p)
+    } else {
+        s.rsplit_once(':').ok_or_else(bad)?
+    };
+    let port: u16 = port.parse().map_err(|_| bad())?;
+    if host.is_empty() || port == 0 {
+        return Err(bad());
+    }
+    Ok(UpstreamAddr::Tcp {
+        host: host.to_owned(),
+        port,
+    })
+}
+
+pub(super) fn apply_overrides(cfg: &mut Config, o: &Overrides, errors: &mut Vec<ConfigError>) {
+    if let Some(l) = &o.listen {
+        match l.parse() {
+            Ok(a) => cfg.listen = a,
+            Err(_) => errors.push(ConfigError::new(
+                Path::new("--listen"),
+                0,
+                "",
+                format!("{l:?} is not an IP address and port"),
+            )),
+        }
+    }
+    if let Some(u) = &o.upstream {
+        match parse_upstream_addr(u) {
+            Ok(a) => cfg.upstream.address = a,
+            Err(m) => errors.push(ConfigError::new(Path::new("--upstream"), 0, "", m)),
+        }
+    }
+}
+
+/// Checks that need the whole configuration.
+pub(super) fn check(cfg: &Config, file: Option<&Path>, errors: &mut Vec<ConfigError>) {
+    let file = file.unwrap_or(Path::new("<config>"));
+    if cfg.tls.mode != ClientTlsMode::Disable && (cfg.tls.cert.is_none() || cfg.tls.key.is_none()) {
+        errors.push(ConfigError::new(
+            file,
+            0,
+            "tls",
+            "tls.mode other than \"disable\" needs tls.cert and tls.key",
+        ));
+    }
+    if matches!(
+        cfg.upstream.tls,
+        UpstreamTlsMode::VerifyCa | UpstreamTlsMode::VerifyFull
+    ) && cfg.upstream.ca.is_none()
+    {
+        errors.push(ConfigError::new(
+            file,
+            0,
+            "upstream.ca",
+            "upstream.tls verify-ca and verify-full need upstream.ca (a PEM CA bundle)",
+        ));
+    }
+    if matches!(cfg.upstream.address, UpstreamAddr::Unix(_))
+        && cfg.upstream.tls != UpstreamTlsMode::Disable
+    {
+        errors.push(ConfigError::new(
+            file,
+            0,
+            "upstream.tls",
+            "TLS is not used over a Unix socket: set upstream.tls = \"disable\"",
+        ));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn all_errors_at_once_with_lines() {
+        let text = "listen = \"nope\"\nbogus = 1\n[tls]\nmode = \"sometimes\"\n[upstream]\naddress = \"127.0.0.1:5432\"\nconect_timeout = \"5s\"\n";
+        let err = Config::from_toml(Path::new("p.toml"), text).unwrap_err();
+        let lines: Vec<_> = err.0.iter().map(|e| (e.line, e.key.clone())).collect();
+        assert_eq!(
+            lines,
+            vec![
+                (1, "listen".into()),
+                (2, "bogus".into()),
+                (4, "tls.mode".into()),
+                (7, "upstream.conect_timeout".into()),
+            ],
+            "{err}"
+        );
+        assert!(err.to_string().contains("p.toml:2: bogus: unknown key"));
+    }
+
+    #[test]
+    fn full_file_parses() {
+        let text = r#"
+listen = "0.0.0.0:7000"
+max_client_connections = 5
+startup_timeout = "2s"
+shutdown_grace = "1m"
+allow_replication = true
+[tls]
+mode = "require"
+cert = "c.pem"
+key = "k.pem"
+[upstream]
+address = "/run/postgresql/.s.PGSQL.5432"
+connect_timeout = "250ms"
+"#;
+        let cfg = Config::from_toml(Path::new("p.toml"), text).unwrap();
+        assert_eq!(cfg.listen.port(), 7000);
+        assert_eq!(cfg.max_client_connections, 5);
+        assert_eq!(cfg.shutdown_grace, Duration::from_secs(60));
+        assert_eq!(cfg.tls.mode, ClientTlsMode::Require);
+        assert!(matches!(cfg.upstream.address, UpstreamAddr::Unix(_)));
+        assert_eq!(cfg.upstream.connect_timeout, Duration::from_millis(250));
+    }
+
+    #[test]
+    fn syntax_error_has_a_line() {
+        let err = Config::from_toml(Path::new("p.toml"), "listen = \"a\"\nx = = 1\n").unwrap_err();
+        assert_eq!(err.0.len(), 1);
+        assert_eq!(err.0[0].line, 2);
+    }
+
+    #[test]
+    fn upstream_addresses() {
+        assert_eq!(
+            parse_upstream_addr("[::1]:5433"),
+            Ok(UpstreamAddr::Tcp {
+                host: "::1".into(),
+                port: 5433
+            })
+        );
+        assert!(parse_upstream_addr("localhost").is_err());
+        assert!(parse_upstream_addr("h:0").is_err());
+    }
+
+    #[test]
+    fn cross_checks() {
+        let err = Config::from_toml(
+            Path::new("p.toml"),
+            "[tls]\nmode = \"allow\"\n[upstream]\ntls = \"verify-full\"\n",
+        )
+        .unwrap_err();
+        assert_eq!(err.0.len(), 2, "{err}");
+    }
+}

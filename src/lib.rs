@@ -1,0 +1,30 @@
+//! pgwarden: a PostgreSQL wire-protocol proxy that enforces database change-management policy.
+//!
+//! # Layout
+//!
+//! ```text
+//! client ──TLS?──▶ server (accept loop) ─▶ session (one task per client) ─▶ upstream PostgreSQL
+//!                                            │ startup: TLS, SSLRequest, cancel, StartupMessage
+//!                                            │ relay: both directions at once, frame by frame
+//!                                            ▼
+//!                                          state: what the protocol says about the session
+//! ```
+//!
+//! - [`config`]: the TOML file and flags, validated, all errors at once.
+//! - [`server`]: the accept loop, connection limit and shutdown.
+//! - [`session`]: startup phase, relay loop, session state; the one place that sequences the wire.
+//! - [`wire`]: sans-IO protocol: the framer, startup packets, the messages pgwarden reads and
+//!   writes, SQLSTATEs.
+//! - [`upstream`]: connecting to PostgreSQL (TCP or Unix socket, libpq-style TLS).
+//! - [`tls`]: rustls acceptor and connector.
+//! - [`cancel`]: the cancel-key map and CancelRequest forwarding.
+//! - [`net`]: one stream type over TCP, Unix sockets and TLS.
+
+pub mod cancel;
+pub mod config;
+pub mod net;
+pub mod server;
+pub mod session;
+pub mod tls;
+pub mod upstream;
+pub mod wire;

@@ -1,0 +1,120 @@
+//! The accept loop: it only admits connections (or refuses them over the client limit with
+//! FATAL 53300) and spawns sessions. Shutdown: stop accepting, let sessions end as the
+//! shutdown rules say, wait for them within a bound.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::Config;
+use crate::session::{self, Shared};
+use crate::wire::messages::PgError;
+use crate::wire::sqlstate::SqlState;
+
+/// A bound, ready-to-run proxy.
+pub struct Server {
+    listener: TcpListener,
+    shared: Arc<Shared>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
+}
+
+impl Server {
+    /// Binds the listener and prepares TLS; nothing is accepted until [`Server::run`].
+    pub async fn bind(config: Config, shutdown: CancellationToken) -> Result<Server, ServerError> {
+        let acceptor = match (&config.tls.cert, &config.tls.key) {
+            (Some(c), Some(k)) if config.tls.mode != crate::config::ClientTlsMode::Disable => {
+                Some(crate::tls::acceptor(c, k)?)
+            }
+            _ => None,
+        };
+        let connector = crate::tls::connector(config.upstream.tls, config.upstream.ca.as_deref())?;
+        let listener =
+            TcpListener::bind(config.listen)
+                .await
+                .map_err(|source| ServerError::Bind {
+                    addr: config.listen,
+                    source,
+                })?;
+        let shared = Arc::new(Shared::new(Arc::new(config), acceptor, connector, shutdown));
+        Ok(Server { listener, shared })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener
+            .local_addr()
+            .expect("a bound listener has an address")
+    }
+
+    pub fn shared(&self) -> Arc<Shared> {
+        self.shared.clone()
+    }
+
+    /// Accepts until the shutdown token fires, then waits for sessions to end.
+    pub async fn run(self) {
+        let tracker = TaskTracker::new();
+        let limit = Arc::new(Semaphore::new(self.shared.config.max_client_connections));
+        let shutdown = self.shared.shutdown.clone();
+        tracing::info!(listen = %self.local_addr(), upstream = %self.shared.upstream.address, "pgwarden serving");
+        loop {
+            let (tcp, peer) = tokio::select! {
+                r = self.listener.accept() => match r {
+                    Ok(x) => x,
+                    Err(e) => {
+                        // EMFILE and friends: back off briefly instead of spinning.
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+                _ = shutdown.cancelled() => break,
+            };
+            match limit.clone().try_acquire_owned() {
+                Ok(permit) => {
+                    let shared = self.shared.clone();
+                    tracker.spawn(async move {
+                        session::run(shared, tcp, peer).await;
+                        drop(permit);
+                    });
+                }
+                Err(_) => {
+                    tracker.spawn(async move {
+                        let mut tcp = tcp;
+                        let e = PgError::fatal(
+                            SqlState::TOO_MANY_CONNECTIONS,
+                            "sorry, too many clients already",
+                        )
+                        .with_detail("pgwarden's max_client_connections is reached.");
+                        let _ = tokio::time::timeout(Duration::from_secs(1), async {
+                            let _ = tcp.write_all(&e.to_bytes()).await;
+                            let _ = tcp.shutdown().await;
+                        })
+                        .await;
+                    });
+                }
+            }
+        }
+        drop(self.listener);
+        tracker.close();
+        let bound = self.shared.config.shutdown_grace + Duration::from_secs(5);
+        if tokio::time::timeout(bound, tracker.wait()).await.is_err() {
+            tracing::warn!("sessions still open after the shutdown bound; exiting anyway");
+        }
+        tracing::info!("pgwarden stopped");
+    }
+}

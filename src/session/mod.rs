@@ -1,0 +1,115 @@
+//! One task per client connection: the startup phase ([`startup`]), the connection to
+//! PostgreSQL, then the relay ([`relay`]) that moves frames both ways while the session
+//! state ([`state`]) follows the protocol. This is the one place that sequences the wire
+//! with everything else pgwarden does.
+
+pub mod relay;
+pub mod startup;
+pub mod state;
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use crate::cancel::CancelRegistry;
+use crate::config::{Config, Upstream};
+use crate::wire::messages::PgError;
+use crate::wire::sqlstate::SqlState;
+
+/// What every session shares: configuration, TLS, the cancel map, the shutdown signal.
+pub struct Shared {
+    pub config: Arc<Config>,
+    pub upstream: Arc<Upstream>,
+    pub acceptor: Option<tokio_rustls::TlsAcceptor>,
+    pub connector: Option<tokio_rustls::TlsConnector>,
+    pub cancels: CancelRegistry,
+    pub shutdown: CancellationToken,
+    next_id: AtomicU64,
+}
+
+impl Shared {
+    pub fn new(
+        config: Arc<Config>,
+        acceptor: Option<tokio_rustls::TlsAcceptor>,
+        connector: Option<tokio_rustls::TlsConnector>,
+        shutdown: CancellationToken,
+    ) -> Self {
+        Shared {
+            upstream: Arc::new(config.upstream.clone()),
+            config,
+            acceptor,
+            connector,
+            cancels: CancelRegistry::default(),
+            shutdown,
+            next_id: AtomicU64::new(1),
+        }
+    }
+}
+
+/// Serves one client connection to its end.
+pub async fn run(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr) {
+    let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
+    let span = tracing::info_span!(
+        "session",
+        session.id = id,
+        client.addr = %peer,
+        user = tracing::field::Empty,
+        database = tracing::field::Empty,
+        application_name = tracing::field::Empty,
+    );
+    serve(shared, tcp, id).instrument(span).await
+}
+
+async fn serve(shared: Arc<Shared>, tcp: TcpStream, id: u64) {
+    let _ = tcp.set_nodelay(true);
+    let deadline = tokio::time::Instant::now() + shared.config.startup_timeout;
+    let opening = tokio::select! {
+        o = startup::negotiate(tcp, &shared) => o,
+        _ = tokio::time::sleep_until(deadline) => {
+            // The stream is owned by the dropped future; dropping it closes the connection.
+            tracing::info!("startup timed out");
+            return;
+        }
+        _ = shared.shutdown.cancelled() => return,
+    };
+    let (mut client, startup, packet, rest) = match opening {
+        startup::Opening::Session {
+            client,
+            startup,
+            packet,
+            rest,
+        } => (client, startup, packet, rest),
+        startup::Opening::Cancel | startup::Opening::Closed => return,
+    };
+    let span = tracing::Span::current();
+    span.record("user", startup.user());
+    span.record("database", startup.database());
+    if let Some(app) = startup.param("application_name") {
+        span.record("application_name", app);
+    }
+    tracing::debug!(protocol = %format!("{}.{}", startup.major, startup.minor), "startup");
+
+    let server = match crate::upstream::connect(&shared.upstream, shared.connector.as_ref()).await {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(error = %e, "upstream unreachable");
+            let fatal = PgError::fatal(SqlState::CONNECTION_FAILURE, format!("pgwarden: {e}"))
+                .with_hint("Check that PostgreSQL is running and that pgwarden's upstream setting points at it.");
+            let _ = client.write_all(&fatal.to_bytes()).await;
+            let _ = client.shutdown().await;
+            return;
+        }
+    };
+    let ctx = relay::Context {
+        shared: &shared,
+        session_id: id,
+        startup_deadline: deadline,
+    };
+    let end = relay::run(ctx, client, server, packet, rest).await;
+    tracing::info!(end = ?end, "session closed");
+}

@@ -1,0 +1,262 @@
+//! The relay: one loop that reads both links at once (so a pipelining client can never
+//! deadlock it against a server that is busy writing), hands the bytes to the session state
+//! to be framed and checked, and writes what is ready. It also ends the session in the ways
+//! a proxy must: client or server gone, protocol violation, login timeout, shutdown.
+
+use std::future::pending;
+use std::io;
+use std::time::Duration;
+
+use bytes::{Buf, BytesMut};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
+use tokio::time::{sleep_until, timeout, Instant};
+
+use super::state::{Links, Phase, SessionState};
+use super::Shared;
+use crate::cancel::{CancelGuard, CancelTarget};
+use crate::net::Stream;
+use crate::wire::messages::{PgError, TERMINATE};
+use crate::wire::sqlstate::SqlState;
+
+/// Read-buffer growth step.
+const READ_CHUNK: usize = 32 * 1024;
+/// Stop reading a link while this much is waiting to be written to the other one.
+const HIGH_WATER: usize = 256 * 1024;
+/// How long pgwarden tries to deliver its last words when a session ends.
+const FINAL_WRITE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// What the relay needs from its session.
+pub struct Context<'a> {
+    pub shared: &'a Shared,
+    pub session_id: u64,
+    /// Authentication must be done (first ReadyForQuery) by then.
+    pub startup_deadline: Instant,
+}
+
+/// Why a session ended.
+#[derive(Debug)]
+pub enum End {
+    ClientClosed,
+    ClientTerminated,
+    ServerClosed,
+    ClientProtocolViolation,
+    ServerProtocolViolation,
+    StartupTimeout,
+    Shutdown,
+    ClientIo(io::ErrorKind),
+    ServerIo(io::ErrorKind),
+}
+
+struct Links2 {
+    cr: ReadHalf<Stream>,
+    cw: WriteHalf<Stream>,
+    sr: ReadHalf<Stream>,
+    sw: WriteHalf<Stream>,
+}
+
+/// Relays a session from the forwarded StartupMessage to its end.
+pub async fn run(
+    ctx: Context<'_>,
+    client: Stream,
+    server: Stream,
+    startup_packet: BytesMut,
+    client_rest: BytesMut,
+) -> End {
+    let mut st = SessionState::new(Links {
+        client_tls: client.is_tls(),
+        upstream_tls: server.is_tls(),
+    });
+    let (cr, cw) = tokio::io::split(client);
+    let (sr, sw) = tokio::io::split(server);
+    let mut io = Links2 { cr, cw, sr, sw };
+    let mut cin = client_rest;
+    let mut sin = BytesMut::with_capacity(READ_CHUNK);
+    let mut c2s = startup_packet;
+    let mut s2c = BytesMut::with_capacity(READ_CHUNK);
+    let mut cancel_guard: Option<CancelGuard> = None;
+    let (mut c_flush, mut s_flush) = (false, false);
+    let mut drain_deadline: Option<Instant> = None;
+    let grace = ctx.shared.config.shutdown_grace;
+
+    let mut end = st
+        .client_frames(&mut cin, &mut c2s)
+        .err()
+        .map(|fatal| client_violation(&st, fatal, &mut s2c));
+
+    loop {
+        if let Some(end) = end.take() {
+            finish(&mut io, &st, &cin, &mut c2s, &mut s2c).await;
+            drop(cancel_guard);
+            return end;
+        }
+        if st.client_terminated && c2s.is_empty() {
+            end = Some(End::ClientTerminated);
+            continue;
+        }
+        reserve(&mut sin);
+        reserve(&mut cin);
+        let startup_pending = st.phase != Phase::Ready;
+        tokio::select! {
+            biased;
+            r = drain(&mut io.sw, &c2s), if !c2s.is_empty() || s_flush => match r {
+                Out::Wrote(Ok(0)) => end = Some(End::ServerClosed),
+                Out::Wrote(Ok(n)) => { c2s.advance(n); s_flush = true; }
+                Out::Flushed(Ok(())) => s_flush = false,
+                Out::Wrote(Err(e)) | Out::Flushed(Err(e)) => end = Some(End::ServerIo(e.kind())),
+            },
+            r = drain(&mut io.cw, &s2c), if !s2c.is_empty() || c_flush => match r {
+                Out::Wrote(Ok(0)) => end = Some(End::ClientClosed),
+                Out::Wrote(Ok(n)) => { s2c.advance(n); c_flush = true; }
+                Out::Flushed(Ok(())) => c_flush = false,
+                Out::Wrote(Err(e)) | Out::Flushed(Err(e)) => end = Some(End::ClientIo(e.kind())),
+            },
+            r = io.sr.read_buf(&mut sin), if s2c.len() < HIGH_WATER => match r {
+                Ok(0) => end = Some(server_gone(&st, &mut s2c)),
+                Ok(_) => match st.server_frames(&mut sin, &mut s2c) {
+                    Ok(()) => {
+                        if let Some(key) = st.new_cancel_key.take() {
+                            cancel_guard = Some(ctx.shared.cancels.register(key, CancelTarget {
+                                session_id: ctx.session_id,
+                                upstream: ctx.shared.upstream.clone(),
+                            }));
+                        }
+                        if drain_deadline.is_some() && st.is_idle() {
+                            end = Some(shutdown(&st, &cin, &mut c2s, &mut s2c));
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "server broke the protocol");
+                        if st.at_server_frame_boundary() {
+                            PgError::fatal(SqlState::PROTOCOL_VIOLATION, format!("pgwarden: invalid message from server: {e}"))
+                                .encode(&mut s2c);
+                        }
+                        end = Some(End::ServerProtocolViolation);
+                    }
+                },
+                Err(e) => {
+                    let _ = server_gone(&st, &mut s2c);
+                    end = Some(End::ServerIo(e.kind()));
+                }
+            },
+            r = io.cr.read_buf(&mut cin), if c2s.len() < HIGH_WATER && !st.client_terminated => match r {
+                Ok(0) => end = Some(End::ClientClosed),
+                Ok(_) => {
+                    if let Err(fatal) = st.client_frames(&mut cin, &mut c2s) {
+                        end = Some(client_violation(&st, fatal, &mut s2c));
+                    }
+                }
+                Err(e) => end = Some(End::ClientIo(e.kind())),
+            },
+            _ = ctx.shared.shutdown.cancelled(), if drain_deadline.is_none() => {
+                if st.is_idle() || st.phase != Phase::Ready {
+                    end = Some(shutdown(&st, &cin, &mut c2s, &mut s2c));
+                } else {
+                    tracing::info!(grace = ?grace, "shutdown: waiting for the transaction to end");
+                    drain_deadline = Some(Instant::now() + grace);
+                }
+            },
+            _ = until(drain_deadline) => {
+                tracing::info!("shutdown: grace period over, closing a busy session");
+                end = Some(shutdown(&st, &cin, &mut c2s, &mut s2c));
+            },
+            _ = sleep_until(ctx.startup_deadline), if startup_pending => {
+                if st.at_server_frame_boundary() {
+                    PgError::fatal(SqlState::QUERY_CANCELED, "pgwarden: canceling authentication due to timeout")
+                        .encode(&mut s2c);
+                }
+                end = Some(End::StartupTimeout);
+            },
+        }
+    }
+}
+
+/// One step of emptying an output buffer: a write while bytes wait, then a flush (TLS keeps
+/// records buffered until flushed). Both are cancel-safe, so this can sit in `select!`.
+enum Out {
+    Wrote(io::Result<usize>),
+    Flushed(io::Result<()>),
+}
+
+async fn drain(w: &mut WriteHalf<Stream>, buf: &[u8]) -> Out {
+    if buf.is_empty() {
+        Out::Flushed(w.flush().await)
+    } else {
+        Out::Wrote(w.write(buf).await)
+    }
+}
+
+async fn until(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => sleep_until(d).await,
+        None => pending().await,
+    }
+}
+
+fn reserve(buf: &mut BytesMut) {
+    if buf.capacity() - buf.len() < READ_CHUNK / 4 {
+        buf.reserve(READ_CHUNK);
+    }
+}
+
+/// The client broke the protocol: tell it (when a frame boundary allows) and end.
+fn client_violation(st: &SessionState, fatal: PgError, s2c: &mut BytesMut) -> End {
+    tracing::info!(message = %fatal.message, "client protocol violation");
+    if st.at_server_frame_boundary() {
+        fatal.encode(s2c);
+    }
+    End::ClientProtocolViolation
+}
+
+/// The server closed its link. Unless it said why (a FATAL), the client is told.
+fn server_gone(st: &SessionState, s2c: &mut BytesMut) -> End {
+    if !st.server_sent_fatal && st.at_server_frame_boundary() {
+        PgError::fatal(
+            SqlState::CONNECTION_FAILURE,
+            "pgwarden: the server closed the connection unexpectedly",
+        )
+        .with_hint("The server may have been restarted or terminated the backend; reconnect.")
+        .encode(s2c);
+    }
+    End::ServerClosed
+}
+
+/// Ends the session for a proxy shutdown: FATAL 57P01 to the client, Terminate upstream.
+fn shutdown(st: &SessionState, cin: &[u8], c2s: &mut BytesMut, s2c: &mut BytesMut) -> End {
+    if st.at_server_frame_boundary() {
+        PgError::fatal(
+            SqlState::ADMIN_SHUTDOWN,
+            "terminating connection due to administrator command",
+        )
+        .with_detail("pgwarden is shutting down.")
+        .encode(s2c);
+    }
+    if st.at_client_frame_boundary(cin) && !st.client_terminated {
+        c2s.extend_from_slice(&TERMINATE);
+    }
+    End::Shutdown
+}
+
+/// Delivers what is left to both sides (bounded in time), then closes both links.
+async fn finish(
+    io: &mut Links2,
+    st: &SessionState,
+    cin: &[u8],
+    c2s: &mut BytesMut,
+    s2c: &mut BytesMut,
+) {
+    if st.at_client_frame_boundary(cin) && !st.client_terminated && !c2s.ends_with(&TERMINATE) {
+        c2s.extend_from_slice(&TERMINATE);
+    }
+    let to_server = async {
+        io.sw.write_all(c2s).await?;
+        io.sw.flush().await?;
+        io.sw.shutdown().await
+    };
+    let _ = timeout(FINAL_WRITE_TIMEOUT, to_server).await;
+    let to_client = async {
+        io.cw.write_all(s2c).await?;
+        io.cw.flush().await?;
+        io.cw.shutdown().await
+    };
+    let _ = timeout(FINAL_WRITE_TIMEOUT, to_client).await;
+}

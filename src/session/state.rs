@@ -1,0 +1,464 @@
+//! What a session knows about its own protocol state, and the two frame processors that keep
+//! it current: client bytes are cut into frames and checked before they are forwarded;
+//! server bytes are cut into frames, the few that matter are read, and everything is passed
+//! on as the exact bytes received. Both work on buffers only (no I/O), so they are unit-tested
+//! and fuzzed directly.
+//!
+//! Large frames the proxy does not need to read (CopyData, Bind, DataRow…) are streamed:
+//! once their header is checked, their bytes are forwarded as they arrive, so a 100 MB row
+//! never sits whole in pgwarden's memory.
+
+use bytes::{Buf, BytesMut};
+
+use crate::wire::frame::{parse_header, FrameError, Limits, HEADER_LEN};
+use crate::wire::messages::PgError;
+use crate::wire::read::{self, AuthRequest, ChannelBindingFlag, TxStatus};
+use crate::wire::sqlstate::SqlState;
+use crate::wire::startup::CancelKey;
+
+/// Where the session is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// Startup forwarded; the server is authenticating the client.
+    Authenticating,
+    /// Authentication done; waiting for the first ReadyForQuery.
+    Starting,
+    /// Normal operation.
+    Ready,
+}
+
+/// Server parameters the session tracks from ParameterStatus.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ServerParams {
+    pub server_version: Option<String>,
+    pub client_encoding: Option<String>,
+    pub standard_conforming_strings: Option<bool>,
+    pub session_authorization: Option<String>,
+    /// Reported by servers that report `role` (PostgreSQL 18+ via GUC_REPORT).
+    pub role: Option<String>,
+    pub is_superuser: Option<bool>,
+}
+
+impl ServerParams {
+    fn set(&mut self, name: &[u8], value: &[u8]) {
+        let v = || String::from_utf8_lossy(value).into_owned();
+        match name {
+            b"server_version" => self.server_version = Some(v()),
+            b"client_encoding" => self.client_encoding = Some(v()),
+            b"standard_conforming_strings" => {
+                self.standard_conforming_strings = Some(value == b"on")
+            }
+            b"session_authorization" => self.session_authorization = Some(v()),
+            b"role" => self.role = Some(v()),
+            b"is_superuser" => self.is_superuser = Some(value == b"on"),
+            _ => {}
+        }
+    }
+
+    /// The role statements run as, as far as the server has told.
+    pub fn effective_role(&self) -> Option<&str> {
+        match self.role.as_deref() {
+            Some(r) if r != "none" => Some(r),
+            _ => self.session_authorization.as_deref(),
+        }
+    }
+}
+
+/// How the two links are secured, which decides whether SCRAM channel binding can pass.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Links {
+    pub client_tls: bool,
+    pub upstream_tls: bool,
+}
+
+/// Frames bigger than this are streamed through instead of being held whole, when their type
+/// allows it.
+const READ_LIMIT: usize = 64 * 1024;
+
+/// The protocol state of one session.
+#[derive(Debug)]
+pub struct SessionState {
+    pub phase: Phase,
+    pub tx: TxStatus,
+    pub params: ServerParams,
+    links: Links,
+    /// Client messages forwarded that will each be answered by one ReadyForQuery
+    /// (Query, Sync, FunctionCall).
+    pending_ready: u32,
+    /// Extended-protocol messages forwarded since the last Sync.
+    unsynced: bool,
+    /// Bytes of the current client frame still to stream through.
+    client_streaming: usize,
+    /// Bytes of the current server frame still to stream through.
+    server_streaming: usize,
+    /// The server offered SASL and the client's next password message is its first.
+    expect_sasl_initial: bool,
+    /// The server sent FATAL or PANIC: its closing the link is expected.
+    pub server_sent_fatal: bool,
+    /// The client sent Terminate.
+    pub client_terminated: bool,
+    /// A cancel key the server announced that the session has not registered yet.
+    pub new_cancel_key: Option<CancelKey>,
+}
+
+impl SessionState {
+    pub fn new(links: Links) -> Self {
+        SessionState {
+            phase: Phase::Authenticating,
+            tx: TxStatus::Idle,
+            params: ServerParams::default(),
+            links,
+            pending_ready: 0,
+            unsynced: false,
+            client_streaming: 0,
+            server_streaming: 0,
+            expect_sasl_initial: false,
+            server_sent_fatal: false,
+            client_terminated: false,
+            new_cancel_key: None,
+        }
+    }
+
+    /// True when nothing is in flight: the last ReadyForQuery said idle, every request has
+    /// been answered, and no frame is half-way in either direction.
+    pub fn is_idle(&self) -> bool {
+        self.phase == Phase::Ready
+            && self.tx == TxStatus::Idle
+            && self.pending_ready == 0
+            && !self.unsynced
+            && self.client_streaming == 0
+            && self.server_streaming == 0
+    }
+
+    /// True when pgwarden may add a message of its own to the client stream.
+    pub fn at_server_frame_boundary(&self) -> bool {
+        self.server_streaming == 0
+    }
+
+    /// True when pgwarden may add a message of its own to the server stream.
+    pub fn at_client_frame_boundary(&self, cin: &[u8]) -> bool {
+        self.client_streaming == 0 && cin.is_empty()
+    }
+
+    fn client_limits(&self) -> Limits {
+        match self.phase {
+            Phase::Authenticating => Limits::FrontendAuth,
+            _ => Limits::Frontend,
+        }
+    }
+
+    /// Moves every complete (or streamable) client frame from `cin` to `out`. An error is the
+    /// FATAL to send the client before closing the session.
+    pub fn client_frames(&mut self, cin: &mut BytesMut, out: &mut BytesMut) -> Result<(), PgError> {
+        loop {
+            if self.client_streaming > 0 {
+                let n = self.client_streaming.min(cin.len());
+                if n == 0 {
+                    return Ok(());
+                }
+                out.extend_from_slice(&cin[..n]);
+                cin.advance(n);
+                self.client_streaming -= n;
+                continue;
+            }
+            if self.client_terminated {
+                // Nothing after Terminate is forwarded.
+                cin.clear();
+                return Ok(());
+            }
+            let h = match parse_header(cin, self.client_limits()) {
+                Ok(Some(h)) => h,
+                Ok(None) => return Ok(()),
+                Err(e) => return Err(client_frame_error(e, self.phase)),
+            };
+            let frame_len = h.frame_len();
+            if matches!(h.tag, b'd' | b'B') && frame_len > READ_LIMIT {
+                // Streamed: its content is not read by the proxy.
+                self.note_client_message(h.tag);
+                self.client_streaming = frame_len;
+                continue;
+            }
+            if cin.len() < frame_len {
+                return Ok(());
+            }
+            self.check_client_frame(h.tag, &cin[HEADER_LEN..frame_len])?;
+            self.note_client_message(h.tag);
+            out.extend_from_slice(&cin[..frame_len]);
+            cin.advance(frame_len);
+        }
+    }
+
+    fn note_client_message(&mut self, tag: u8) {
+        match tag {
+            b'Q' | b'F' => self.pending_ready += 1,
+            b'S' => {
+                self.pending_ready += 1;
+                self.unsynced = false;
+            }
+            b'P' | b'B' | b'D' | b'E' | b'C' | b'H' => self.unsynced = true,
+            b'X' => self.client_terminated = true,
+            _ => {}
+        }
+    }
+
+    fn check_client_frame(&mut self, tag: u8, body: &[u8]) -> Result<(), PgError> {
+        match tag {
+            b'Q' => {
+                // One C string filling the whole body: what PostgreSQL reads is what the
+                // proxy reads. Anything else is how requests get smuggled past inspection.
+                if body.iter().position(|&b| b == 0) != Some(body.len().wrapping_sub(1)) {
+                    return Err(protocol_violation("invalid string in Query message"));
+                }
+            }
+            b'p' if self.expect_sasl_initial => {
+                self.expect_sasl_initial = false;
+                let (mech, flag) = read::sasl_initial_response(body)
+                    .ok_or_else(|| protocol_violation("malformed SASLInitialResponse"))?;
+                check_channel_binding(&mech, flag, self.links)?;
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// Moves server frames from `sin` to `out`, reading the ones that carry session state.
+    /// An error means the server broke the protocol; the session must end.
+    pub fn server_frames(
+        &mut self,
+        sin: &mut BytesMut,
+        out: &mut BytesMut,
+    ) -> Result<(), FrameError> {
+        loop {
+            if self.server_streaming > 0 {
+                let n = self.server_streaming.min(sin.len());
+                if n == 0 {
+                    return Ok(());
+                }
+                out.extend_from_slice(&sin[..n]);
+                sin.advance(n);
+                self.server_streaming -= n;
+                continue;
+            }
+            let Some(h) = parse_header(sin, Limits::Backend)? else {
+                return Ok(());
+            };
+            let frame_len = h.frame_len();
+            let wanted = matches!(h.tag, b'Z' | b'K' | b'S' | b'R' | b'E');
+            if !wanted || frame_len > READ_LIMIT {
+                self.server_streaming = frame_len;
+                continue;
+            }
+            if sin.len() < frame_len {
+                return Ok(());
+            }
+            self.read_server_frame(h.tag, &sin[HEADER_LEN..frame_len]);
+            out.extend_from_slice(&sin[..frame_len]);
+            sin.advance(frame_len);
+        }
+    }
+
+    fn read_server_frame(&mut self, tag: u8, body: &[u8]) {
+        match tag {
+            b'Z' => {
+                if let Some(tx) = read::ready_for_query(body) {
+                    self.tx = tx;
+                }
+                self.pending_ready = self.pending_ready.saturating_sub(1);
+                self.phase = Phase::Ready;
+            }
+            b'K' => self.new_cancel_key = read::backend_key_data(body),
+            b'S' => {
+                if let Some((name, value)) = read::parameter_status(body) {
+                    self.params.set(name, value);
+                }
+            }
+            b'R' => match read::auth_request(body) {
+                Some(AuthRequest::Ok) => self.phase = Phase::Starting,
+                Some(AuthRequest::Sasl(_)) => self.expect_sasl_initial = true,
+                _ => {}
+            },
+            b'E' => {
+                if read::error_fields(body).is_some_and(|f| f.is_fatal()) {
+                    self.server_sent_fatal = true;
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+fn protocol_violation(msg: &str) -> PgError {
+    PgError::fatal(SqlState::PROTOCOL_VIOLATION, format!("pgwarden: {msg}"))
+}
+
+fn client_frame_error(e: FrameError, phase: Phase) -> PgError {
+    match (e, phase) {
+        (FrameError::UnexpectedType(t), Phase::Authenticating) => {
+            protocol_violation(&format!("expected password response, got message type {t}"))
+        }
+        (e, _) => protocol_violation(&e.to_string()),
+    }
+}
+
+/// SCRAM channel binding ties the authentication to the TLS certificate of the link the
+/// client sees. pgwarden terminates that TLS, so the server would see a different link:
+/// refuse clearly instead of letting the server fail with a confusing error.
+fn check_channel_binding(
+    mech: &str,
+    flag: Option<ChannelBindingFlag>,
+    links: Links,
+) -> Result<(), PgError> {
+    let why = if mech == "SCRAM-SHA-256-PLUS" || flag == Some(ChannelBindingFlag::Used) {
+        "the client asked for SCRAM channel binding (SCRAM-SHA-256-PLUS), which cannot pass a proxy that terminates TLS"
+    } else if flag == Some(ChannelBindingFlag::ClientOnly) && links.upstream_tls {
+        "the client supports SCRAM channel binding over its TLS link to pgwarden, and the server, on its own TLS link, will take that as a downgrade attack"
+    } else {
+        return Ok(());
+    };
+    Err(PgError::fatal(
+        SqlState::INVALID_AUTHORIZATION_SPECIFICATION,
+        format!("pgwarden: channel binding cannot be relayed: {why}"),
+    )
+    .with_hint(
+        "Connect with channel_binding=disable, or connect to pgwarden without TLS, or set upstream.tls = \"disable\" (plaintext upstream on the same host) or use a Unix-socket upstream so the server does not offer channel binding.",
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn msg(tag: u8, body: &[u8]) -> Vec<u8> {
+        let mut v = vec![tag];
+        v.extend_from_slice(&((body.len() + 4) as u32).to_be_bytes());
+        v.extend_from_slice(body);
+        v
+    }
+
+    fn ready() -> SessionState {
+        let mut s = SessionState::new(Links {
+            client_tls: false,
+            upstream_tls: false,
+        });
+        s.phase = Phase::Ready;
+        s
+    }
+
+    #[test]
+    fn forwards_exact_bytes_frame_by_frame() {
+        let mut s = ready();
+        let mut input = msg(b'Q', b"SELECT 1\0");
+        input.extend(msg(b'S', b""));
+        let mut cin = BytesMut::from(&input[..input.len() - 2]);
+        let mut out = BytesMut::new();
+        s.client_frames(&mut cin, &mut out).unwrap();
+        assert_eq!(&out[..], &msg(b'Q', b"SELECT 1\0")[..]);
+        cin.extend_from_slice(&input[input.len() - 2..]);
+        s.client_frames(&mut cin, &mut out).unwrap();
+        assert_eq!(&out[..], &input[..]);
+        assert!(cin.is_empty());
+        assert_eq!(s.pending_ready, 2);
+    }
+
+    #[test]
+    fn unterminated_query_followed_by_query_is_refused() {
+        // Regression for the smuggling probe: an unterminated Query whose text would run
+        // into the next frame.
+        let mut s = ready();
+        let mut input = msg(b'Q', b"SELECT 1");
+        input.extend(msg(b'Q', b"DROP TABLE t\0"));
+        let mut cin = BytesMut::from(&input[..]);
+        let mut out = BytesMut::new();
+        let err = s.client_frames(&mut cin, &mut out).unwrap_err();
+        assert_eq!(err.code, SqlState::PROTOCOL_VIOLATION);
+        assert!(out.is_empty());
+    }
+
+    #[test]
+    fn query_with_interior_nul_is_refused() {
+        let mut s = ready();
+        let mut cin = BytesMut::from(&msg(b'Q', b"SELECT 1\0DROP TABLE t\0")[..]);
+        assert!(s.client_frames(&mut cin, &mut BytesMut::new()).is_err());
+    }
+
+    #[test]
+    fn copy_data_is_streamed() {
+        let mut s = ready();
+        let body = vec![b'x'; 200_000];
+        let frame = msg(b'd', &body);
+        let mut cin = BytesMut::from(&frame[..1000]);
+        let mut out = BytesMut::new();
+        s.client_frames(&mut cin, &mut out).unwrap();
+        assert_eq!(out.len(), 1000);
+        assert!(!s.at_client_frame_boundary(&cin));
+        cin.extend_from_slice(&frame[1000..]);
+        s.client_frames(&mut cin, &mut out).unwrap();
+        assert_eq!(&out[..], &frame[..]);
+        assert!(s.at_client_frame_boundary(&cin));
+    }
+
+    #[test]
+    fn server_state_is_tracked() {
+        let mut s = SessionState::new(Links {
+            client_tls: false,
+            upstream_tls: false,
+        });
+        let mut input = msg(b'R', &[0, 0, 0, 0]);
+        input.extend(msg(b'S', b"server_version\015.4\0"));
+        input.extend(msg(b'S', b"standard_conforming_strings\0on\0"));
+        input.extend(msg(b'K', &[0, 0, 0, 9, 1, 2, 3, 4]));
+        input.extend(msg(b'Z', b"I"));
+        input.extend(msg(b'D', &vec![0u8; 100_000]));
+        let mut sin = BytesMut::from(&input[..]);
+        let mut out = BytesMut::new();
+        s.server_frames(&mut sin, &mut out).unwrap();
+        assert_eq!(&out[..], &input[..]);
+        assert_eq!(s.phase, Phase::Ready);
+        assert_eq!(s.params.server_version.as_deref(), Some("15.4"));
+        assert_eq!(s.params.standard_conforming_strings, Some(true));
+        assert_eq!(s.new_cancel_key.as_ref().map(|k| k.pid), Some(9));
+        assert!(s.is_idle());
+    }
+
+    #[test]
+    fn channel_binding_through_tls_is_refused_with_a_hint() {
+        let links = Links {
+            client_tls: true,
+            upstream_tls: true,
+        };
+        assert!(
+            check_channel_binding("SCRAM-SHA-256-PLUS", Some(ChannelBindingFlag::Used), links)
+                .is_err()
+        );
+        let e = check_channel_binding("SCRAM-SHA-256", Some(ChannelBindingFlag::ClientOnly), links)
+            .unwrap_err();
+        assert!(e.hint.unwrap().contains("channel_binding=disable"));
+        assert!(check_channel_binding(
+            "SCRAM-SHA-256",
+            Some(ChannelBindingFlag::NotSupported),
+            links
+        )
+        .is_ok());
+        let plain_upstream = Links {
+            client_tls: true,
+            upstream_tls: false,
+        };
+        assert!(check_channel_binding(
+            "SCRAM-SHA-256",
+            Some(ChannelBindingFlag::ClientOnly),
+            plain_upstream
+        )
+        .is_ok());
+    }
+
+    #[test]
+    fn only_password_messages_while_authenticating() {
+        let mut s = SessionState::new(Links {
+            client_tls: false,
+            upstream_tls: false,
+        });
+        let mut cin = BytesMut::from(&msg(b'Q', b"SELECT 1\0")[..]);
+        let e = s.client_frames(&mut cin, &mut BytesMut::new()).unwrap_err();
+        assert!(e.message.contains("expected password response"));
+    }
+}
