@@ -1,0 +1,12 @@
+//! End-to-end tests: the real proxy (in-process on port 0, or the binary for signal tests),
+//! real PostgreSQL (the machine's server on 127.0.0.1:5432, or a private cluster started by
+//! `support::cluster`), and real clients (tokio-postgres, psql, raw sockets).
+
+mod support;
+
+mod auth;
+mod clients;
+mod hostile;
+mod lifecycle;
+mod protocol;
+mod tls;

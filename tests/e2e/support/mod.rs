@@ -1,0 +1,178 @@
+//! Test harness: start pgwarden in-process or as a binary, connect real clients, start
+//! private PostgreSQL clusters, poll with deadlines instead of sleeping.
+
+#![allow(dead_code)]
+
+pub mod cluster;
+pub mod raw;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use pgwarden::config::{Config, UpstreamAddr};
+use pgwarden::server::Server;
+use tokio_postgres::{Client, NoTls};
+use tokio_util::sync::CancellationToken;
+
+/// The machine's PostgreSQL, trust auth.
+pub const PG_HOST: &str = "127.0.0.1";
+pub const PG_PORT: u16 = 5432;
+pub const PG_USER: &str = "postgres";
+pub const PG_DB: &str = "test";
+
+/// A proxy running inside the test process.
+pub struct Proxy {
+    pub addr: SocketAddr,
+    pub shutdown: CancellationToken,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Proxy {
+    /// Starts pgwarden on a free port in front of the machine's PostgreSQL.
+    pub async fn start() -> Proxy {
+        Proxy::start_with(|_| {}).await
+    }
+
+    /// Starts pgwarden with a configuration adjusted by `f` (listen is forced to port 0).
+    pub async fn start_with(f: impl FnOnce(&mut Config)) -> Proxy {
+        let mut cfg = Config::default();
+        cfg.upstream.address = UpstreamAddr::Tcp {
+            host: PG_HOST.into(),
+            port: PG_PORT,
+        };
+        f(&mut cfg);
+        cfg.listen = "127.0.0.1:0".parse().unwrap();
+        let shutdown = CancellationToken::new();
+        let server = Server::bind(cfg, shutdown.clone())
+            .await
+            .expect("proxy binds");
+        let addr = server.local_addr();
+        let task = tokio::spawn(server.run());
+        Proxy {
+            addr,
+            shutdown,
+            task,
+        }
+    }
+
+    pub fn port(&self) -> u16 {
+        self.addr.port()
+    }
+
+    /// A connection string for this proxy.
+    pub fn dsn(&self, user: &str, db: &str) -> String {
+        format!(
+            "host=127.0.0.1 port={} user={user} dbname={db}",
+            self.port()
+        )
+    }
+
+    /// Stops the proxy and waits for it to finish.
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        let _ = self.task.await;
+    }
+}
+
+/// Connects tokio-postgres to `dsn`, driving the connection in a task.
+pub async fn connect(dsn: &str) -> Client {
+    let (client, conn) = tokio_postgres::connect(dsn, NoTls)
+        .await
+        .unwrap_or_else(|e| panic!("connect {dsn}: {e}"));
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    client
+}
+
+/// A client through `proxy` to the machine's test database.
+pub async fn via(proxy: &Proxy) -> Client {
+    connect(&proxy.dsn(PG_USER, PG_DB)).await
+}
+
+/// A client straight to the machine's PostgreSQL.
+pub async fn direct() -> Client {
+    connect(&format!(
+        "host={PG_HOST} port={PG_PORT} user={PG_USER} dbname={PG_DB}"
+    ))
+    .await
+}
+
+/// A name unique to this test process and call, for tables shared with other tests.
+pub fn unique(prefix: &str) -> String {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static N: AtomicU32 = AtomicU32::new(0);
+    format!(
+        "{prefix}_{}_{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// Polls `check` until it returns `Some`, or panics after `limit` (a bound for a broken
+/// build, not a timing assertion).
+pub async fn eventually<T, F, Fut>(limit: Duration, what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        if tokio::time::Instant::now() > deadline {
+            panic!("timed out waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Awaits `fut`, failing the test if it takes longer than `limit` (a hang guard).
+pub async fn within<T>(limit: Duration, what: &str, fut: impl Future<Output = T>) -> T {
+    tokio::time::timeout(limit, fut)
+        .await
+        .unwrap_or_else(|_| panic!("{what} did not finish within {limit:?}"))
+}
+
+/// A TCP port that was free a moment ago.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// The SQLSTATE of a tokio-postgres error, if the server (or pgwarden) sent one.
+pub fn sqlstate(e: &tokio_postgres::Error) -> Option<String> {
+    e.as_db_error().map(|d| d.code().code().to_owned())
+}
+
+/// Runs psql with `args` (a connection string first), returning (status, stdout, stderr).
+pub fn psql(conninfo: &str, args: &[&str], stdin: Option<&str>) -> (i32, String, String) {
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+    let mut child = Command::new("psql")
+        .arg("-X")
+        .arg(conninfo)
+        .args(args)
+        .env("PGCONNECT_TIMEOUT", "20")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("psql is on the PATH");
+    let mut sin = child.stdin.take().unwrap();
+    if let Some(s) = stdin {
+        sin.write_all(s.as_bytes()).unwrap();
+    }
+    drop(sin);
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
