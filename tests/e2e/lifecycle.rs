@@ -1,1 +1,219 @@
-//! placeholder
+//! The `pgwarden` binary: flags and config errors, and shutdown on SIGTERM (idle sessions get
+//! FATAL 57P01 at once, sessions in a transaction may finish within the grace period, the
+//! process exits 0).
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use tokio_postgres::NoTls;
+
+use crate::support::{direct, unique, within, PG_DB, PG_USER};
+
+const BOUND: Duration = Duration::from_secs(60);
+
+fn bin() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_pgwarden"))
+}
+
+/// A pgwarden process and the port it listens on (read from its log).
+struct Running {
+    child: Child,
+    port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl Running {
+    fn start(extra_config: &str) -> Running {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = dir.path().join("pgwarden.toml");
+        std::fs::write(
+            &cfg,
+            format!("listen = \"127.0.0.1:0\"\n{extra_config}\n[upstream]\naddress = \"127.0.0.1:5432\"\n"),
+        )
+        .unwrap();
+        let mut child = bin()
+            .args(["serve", "--config", cfg.to_str().unwrap()])
+            .env("PGWARDEN_LOG", "info")
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut sent = false;
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if !sent {
+                    if let Some(rest) = line.split("listen=").nth(1) {
+                        let addr = rest.split_whitespace().next().unwrap().to_owned();
+                        let _ = tx.send(addr);
+                        sent = true;
+                    }
+                }
+            }
+        });
+        let addr = rx
+            .recv_timeout(Duration::from_secs(30))
+            .expect("pgwarden logs its listen address");
+        let port = addr.rsplit(':').next().unwrap().parse().unwrap();
+        Running {
+            child,
+            port,
+            _dir: dir,
+        }
+    }
+
+    fn dsn(&self) -> String {
+        format!(
+            "host=127.0.0.1 port={} user={PG_USER} dbname={PG_DB}",
+            self.port
+        )
+    }
+
+    fn sigterm(&self) {
+        let st = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(st.success());
+    }
+
+    async fn exit_code(mut self) -> i32 {
+        within(BOUND, "pgwarden to exit", async {
+            loop {
+                if let Some(st) = self.child.try_wait().unwrap() {
+                    return st.code().unwrap_or(-1);
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Connects and returns the client plus a receiver for how its connection ended.
+async fn session(
+    dsn: &str,
+) -> (
+    tokio_postgres::Client,
+    tokio::sync::oneshot::Receiver<Option<String>>,
+) {
+    let (client, conn) = tokio_postgres::connect(dsn, NoTls).await.unwrap();
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    tokio::spawn(async move {
+        let code = conn
+            .await
+            .err()
+            .and_then(|e| e.as_db_error().map(|d| d.code().code().to_owned()));
+        let _ = tx.send(code);
+    });
+    (client, rx)
+}
+
+#[test]
+fn help_lists_every_flag() {
+    let out = bin().args(["serve", "--help"]).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    for flag in ["--config", "--listen", "--upstream"] {
+        assert!(text.contains(flag), "{flag} missing from:\n{text}");
+    }
+}
+
+#[test]
+fn bad_config_lists_every_error_with_lines_and_exits_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("bad.toml");
+    std::fs::write(
+        &cfg,
+        "listen = 5\nmax_client_conections = 3\n[upstream]\ntls = \"maybe\"\n",
+    )
+    .unwrap();
+    let out = bin()
+        .args(["serve", "--config", cfg.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    let path = cfg.display().to_string();
+    assert!(err.contains(&format!("{path}:1: listen")), "{err}");
+    assert!(
+        err.contains(&format!("{path}:2: max_client_conections: unknown key")),
+        "{err}"
+    );
+    assert!(err.contains(&format!("{path}:4: upstream.tls")), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_ends_idle_sessions_and_lets_a_transaction_finish() {
+    let p = Running::start("shutdown_grace = \"60s\"");
+    let (idle, idle_end) = session(&p.dsn()).await;
+    let (busy, busy_end) = session(&p.dsn()).await;
+    let table = unique("shutdown_tx");
+    let d = direct().await;
+    d.batch_execute(&format!("CREATE TABLE {table} (v int)"))
+        .await
+        .unwrap();
+    busy.batch_execute(&format!("BEGIN; INSERT INTO {table} VALUES (1)"))
+        .await
+        .unwrap();
+    idle.query_one("SELECT 1", &[]).await.unwrap();
+
+    p.sigterm();
+    // The idle session is told 57P01.
+    let code = within(BOUND, "idle session end", idle_end).await.unwrap();
+    assert_eq!(code.as_deref(), Some("57P01"));
+    // The transaction goes on, commits, and then that session is closed too.
+    busy.batch_execute(&format!("INSERT INTO {table} VALUES (2)"))
+        .await
+        .unwrap();
+    busy.batch_execute("COMMIT").await.unwrap();
+    let code = within(BOUND, "busy session end", busy_end).await.unwrap();
+    assert_eq!(code.as_deref(), Some("57P01"));
+    assert_eq!(p.exit_code().await, 0);
+    let n: i64 = d
+        .query_one(&format!("SELECT count(*) FROM {table}"), &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 2);
+    d.batch_execute(&format!("DROP TABLE {table}"))
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_grace_period_ends_a_lingering_transaction() {
+    let p = Running::start("shutdown_grace = \"1s\"");
+    let (busy, busy_end) = session(&p.dsn()).await;
+    let table = unique("shutdown_grace");
+    let d = direct().await;
+    d.batch_execute(&format!("CREATE TABLE {table} (v int)"))
+        .await
+        .unwrap();
+    busy.batch_execute(&format!("BEGIN; INSERT INTO {table} VALUES (1)"))
+        .await
+        .unwrap();
+    p.sigterm();
+    let code = within(BOUND, "session closed after grace", busy_end)
+        .await
+        .unwrap();
+    assert_eq!(code.as_deref(), Some("57P01"));
+    assert_eq!(p.exit_code().await, 0);
+    // The transaction never committed.
+    let n: i64 = d
+        .query_one(&format!("SELECT count(*) FROM {table}"), &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 0);
+    d.batch_execute(&format!("DROP TABLE {table}"))
+        .await
+        .unwrap();
+}
