@@ -203,12 +203,10 @@ impl SessionState {
 
     fn check_client_frame(&mut self, tag: u8, body: &[u8]) -> Result<(), PgError> {
         match tag {
-            b'Q' => {
-                // One C string filling the whole body: what PostgreSQL reads is what the
-                // proxy reads. Anything else is how requests get smuggled past inspection.
-                if body.iter().position(|&b| b == 0) != Some(body.len().wrapping_sub(1)) {
-                    return Err(protocol_violation("invalid string in Query message"));
-                }
+            // One C string filling the whole body: what PostgreSQL reads is what the proxy
+            // reads. Anything else is how requests get smuggled past inspection.
+            b'Q' if body.iter().position(|&b| b == 0) != Some(body.len().wrapping_sub(1)) => {
+                return Err(protocol_violation("invalid string in Query message"));
             }
             b'p' if self.expect_sasl_initial => {
                 self.expect_sasl_initial = false;
@@ -277,10 +275,8 @@ impl SessionState {
                 Some(AuthRequest::Sasl(_)) => self.expect_sasl_initial = true,
                 _ => {}
             },
-            b'E' => {
-                if read::error_fields(body).is_some_and(|f| f.is_fatal()) {
-                    self.server_sent_fatal = true;
-                }
+            b'E' if read::error_fields(body).is_some_and(|f| f.is_fatal()) => {
+                self.server_sent_fatal = true;
             }
             _ => {}
         }
@@ -404,7 +400,7 @@ mod tests {
             upstream_tls: false,
         });
         let mut input = msg(b'R', &[0, 0, 0, 0]);
-        input.extend(msg(b'S', b"server_version\015.4\0"));
+        input.extend(msg(b'S', b"server_version\x0015.4\0"));
         input.extend(msg(b'S', b"standard_conforming_strings\0on\0"));
         input.extend(msg(b'K', &[0, 0, 0, 9, 1, 2, 3, 4]));
         input.extend(msg(b'Z', b"I"));
