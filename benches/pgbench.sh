@@ -90,6 +90,7 @@ fi
 PGBOUNCER=$(command -v pgbouncer)
 id postgres >/dev/null 2>&1 || die "no postgres user to run pgbouncer as"
 pg_isready -q -h "$PG_HOST" -p "$PG_PORT" || die "PostgreSQL is not accepting connections on $PG_HOST:$PG_PORT"
+LOAD_START=$(cut -d' ' -f1-3 /proc/loadavg) # a busy machine makes every number below noise
 
 PSQL=(psql -X -q -v ON_ERROR_STOP=1 -h "$PG_HOST" -p "$PG_PORT" -U "$PG_USER")
 
@@ -293,7 +294,7 @@ HWM_BOUNCER=$(status_kb "$BOUNCER_PID" VmHWM)
 {
     echo "## pgbench: direct vs pgbouncer vs pgwarden ($(date -u '+%Y-%m-%d %H:%M UTC'))"
     echo
-    echo "- host: $(uname -srm), $(nproc) CPUs, load average at end: $(cut -d' ' -f1-3 /proc/loadavg)"
+    echo "- host: $(uname -srm), $(nproc) CPUs, load average before: $LOAD_START, at end: $(cut -d' ' -f1-3 /proc/loadavg)"
     echo "- PostgreSQL: $("${PSQL[@]}" -d "$PG_DB" -Atc 'SHOW server_version'), $PG_HOST:$PG_PORT over TCP;" \
         "$(pgbench --version); $("$PGBOUNCER" --version | head -n1) (session mode)"
     echo "- pgwarden: $PGWARDEN_BIN ($(cd "$REPO" && git rev-parse --short HEAD 2>/dev/null || echo '?')$(cd "$REPO" && git diff --quiet HEAD 2>/dev/null || echo ', dirty tree')), PGWARDEN_LOG=$PGWARDEN_LOG"

@@ -25,6 +25,7 @@ pub mod config;
 pub mod net;
 pub mod server;
 pub mod session;
+pub mod sql;
 pub mod tls;
 pub mod upstream;
 pub mod wire;

@@ -56,14 +56,20 @@ fn walk(data: &[u8], limits: Limits) {
         }
         match parse_header(rest, limits) {
             Ok(None) => {
-                assert!(rest.len() < HEADER_LEN, "Ok(None) with a full header present");
+                assert!(
+                    rest.len() < HEADER_LEN,
+                    "Ok(None) with a full header present"
+                );
                 return;
             }
             Ok(Some(h)) => {
                 assert!(rest.len() >= HEADER_LEN);
                 let Header { tag, len } = h;
                 assert_eq!(tag, rest[0]);
-                assert_eq!(len, u32::from_be_bytes([rest[1], rest[2], rest[3], rest[4]]));
+                assert_eq!(
+                    len,
+                    u32::from_be_bytes([rest[1], rest[2], rest[3], rest[4]])
+                );
                 let max = max_len(tag, limits).expect("Header returned for a refused type");
                 assert!(len >= 4, "header length {len} < 4");
                 assert!(len <= max, "header length {len} > max {max}");

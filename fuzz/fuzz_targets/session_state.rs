@@ -170,5 +170,8 @@ fuzz_target!(|data: &[u8]| {
     assert_eq!(fresh.params, s.params);
     assert_eq!(fresh.new_cancel_key, s.new_cancel_key);
     assert_eq!(fresh.server_sent_fatal, s.server_sent_fatal);
-    assert_eq!(fresh.at_server_frame_boundary(), s.at_server_frame_boundary());
+    assert_eq!(
+        fresh.at_server_frame_boundary(),
+        s.at_server_frame_boundary()
+    );
 });

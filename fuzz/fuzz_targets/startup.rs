@@ -17,7 +17,9 @@ use pgwarden::wire::startup::{
 };
 
 fn encode_startup(s: &Startup) -> Vec<u8> {
-    let mut body = ((s.major as u32) << 16 | s.minor as u32).to_be_bytes().to_vec();
+    let mut body = ((s.major as u32) << 16 | s.minor as u32)
+        .to_be_bytes()
+        .to_vec();
     for (k, v) in &s.params {
         body.extend_from_slice(k.as_bytes());
         body.push(0);
@@ -34,13 +36,17 @@ fn check_options(s: &str) {
     let words = split_options(s);
     let input_chars = s.chars().count();
     let word_chars: usize = words.iter().map(|w| w.chars().count()).sum();
-    assert!(word_chars <= input_chars, "split_options invented characters");
+    assert!(
+        word_chars <= input_chars,
+        "split_options invented characters"
+    );
     if !s.contains('\\') {
         // Without escapes, words are exactly the whitespace-separated pieces.
         for w in &words {
             assert!(!w.is_empty(), "empty word without escapes: {s:?}");
             assert!(
-                !w.chars().any(|c| matches!(c, ' ' | '\t' | '\n' | '\r' | '\x0b' | '\x0c')),
+                !w.chars()
+                    .any(|c| matches!(c, ' ' | '\t' | '\n' | '\r' | '\x0b' | '\x0c')),
                 "unescaped whitespace kept in word {w:?} of {s:?}"
             );
         }
@@ -108,13 +114,20 @@ fuzz_target!(|data: &[u8]| {
             if data.len() >= 4 {
                 let word = u32::from_be_bytes([data[0], data[1], data[2], data[3]]);
                 assert!((MIN_STARTUP_LEN..=MAX_STARTUP_LEN).contains(&word));
-                assert!(data.len() < word as usize, "Ok(None) with the whole packet present");
+                assert!(
+                    data.len() < word as usize,
+                    "Ok(None) with the whole packet present"
+                );
             }
         }
         Err(e) => {
             let word = u32::from_be_bytes([data[0], data[1], data[2], data[3]]);
             let bad_len = !(MIN_STARTUP_LEN..=MAX_STARTUP_LEN).contains(&word);
-            assert_eq!(matches!(e, StartupError::BadLength(_)), bad_len, "{e:?} for {word}");
+            assert_eq!(
+                matches!(e, StartupError::BadLength(_)),
+                bad_len,
+                "{e:?} for {word}"
+            );
             if let StartupError::BadLength(l) = e {
                 assert_eq!(l, word);
             }

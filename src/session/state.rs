@@ -250,9 +250,39 @@ impl SessionState {
                 return Ok(());
             }
             self.read_server_frame(h.tag, &sin[HEADER_LEN..frame_len]);
-            out.extend_from_slice(&sin[..frame_len]);
+            match self.rewrite_server_frame(h.tag, &sin[HEADER_LEN..frame_len]) {
+                Some(frame) => out.extend_from_slice(&frame),
+                None => out.extend_from_slice(&sin[..frame_len]),
+            }
             sin.advance(frame_len);
         }
+    }
+
+    /// The one server frame pgwarden changes: to a plaintext client, AuthenticationSASL
+    /// offering SCRAM-SHA-256-PLUS (which the server offers on its TLS link to pgwarden) is
+    /// sent without it, since libpq refuses a -PLUS offer over a non-TLS link. The client
+    /// then uses plain SCRAM with flag `n`, which the server accepts.
+    fn rewrite_server_frame(&self, tag: u8, body: &[u8]) -> Option<Vec<u8>> {
+        if tag != b'R' || self.links.client_tls {
+            return None;
+        }
+        let Some(AuthRequest::Sasl(mechs)) = read::auth_request(body) else {
+            return None;
+        };
+        let kept: Vec<&String> = mechs.iter().filter(|m| !m.ends_with("-PLUS")).collect();
+        if kept.len() == mechs.len() || kept.is_empty() {
+            return None;
+        }
+        let mut b = 10i32.to_be_bytes().to_vec();
+        for m in kept {
+            b.extend_from_slice(m.as_bytes());
+            b.push(0);
+        }
+        b.push(0);
+        let mut frame = vec![b'R'];
+        frame.extend_from_slice(&((b.len() + 4) as u32).to_be_bytes());
+        frame.extend(b);
+        Some(frame)
     }
 
     fn read_server_frame(&mut self, tag: u8, body: &[u8]) {
@@ -445,6 +475,28 @@ mod tests {
             plain_upstream
         )
         .is_ok());
+    }
+
+    #[test]
+    fn plus_mechanism_is_hidden_from_plaintext_clients() {
+        let offer = msg(b'R', b"\0\0\0\x0aSCRAM-SHA-256-PLUS\0SCRAM-SHA-256\0\0");
+        let mut plain = SessionState::new(Links {
+            client_tls: false,
+            upstream_tls: true,
+        });
+        let mut out = BytesMut::new();
+        plain
+            .server_frames(&mut BytesMut::from(&offer[..]), &mut out)
+            .unwrap();
+        assert_eq!(&out[..], &msg(b'R', b"\0\0\0\x0aSCRAM-SHA-256\0\0")[..]);
+        let mut tls = SessionState::new(Links {
+            client_tls: true,
+            upstream_tls: true,
+        });
+        let mut out = BytesMut::new();
+        tls.server_frames(&mut BytesMut::from(&offer[..]), &mut out)
+            .unwrap();
+        assert_eq!(&out[..], &offer[..]);
     }
 
     #[test]

@@ -1,0 +1,250 @@
+//! What the inspector says about a statement: typed facts that policies match on. One SQL
+//! string holds statements; each statement holds operations: itself and every statement
+//! nested in it that will run (data-modifying CTEs, EXPLAIN ANALYZE, COPY (query), CREATE
+//! TABLE AS, PREPARE, CREATE RULE actions).
+
+use serde::Serialize;
+
+/// pgAudit's statement classes, refined.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Class {
+    Read,
+    Write,
+    Ddl,
+    Role,
+    Function,
+    Tcl,
+    Session,
+    Maintenance,
+    Unknown,
+}
+
+impl Class {
+    pub fn parse(s: &str) -> Option<Class> {
+        Some(match s {
+            "read" => Class::Read,
+            "write" => Class::Write,
+            "ddl" => Class::Ddl,
+            "role" | "dcl" => Class::Role,
+            "function" => Class::Function,
+            "tcl" => Class::Tcl,
+            "session" | "set" => Class::Session,
+            "maintenance" => Class::Maintenance,
+            "unknown" => Class::Unknown,
+            _ => return None,
+        })
+    }
+}
+
+/// Where an operation sits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Nesting {
+    TopLevel,
+    Cte,
+    ExplainAnalyze,
+    CopyQuery,
+    CreateTableAs,
+    Prepare,
+    Rule,
+    DoBlock,
+}
+
+impl Nesting {
+    pub fn parse(s: &str) -> Option<Nesting> {
+        Some(match s {
+            "top_level" => Nesting::TopLevel,
+            "cte" => Nesting::Cte,
+            "explain_analyze" => Nesting::ExplainAnalyze,
+            "copy_query" => Nesting::CopyQuery,
+            "create_table_as" => Nesting::CreateTableAs,
+            "prepare" => Nesting::Prepare,
+            "rule" => Nesting::Rule,
+            "do_block" => Nesting::DoBlock,
+            _ => return None,
+        })
+    }
+}
+
+/// Statement flags.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Flag {
+    Concurrently,
+    IfExists,
+    IfNotExists,
+    Cascade,
+    NotValid,
+    Only,
+    OrReplace,
+    Temporary,
+    Unlogged,
+    Analyze,
+}
+
+impl Flag {
+    pub const ALL: [Flag; 10] = [
+        Flag::Concurrently,
+        Flag::IfExists,
+        Flag::IfNotExists,
+        Flag::Cascade,
+        Flag::NotValid,
+        Flag::Only,
+        Flag::OrReplace,
+        Flag::Temporary,
+        Flag::Unlogged,
+        Flag::Analyze,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Flag::Concurrently => "concurrently",
+            Flag::IfExists => "if_exists",
+            Flag::IfNotExists => "if_not_exists",
+            Flag::Cascade => "cascade",
+            Flag::NotValid => "not_valid",
+            Flag::Only => "only",
+            Flag::OrReplace => "or_replace",
+            Flag::Temporary => "temporary",
+            Flag::Unlogged => "unlogged",
+            Flag::Analyze => "analyze",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Flag> {
+        Flag::ALL.into_iter().find(|f| f.name() == s)
+    }
+}
+
+/// The WHERE clause of an UPDATE or DELETE.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WhereState {
+    NotApplicable,
+    Absent,
+    Present,
+    /// Present but always true: `true`, `1=1`, `x=x`, `... OR true`.
+    TriviallyTrue,
+}
+
+impl WhereState {
+    pub fn parse(s: &str) -> Option<WhereState> {
+        Some(match s {
+            "absent" => WhereState::Absent,
+            "present" => WhereState::Present,
+            "trivially_true" => WhereState::TriviallyTrue,
+            "not_applicable" => WhereState::NotApplicable,
+            _ => return None,
+        })
+    }
+}
+
+/// COPY's direction and the kind of its far end.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CopyTarget {
+    /// STDIN / STDOUT: data flows through the connection.
+    Client,
+    /// A file on the database server.
+    ServerFile,
+    /// A program run on the database server.
+    Program,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct CopyFacts {
+    pub from: bool,
+    pub target: CopyTarget,
+}
+
+/// What SET / RESET / set_config changes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SetFacts {
+    /// Lower-cased variable name (`role`, `session_authorization`, `pgwarden.ticket`).
+    pub name: String,
+    /// The value as text; `None` for RESET / SET ... TO DEFAULT.
+    pub value: Option<String>,
+    pub local: bool,
+}
+
+/// One operation: a statement or a statement nested in one.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Facts {
+    /// PostgreSQL's command tag, e.g. `DROP TABLE`, `ALTER TABLE`, `DELETE`, `SET`.
+    pub tag: String,
+    pub class: Class,
+    pub nesting: Nesting,
+    /// Objects the operation targets, schema-qualified when written so, folded as PostgreSQL
+    /// folds identifiers (unquoted lower-cased, quoted kept).
+    pub objects: Vec<String>,
+    pub flags: Vec<Flag>,
+    /// ALTER sub-commands, e.g. `DROP COLUMN`, `ALTER CONSTRAINT`, `DISABLE TRIGGER`.
+    pub subcommands: Vec<String>,
+    pub where_clause: WhereState,
+    pub copy: Option<CopyFacts>,
+    pub set: Option<SetFacts>,
+    /// Roles named: grantees, SET ROLE targets, role names in role statements.
+    pub roles: Vec<String>,
+    /// DO blocks and function bodies that build SQL at run time (EXECUTE, format(), quote_ident).
+    pub dynamic_sql: bool,
+    /// Name of a SQL-level prepared statement this operation defines or runs.
+    pub prepared_name: Option<String>,
+}
+
+impl Facts {
+    pub fn new(tag: impl Into<String>, class: Class, nesting: Nesting) -> Facts {
+        Facts {
+            tag: tag.into(),
+            class,
+            nesting,
+            objects: Vec::new(),
+            flags: Vec::new(),
+            subcommands: Vec::new(),
+            where_clause: WhereState::NotApplicable,
+            copy: None,
+            set: None,
+            roles: Vec::new(),
+            dynamic_sql: false,
+            prepared_name: None,
+        }
+    }
+
+    pub fn has(&self, flag: Flag) -> bool {
+        self.flags.contains(&flag)
+    }
+
+    pub(crate) fn flag(&mut self, flag: Flag, on: bool) {
+        if on && !self.has(flag) {
+            self.flags.push(flag);
+        }
+    }
+}
+
+/// One statement of a SQL string.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Statement {
+    /// The statement's text (trimmed), for reports; never logged at info level.
+    pub text: String,
+    /// The statement itself first, then nested operations.
+    pub ops: Vec<Facts>,
+    /// Every function called, at any depth, qualified as written, folded.
+    pub functions: Vec<String>,
+    /// Tickets from `/* pgwarden:ticket=CHG-123 */` comments.
+    pub tickets: Vec<String>,
+}
+
+/// Why a string could not be inspected.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Unparsed {
+    pub reason: String,
+}
+
+/// The result of inspecting one SQL string.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Inspection {
+    pub statements: Vec<Statement>,
+    /// Set when the grammar rejected the text or the inspector could not finish: the string
+    /// must be refused (fail closed).
+    pub unparsed: Option<Unparsed>,
+}

@@ -1,0 +1,219 @@
+//! Inspector tests: one statement kind or trick per test.
+
+use super::*;
+
+fn ins(sql: &str) -> Inspection {
+    inspect(sql, ReadAs::default())
+}
+
+fn ops(sql: &str) -> Vec<Facts> {
+    let i = ins(sql);
+    assert!(i.unparsed.is_none(), "{sql}: {:?}", i.unparsed);
+    i.statements.into_iter().flat_map(|s| s.ops).collect()
+}
+
+fn tags(sql: &str) -> Vec<String> {
+    ops(sql).into_iter().map(|o| o.tag).collect()
+}
+
+#[test]
+fn splits_statements_and_tags_them() {
+    assert_eq!(
+        tags("SELECT 1; DROP TABLE a; drop schema s cascade; DROP DATABASE d WITH (FORCE)"),
+        vec!["SELECT", "DROP TABLE", "DROP SCHEMA", "DROP DATABASE"]
+    );
+}
+
+#[test]
+fn names_fold_like_postgres() {
+    let o = ops(r#"DROP TABLE "Foo".Bar, public."X y", U&"d\0061t\+000061""#);
+    assert_eq!(o[0].objects, vec!["Foo.bar", "public.X y", "data"]);
+}
+
+#[test]
+fn where_states() {
+    let w = |sql: &str| ops(sql)[0].where_clause;
+    assert_eq!(w("DELETE FROM t"), WhereState::Absent);
+    assert_eq!(w("DELETE FROM t WHERE id = 5"), WhereState::Present);
+    for t in [
+        "DELETE FROM t WHERE true",
+        "DELETE FROM t WHERE 1=1",
+        "DELETE FROM t WHERE 'a' = 'a'",
+        "DELETE FROM t WHERE x = x",
+        "DELETE FROM t WHERE id = 5 OR true",
+        "DELETE FROM t WHERE NOT false",
+        "DELETE FROM t WHERE 't'::boolean",
+        "UPDATE t SET a = 1 WHERE 1 = 1 AND 2 = 2",
+    ] {
+        assert_eq!(w(t), WhereState::TriviallyTrue, "{t}");
+    }
+    assert_eq!(w("UPDATE t SET a = 1 FROM u"), WhereState::Absent);
+    assert_eq!(
+        w("DELETE FROM t WHERE random() = random()"),
+        WhereState::Present
+    );
+}
+
+#[test]
+fn nested_writes_are_found() {
+    let o = ops("WITH d AS (DELETE FROM t RETURNING *) SELECT * FROM d");
+    assert!(o.iter().any(|f| f.tag == "DELETE"
+        && f.nesting == Nesting::Cte
+        && f.where_clause == WhereState::Absent));
+    let o = ops("EXPLAIN ANALYZE DELETE FROM t");
+    assert!(o
+        .iter()
+        .any(|f| f.tag == "DELETE" && f.nesting == Nesting::ExplainAnalyze));
+    // Plain EXPLAIN runs nothing.
+    assert!(!ops("EXPLAIN DELETE FROM t")
+        .iter()
+        .any(|f| f.tag == "DELETE"));
+    let o = ops("COPY (DELETE FROM t RETURNING *) TO STDOUT");
+    assert!(o
+        .iter()
+        .any(|f| f.tag == "DELETE" && f.nesting == Nesting::CopyQuery));
+    let o = ops("PREPARE p AS DELETE FROM t");
+    assert!(o
+        .iter()
+        .any(|f| f.tag == "DELETE" && f.nesting == Nesting::Prepare));
+    assert_eq!(o[0].prepared_name.as_deref(), Some("p"));
+}
+
+#[test]
+fn do_blocks_are_read_as_plpgsql() {
+    let o = ops("DO $$ BEGIN EXECUTE 'DROP TABLE t'; END $$");
+    assert_eq!(o[0].tag, "DO");
+    assert!(o[0].dynamic_sql);
+    let o = ops("DO $$ BEGIN DELETE FROM t; END $$");
+    assert!(!o[0].dynamic_sql);
+    assert!(o
+        .iter()
+        .any(|f| f.tag == "DELETE" && f.nesting == Nesting::DoBlock));
+    let o = ops(
+        "DO $$ DECLARE q text := format('DROP TABLE %I', 't'); BEGIN RAISE NOTICE '%', q; END $$",
+    );
+    assert!(o[0].dynamic_sql);
+}
+
+#[test]
+fn copy_targets() {
+    let c = |sql: &str| ops(sql)[0].copy.clone().unwrap();
+    assert_eq!(c("COPY t FROM STDIN").target, CopyTarget::Client);
+    assert_eq!(c("COPY t TO '/etc/passwd'").target, CopyTarget::ServerFile);
+    let p = c("COPY t FROM PROGRAM 'id'");
+    assert_eq!((p.from, p.target), (true, CopyTarget::Program));
+}
+
+#[test]
+fn copy_from_stdin_then_drop_is_two_statements() {
+    // DESIGN: a parser that treats what follows COPY ... FROM STDIN; as data misses the DROP.
+    assert_eq!(
+        tags("COPY t FROM STDIN;\nDROP TABLE t"),
+        vec!["COPY", "DROP TABLE"]
+    );
+}
+
+#[test]
+fn set_and_roles() {
+    let o = ops("SET ROLE admin");
+    assert_eq!(o[0].set.as_ref().unwrap().name, "role");
+    assert_eq!(o[0].roles, vec!["admin"]);
+    let o = ops("SET SESSION AUTHORIZATION bob");
+    assert_eq!(o[0].set.as_ref().unwrap().name, "session_authorization");
+    let o = ops("set local standard_conforming_strings to off");
+    let s = o[0].set.clone().unwrap();
+    assert_eq!(
+        (s.name.as_str(), s.value.as_deref(), s.local),
+        ("standard_conforming_strings", Some("off"), true)
+    );
+    let o = ops("SET pgwarden.ticket = 'CHG-1'");
+    assert_eq!(o[0].set.as_ref().unwrap().value.as_deref(), Some("CHG-1"));
+    assert_eq!(ops("RESET ALL")[0].set.as_ref().unwrap().name, "all");
+}
+
+#[test]
+fn functions_at_any_depth() {
+    let i = ins("SELECT (SELECT pg_catalog.pg_read_file('x') WHERE EXISTS (SELECT set_config('role','a',false)))");
+    let f = &i.statements[0].functions;
+    assert!(f.contains(&"pg_catalog.pg_read_file".to_owned()), "{f:?}");
+    assert!(f.contains(&"set_config".to_owned()));
+}
+
+#[test]
+fn alter_table_subcommands_and_cascade() {
+    let o = ops("ALTER TABLE ONLY t DROP COLUMN a, DROP CONSTRAINT c CASCADE, DISABLE TRIGGER ALL");
+    assert_eq!(o[0].tag, "ALTER TABLE");
+    assert_eq!(
+        o[0].subcommands,
+        vec!["DROP COLUMN", "DROP CONSTRAINT", "DISABLE TRIGGER ALL"]
+    );
+    assert!(o[0].has(Flag::Cascade) && o[0].has(Flag::Only));
+}
+
+#[test]
+fn grants_name_public() {
+    let o = ops("GRANT SELECT ON t TO PUBLIC");
+    assert_eq!(o[0].roles, vec!["public"]);
+    let o = ops("ALTER DEFAULT PRIVILEGES GRANT SELECT ON TABLES TO public");
+    assert_eq!(o[0].roles, vec!["public"]);
+}
+
+#[test]
+fn grammar_errors_fail_closed() {
+    let i = ins("DELET FROM t");
+    assert!(i.unparsed.is_some());
+    let deep = format!("SELECT {}1{}", "(".repeat(10_000), ")".repeat(10_000));
+    assert!(ins(&deep).unparsed.is_some());
+    let big = format!("SELECT '{}'", "x".repeat(MAX_TEXT_BYTES));
+    assert!(ins(&big).unparsed.is_some());
+}
+
+#[test]
+fn backslashes_read_as_the_server_reads_them() {
+    // With standard_conforming_strings off, \' does not end the string: what looks like a
+    // harmless literal to a conforming reader hides a DROP (or the reverse).
+    let sql = r"SELECT 'a\'; DROP TABLE t; --'";
+    let on = inspect(
+        sql,
+        ReadAs {
+            standard_conforming_strings: true,
+        },
+    );
+    assert_eq!(
+        on.statements.len(),
+        2,
+        "conforming: the DROP is a statement"
+    );
+    let off = inspect(
+        sql,
+        ReadAs {
+            standard_conforming_strings: false,
+        },
+    );
+    assert_eq!(
+        off.statements.len(),
+        1,
+        "non-conforming: all one string literal"
+    );
+}
+
+#[test]
+fn ticket_comments() {
+    let i = ins("/* pgwarden:ticket=CHG-42 */ DROP TABLE t; SELECT 1 -- pgwarden:ticket=OPS-7\n");
+    assert_eq!(i.statements[0].tickets, vec!["CHG-42"]);
+    assert_eq!(i.statements[1].tickets, vec!["OPS-7"]);
+    // Not in a comment: a string literal is not an annotation.
+    let i = ins("SELECT 'pgwarden:ticket=FAKE'");
+    assert!(i.statements[0].tickets.is_empty());
+}
+
+#[test]
+fn cache_returns_the_same_inspection() {
+    let c = cache::InspectCache::new(2);
+    let a = c.inspect("SELECT 1", ReadAs::default());
+    let b = c.inspect("SELECT 1", ReadAs::default());
+    assert!(std::sync::Arc::ptr_eq(&a, &b));
+    c.inspect("SELECT 2", ReadAs::default());
+    c.inspect("SELECT 3", ReadAs::default());
+    assert!(c.len() <= 2);
+}

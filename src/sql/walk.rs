@@ -1,0 +1,842 @@
+//! From pg_query's parse tree to [`Facts`]. The tree is walked generically (as the JSON
+//! form pg_query's protobuf types serialize to), so nothing nested anywhere is missed: every
+//! statement node becomes an operation with its nesting, every function call is collected.
+//! Per-statement details (tags, objects, flags, WHERE) are read by field name.
+
+use pg_query::protobuf::{
+    AExprKind, AlterTableType, BoolExprType, DropBehavior, ObjectType, RoleSpecType,
+    TransactionStmtKind, VariableSetKind,
+};
+use serde_json::{Map, Value};
+
+use super::facts::{Class, CopyFacts, CopyTarget, Facts, Flag, Nesting, SetFacts, WhereState};
+
+/// Collects operations and function calls from one statement's tree.
+#[derive(Default)]
+pub(super) struct Walker {
+    pub ops: Vec<Facts>,
+    pub functions: Vec<String>,
+    /// Bodies of DO blocks met in the walk, to be inspected as PL/pgSQL.
+    pub do_bodies: Vec<(usize, String)>,
+}
+
+impl Walker {
+    /// Walks a `{"node": {...}}` value as a statement at `nesting`.
+    pub fn statement(&mut self, v: &Value, nesting: Nesting) {
+        self.visit(v, nesting);
+    }
+
+    fn visit(&mut self, v: &Value, nesting: Nesting) {
+        match v {
+            Value::Object(m) => {
+                if m.len() == 1 {
+                    let (k, body) = m.iter().next().expect("one entry");
+                    if k.starts_with(|c: char| c.is_ascii_uppercase()) {
+                        self.node(k, body, nesting);
+                        return;
+                    }
+                }
+                for child in m.values() {
+                    self.visit(child, nesting);
+                }
+            }
+            Value::Array(a) => {
+                for child in a {
+                    self.visit(child, nesting);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn node(&mut self, kind: &str, body: &Value, nesting: Nesting) {
+        match kind {
+            "FuncCall" => {
+                self.functions.push(name_of(body.get("funcname")));
+                self.visit(body, nesting);
+            }
+            "CommonTableExpr" => {
+                let inner = if nesting == Nesting::TopLevel {
+                    Nesting::Cte
+                } else {
+                    nesting
+                };
+                self.visit(body, inner);
+            }
+            k if k.ends_with("Stmt") => {
+                let top = self.ops.is_empty();
+                // Nested SELECTs are reads inside something already reported.
+                if top || k != "SelectStmt" {
+                    let mut f = stmt_facts(k, body, nesting);
+                    if f.tag == "DO" {
+                        if let Some(src) = do_body(body) {
+                            self.do_bodies.push((self.ops.len(), src));
+                        }
+                    }
+                    if f.tag.starts_with("CREATE FUNCTION") || f.tag.starts_with("CREATE PROCEDURE")
+                    {
+                        f.dynamic_sql = function_body_is_dynamic(body);
+                    }
+                    self.ops.push(f);
+                }
+                self.children(k, body, nesting);
+            }
+            _ => self.visit(body, nesting),
+        }
+    }
+
+    /// Descends into a statement's children with the nesting they run in.
+    fn children(&mut self, kind: &str, body: &Value, nesting: Nesting) {
+        let inner = |n: Nesting| {
+            if nesting == Nesting::TopLevel {
+                n
+            } else {
+                nesting
+            }
+        };
+        match kind {
+            "ExplainStmt" => {
+                // Without ANALYZE nothing runs: the nested statement is only planned.
+                if explain_analyze(body) {
+                    if let Some(q) = body.get("query") {
+                        self.visit(q, inner(Nesting::ExplainAnalyze));
+                    }
+                }
+            }
+            "CopyStmt" => self.visit(body, inner(Nesting::CopyQuery)),
+            "CreateTableAsStmt" => self.visit(body, inner(Nesting::CreateTableAs)),
+            "PrepareStmt" => self.visit(body, inner(Nesting::Prepare)),
+            "RuleStmt" => self.visit(body, inner(Nesting::Rule)),
+            // Function bodies run later, not now; only their flags matter (set above).
+            "CreateFunctionStmt" => {}
+            _ => self.visit(body, nesting),
+        }
+    }
+}
+
+fn explain_analyze(body: &Value) -> bool {
+    body.get("options")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|o| node_body(o, "DefElem"))
+        .any(|d| {
+            d.get("defname").and_then(Value::as_str) == Some("analyze")
+                && d.get("arg")
+                    .is_none_or(|a| a.is_null() || const_text(a).is_none_or(|t| is_true_word(&t)))
+        })
+}
+
+fn is_true_word(s: &str) -> bool {
+    matches!(
+        s.to_ascii_lowercase().as_str(),
+        "true" | "on" | "1" | "yes" | "t" | "y"
+    )
+}
+
+/// The body of `{"node": {"Kind": body}}` when its kind is `kind`.
+pub(super) fn node_body<'a>(v: &'a Value, kind: &str) -> Option<&'a Value> {
+    v.get("node").and_then(|n| n.get(kind))
+}
+
+/// `{"node": {"Kind": body}}` → ("Kind", body).
+fn node_kind(v: &Value) -> Option<(&str, &Value)> {
+    let m = v.get("node")?.as_object()?;
+    m.iter().next().map(|(k, b)| (k.as_str(), b))
+}
+
+fn str_field<'a>(v: &'a Value, f: &str) -> &'a str {
+    v.get(f).and_then(Value::as_str).unwrap_or("")
+}
+
+fn int_field(v: &Value, f: &str) -> i32 {
+    v.get(f).and_then(Value::as_i64).unwrap_or(0) as i32
+}
+
+fn bool_field(v: &Value, f: &str) -> bool {
+    v.get(f).and_then(Value::as_bool).unwrap_or(false)
+}
+
+/// A dotted name from a list of String nodes (or a List node of them).
+pub(super) fn name_of(v: Option<&Value>) -> String {
+    let mut parts = Vec::new();
+    collect_strings(v, &mut parts);
+    parts.join(".")
+}
+
+fn collect_strings(v: Option<&Value>, out: &mut Vec<String>) {
+    match v {
+        Some(Value::Array(a)) => a.iter().for_each(|x| collect_strings(Some(x), out)),
+        Some(v) => {
+            if let Some(s) = node_body(v, "String") {
+                out.push(str_field(s, "sval").to_owned());
+            } else if let Some(l) = node_body(v, "List") {
+                collect_strings(l.get("items"), out);
+            }
+        }
+        None => {}
+    }
+}
+
+fn range_var(v: Option<&Value>) -> Option<String> {
+    let v = v?;
+    let rel = str_field(v, "relname");
+    if rel.is_empty() {
+        return None;
+    }
+    let schema = str_field(v, "schemaname");
+    Some(if schema.is_empty() {
+        rel.to_owned()
+    } else {
+        format!("{schema}.{rel}")
+    })
+}
+
+/// Text of a constant (`'x'`, `5`, `1.5`, `true`), through casts.
+pub(super) fn const_text(v: &Value) -> Option<String> {
+    if let Some(c) = node_body(v, "AConst") {
+        if bool_field(c, "isnull") {
+            return None;
+        }
+        let val = c.get("val")?;
+        if let Some(s) = val.get("Sval") {
+            return Some(str_field(s, "sval").to_owned());
+        }
+        if let Some(i) = val.get("Ival") {
+            return Some(int_field(i, "ival").to_string());
+        }
+        if let Some(f) = val.get("Fval") {
+            return Some(str_field(f, "fval").to_owned());
+        }
+        if let Some(b) = val.get("Boolval") {
+            return Some(
+                if bool_field(b, "boolval") {
+                    "true"
+                } else {
+                    "false"
+                }
+                .to_owned(),
+            );
+        }
+        return None;
+    }
+    if let Some(tc) = node_body(v, "TypeCast") {
+        return const_text(tc.get("arg")?);
+    }
+    if let Some(s) = node_body(v, "String") {
+        return Some(str_field(s, "sval").to_owned());
+    }
+    None
+}
+
+fn role_name(v: &Value) -> Option<String> {
+    let r = node_body(v, "RoleSpec").or(Some(v))?;
+    let t = RoleSpecType::try_from(int_field(r, "roletype")).ok()?;
+    Some(match t {
+        RoleSpecType::RolespecPublic => "public".to_owned(),
+        RoleSpecType::RolespecCurrentUser => "current_user".to_owned(),
+        RoleSpecType::RolespecSessionUser => "session_user".to_owned(),
+        RoleSpecType::RolespecCurrentRole => "current_role".to_owned(),
+        _ => str_field(r, "rolename").to_owned(),
+    })
+}
+
+fn roles_in(v: Option<&Value>) -> Vec<String> {
+    v.and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(role_name)
+        .collect()
+}
+
+fn object_type_words(t: i32) -> String {
+    match ObjectType::try_from(t) {
+        Ok(ObjectType::ObjectMatview) => "MATERIALIZED VIEW".into(),
+        Ok(ObjectType::ObjectForeignServer) => "SERVER".into(),
+        Ok(ObjectType::ObjectFdw) => "FOREIGN DATA WRAPPER".into(),
+        Ok(ObjectType::ObjectTsconfiguration) => "TEXT SEARCH CONFIGURATION".into(),
+        Ok(ObjectType::ObjectTsdictionary) => "TEXT SEARCH DICTIONARY".into(),
+        Ok(ObjectType::ObjectTsparser) => "TEXT SEARCH PARSER".into(),
+        Ok(ObjectType::ObjectTstemplate) => "TEXT SEARCH TEMPLATE".into(),
+        Ok(ObjectType::ObjectEventTrigger) => "EVENT TRIGGER".into(),
+        Ok(ObjectType::ObjectTabconstraint) => "CONSTRAINT".into(),
+        Ok(ObjectType::ObjectAccessMethod) => "ACCESS METHOD".into(),
+        Ok(ObjectType::ObjectStatisticExt) => "STATISTICS".into(),
+        Ok(o) => o
+            .as_str_name()
+            .trim_start_matches("OBJECT_")
+            .replace('_', " "),
+        Err(_) => "OBJECT".into(),
+    }
+}
+
+/// `CreateEventTrigStmt` → `CREATE EVENT TRIG`: PostgreSQL-ish words for a node name.
+fn words_of(kind: &str) -> String {
+    let base = kind.strip_suffix("Stmt").unwrap_or(kind);
+    let mut out = String::new();
+    for (i, c) in base.chars().enumerate() {
+        if c.is_ascii_uppercase() && i > 0 {
+            out.push(' ');
+        }
+        out.push(c.to_ascii_uppercase());
+    }
+    out
+}
+
+fn subcommand_name(t: i32) -> String {
+    let Ok(t) = AlterTableType::try_from(t) else {
+        return "UNKNOWN".into();
+    };
+    match t {
+        AlterTableType::AtDisableTrig => "DISABLE TRIGGER".into(),
+        AlterTableType::AtDisableTrigAll => "DISABLE TRIGGER ALL".into(),
+        AlterTableType::AtDisableTrigUser => "DISABLE TRIGGER USER".into(),
+        AlterTableType::AtEnableTrig => "ENABLE TRIGGER".into(),
+        AlterTableType::AtAlterColumnType => "ALTER COLUMN TYPE".into(),
+        AlterTableType::AtColumnDefault => "ALTER COLUMN DEFAULT".into(),
+        AlterTableType::AtSetTableSpace => "SET TABLESPACE".into(),
+        AlterTableType::AtSetUnLogged => "SET UNLOGGED".into(),
+        AlterTableType::AtChangeOwner => "OWNER TO".into(),
+        AlterTableType::AtNoForceRowSecurity => "NO FORCE ROW SECURITY".into(),
+        t => words_of(t.as_str_name().trim_start_matches("AT_")),
+    }
+}
+
+fn defelem_text(options: Option<&Value>, name: &str) -> Option<String> {
+    options
+        .and_then(Value::as_array)?
+        .iter()
+        .filter_map(|o| node_body(o, "DefElem"))
+        .find(|d| str_field(d, "defname") == name)
+        .and_then(|d| d.get("arg"))
+        .and_then(|a| {
+            const_text(a).or_else(|| {
+                // `AS 'body'` is a list of strings for functions.
+                a.get("node")
+                    .and_then(|n| n.get("List"))
+                    .map(|l| name_of(l.get("items")))
+            })
+        })
+}
+
+fn do_body(body: &Value) -> Option<String> {
+    let lang = defelem_text(body.get("args"), "language").unwrap_or_else(|| "plpgsql".into());
+    if !lang.eq_ignore_ascii_case("plpgsql") {
+        return None;
+    }
+    defelem_text(body.get("args"), "as")
+}
+
+fn function_body_is_dynamic(body: &Value) -> bool {
+    let lang = defelem_text(body.get("options"), "language").unwrap_or_default();
+    if !lang.eq_ignore_ascii_case("plpgsql") {
+        return false;
+    }
+    match defelem_text(body.get("options"), "as") {
+        Some(src) => super::plpgsql::inspect_body(&src).dynamic_sql,
+        None => false,
+    }
+}
+
+/// Facts of one statement node (without its nested statements).
+fn stmt_facts(kind: &str, b: &Value, nesting: Nesting) -> Facts {
+    let mut f = Facts::new(words_of(kind), Class::Unknown, nesting);
+    let rel = |f: &mut Facts, field: &str| {
+        if let Some(r) = range_var(b.get(field)) {
+            f.objects.push(r);
+        }
+        if let Some(rv) = b.get(field) {
+            f.flag(
+                Flag::Only,
+                rv.get("inh").and_then(Value::as_bool) == Some(false),
+            );
+        }
+    };
+    match kind {
+        "SelectStmt" => {
+            f.tag = "SELECT".into();
+            f.class = Class::Read;
+            if let Some(into) = b.get("into_clause").filter(|v| !v.is_null()) {
+                f.tag = "SELECT INTO".into();
+                f.class = Class::Ddl;
+                if let Some(r) = range_var(into.get("rel")) {
+                    f.objects.push(r);
+                }
+            }
+        }
+        "InsertStmt" => {
+            f.tag = "INSERT".into();
+            f.class = Class::Write;
+            rel(&mut f, "relation");
+        }
+        "UpdateStmt" | "DeleteStmt" => {
+            f.tag = if kind == "UpdateStmt" {
+                "UPDATE"
+            } else {
+                "DELETE"
+            }
+            .into();
+            f.class = Class::Write;
+            rel(&mut f, "relation");
+            f.where_clause = match b.get("where_clause").filter(|w| !w.is_null()) {
+                None => WhereState::Absent,
+                Some(w) if super::predicate::trivially_true(w) => WhereState::TriviallyTrue,
+                Some(_) => WhereState::Present,
+            };
+        }
+        "MergeStmt" => {
+            f.tag = "MERGE".into();
+            f.class = Class::Write;
+            rel(&mut f, "relation");
+        }
+        "TruncateStmt" => {
+            f.tag = "TRUNCATE TABLE".into();
+            f.class = Class::Write;
+            for r in b
+                .get("relations")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+            {
+                if let Some(rv) = node_body(r, "RangeVar") {
+                    f.objects.extend(range_var(Some(rv)));
+                    f.flag(Flag::Only, !bool_field(rv, "inh"));
+                }
+            }
+            f.flag(Flag::Cascade, is_cascade(b));
+        }
+        "DropStmt" => {
+            f.tag = format!("DROP {}", object_type_words(int_field(b, "remove_type")));
+            f.class = Class::Ddl;
+            for o in b
+                .get("objects")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+            {
+                let name = match node_kind(o) {
+                    Some(("ObjectWithArgs", owa)) => name_of(owa.get("objname")),
+                    Some(("TypeName", tn)) => name_of(tn.get("names")),
+                    _ => name_of(Some(o)),
+                };
+                f.objects.push(name);
+            }
+            f.flag(Flag::IfExists, bool_field(b, "missing_ok"));
+            f.flag(Flag::Cascade, is_cascade(b));
+            f.flag(Flag::Concurrently, bool_field(b, "concurrent"));
+        }
+        "DropdbStmt" => {
+            f.tag = "DROP DATABASE".into();
+            f.class = Class::Ddl;
+            f.objects.push(str_field(b, "dbname").to_owned());
+            f.flag(Flag::IfExists, bool_field(b, "missing_ok"));
+        }
+        "DropRoleStmt" => {
+            f.tag = "DROP ROLE".into();
+            f.class = Class::Role;
+            f.roles = roles_in(b.get("roles"));
+            f.flag(Flag::IfExists, bool_field(b, "missing_ok"));
+        }
+        "DropOwnedStmt" => {
+            f.tag = "DROP OWNED".into();
+            f.class = Class::Ddl;
+            f.roles = roles_in(b.get("roles"));
+            f.flag(Flag::Cascade, is_cascade(b));
+        }
+        "DropTableSpaceStmt" => {
+            f.tag = "DROP TABLESPACE".into();
+            f.class = Class::Ddl;
+            f.objects.push(str_field(b, "tablespacename").to_owned());
+        }
+        "DropSubscriptionStmt" => {
+            f.tag = "DROP SUBSCRIPTION".into();
+            f.class = Class::Ddl;
+            f.objects.push(str_field(b, "subname").to_owned());
+            f.flag(Flag::Cascade, is_cascade(b));
+        }
+        "AlterTableStmt" => {
+            f.tag = format!("ALTER {}", object_type_words(int_field(b, "objtype")));
+            f.class = Class::Ddl;
+            rel(&mut f, "relation");
+            f.flag(Flag::IfExists, bool_field(b, "missing_ok"));
+            for c in b
+                .get("cmds")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+            {
+                if let Some(cmd) = node_body(c, "AlterTableCmd") {
+                    f.subcommands
+                        .push(subcommand_name(int_field(cmd, "subtype")));
+                    f.flag(Flag::Cascade, is_cascade(cmd));
+                    if let Some(def) = cmd.get("def").and_then(|d| node_body(d, "Constraint")) {
+                        f.flag(Flag::NotValid, bool_field(def, "skip_validation"));
+                    }
+                }
+            }
+        }
+        "RenameStmt" => {
+            f.tag = format!("ALTER {}", object_type_words(int_field(b, "rename_type")));
+            f.class = Class::Ddl;
+            rel(&mut f, "relation");
+            let col =
+                ObjectType::try_from(int_field(b, "rename_type")) == Ok(ObjectType::ObjectColumn);
+            f.subcommands
+                .push(if col { "RENAME COLUMN" } else { "RENAME" }.into());
+            if col {
+                f.tag = format!("ALTER {}", object_type_words(int_field(b, "relation_type")));
+            }
+        }
+        "IndexStmt" => {
+            f.tag = "CREATE INDEX".into();
+            f.class = Class::Ddl;
+            rel(&mut f, "relation");
+            f.flag(Flag::Concurrently, bool_field(b, "concurrent"));
+            f.flag(Flag::IfNotExists, bool_field(b, "if_not_exists"));
+        }
+        "CreateStmt" => {
+            f.tag = "CREATE TABLE".into();
+            f.class = Class::Ddl;
+            rel(&mut f, "relation");
+            relpersistence(&mut f, b.get("relation"));
+            f.flag(Flag::IfNotExists, bool_field(b, "if_not_exists"));
+        }
+        "CreateTableAsStmt" => {
+            let matview =
+                ObjectType::try_from(int_field(b, "objtype")) == Ok(ObjectType::ObjectMatview);
+            f.tag = if matview {
+                "CREATE MATERIALIZED VIEW"
+            } else {
+                "CREATE TABLE AS"
+            }
+            .into();
+            f.class = Class::Ddl;
+            if let Some(into) = b.get("into") {
+                f.objects.extend(range_var(into.get("rel")));
+                relpersistence(&mut f, into.get("rel"));
+            }
+            f.flag(Flag::IfNotExists, bool_field(b, "if_not_exists"));
+        }
+        "ViewStmt" => {
+            f.tag = "CREATE VIEW".into();
+            f.class = Class::Ddl;
+            f.objects.extend(range_var(b.get("view")));
+            f.flag(Flag::OrReplace, bool_field(b, "replace"));
+        }
+        "CreateFunctionStmt" => {
+            f.tag = if bool_field(b, "is_procedure") {
+                "CREATE PROCEDURE"
+            } else {
+                "CREATE FUNCTION"
+            }
+            .into();
+            f.class = Class::Ddl;
+            f.objects.push(name_of(b.get("funcname")));
+            f.flag(Flag::OrReplace, bool_field(b, "replace"));
+        }
+        "DoStmt" => {
+            f.tag = "DO".into();
+            f.class = Class::Function;
+        }
+        "CallStmt" => {
+            f.tag = "CALL".into();
+            f.class = Class::Function;
+        }
+        "VariableSetStmt" => set_facts(&mut f, b),
+        "VariableShowStmt" => {
+            f.tag = "SHOW".into();
+            f.class = Class::Session;
+            f.objects.push(str_field(b, "name").to_ascii_lowercase());
+        }
+        "AlterSystemStmt" => {
+            f.class = Class::Ddl;
+            if let Some(s) = b.get("setstmt") {
+                set_facts(&mut f, s);
+            }
+            f.tag = "ALTER SYSTEM".into();
+            f.class = Class::Ddl;
+        }
+        "TransactionStmt" => {
+            f.class = Class::Tcl;
+            f.tag = match TransactionStmtKind::try_from(int_field(b, "kind")) {
+                Ok(TransactionStmtKind::TransStmtBegin) => "BEGIN",
+                Ok(TransactionStmtKind::TransStmtStart) => "START TRANSACTION",
+                Ok(TransactionStmtKind::TransStmtCommit) => "COMMIT",
+                Ok(TransactionStmtKind::TransStmtRollback) => "ROLLBACK",
+                Ok(TransactionStmtKind::TransStmtSavepoint) => "SAVEPOINT",
+                Ok(TransactionStmtKind::TransStmtRelease) => "RELEASE",
+                Ok(TransactionStmtKind::TransStmtRollbackTo) => "ROLLBACK TO",
+                Ok(TransactionStmtKind::TransStmtPrepare) => "PREPARE TRANSACTION",
+                Ok(TransactionStmtKind::TransStmtCommitPrepared) => "COMMIT PREPARED",
+                Ok(TransactionStmtKind::TransStmtRollbackPrepared) => "ROLLBACK PREPARED",
+                _ => "TRANSACTION",
+            }
+            .into();
+        }
+        "CopyStmt" => {
+            f.tag = "COPY".into();
+            let from = bool_field(b, "is_from");
+            f.class = if from { Class::Write } else { Class::Read };
+            f.objects.extend(range_var(b.get("relation")));
+            let target = if bool_field(b, "is_program") {
+                CopyTarget::Program
+            } else if !str_field(b, "filename").is_empty() {
+                CopyTarget::ServerFile
+            } else {
+                CopyTarget::Client
+            };
+            f.copy = Some(CopyFacts { from, target });
+        }
+        "GrantStmt" => {
+            f.tag = if bool_field(b, "is_grant") {
+                "GRANT"
+            } else {
+                "REVOKE"
+            }
+            .into();
+            f.class = Class::Role;
+            f.roles = roles_in(b.get("grantees"));
+            f.flag(Flag::Cascade, is_cascade(b));
+            for o in b
+                .get("objects")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+            {
+                match node_kind(o) {
+                    Some(("RangeVar", rv)) => f.objects.extend(range_var(Some(rv))),
+                    Some(("ObjectWithArgs", owa)) => f.objects.push(name_of(owa.get("objname"))),
+                    _ => f.objects.push(name_of(Some(o))),
+                }
+            }
+        }
+        "GrantRoleStmt" => {
+            f.tag = if bool_field(b, "is_grant") {
+                "GRANT ROLE"
+            } else {
+                "REVOKE ROLE"
+            }
+            .into();
+            f.class = Class::Role;
+            f.roles = roles_in(b.get("grantees"));
+            for r in b
+                .get("granted_roles")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+            {
+                if let Some(ap) = node_body(r, "AccessPriv") {
+                    f.objects.push(str_field(ap, "priv_name").to_owned());
+                }
+            }
+        }
+        "AlterDefaultPrivilegesStmt" => {
+            f.tag = "ALTER DEFAULT PRIVILEGES".into();
+            f.class = Class::Role;
+            if let Some(a) = b.get("action") {
+                f.roles = roles_in(a.get("grantees"));
+            }
+        }
+        "CreateRoleStmt" | "AlterRoleStmt" | "AlterRoleSetStmt" => {
+            f.class = Class::Role;
+            let stmt_type = int_field(b, "stmt_type");
+            f.tag = match (kind, stmt_type) {
+                ("CreateRoleStmt", 2) => "CREATE USER",
+                ("CreateRoleStmt", 3) => "CREATE GROUP",
+                ("CreateRoleStmt", _) => "CREATE ROLE",
+                _ => "ALTER ROLE",
+            }
+            .into();
+            if let Some(r) = b.get("role").filter(|r| !r.is_null()).and_then(role_name) {
+                f.roles.push(r);
+            } else if !str_field(b, "role").is_empty() {
+                f.roles.push(str_field(b, "role").to_owned());
+            }
+            if kind == "AlterRoleSetStmt" {
+                if let Some(s) = b.get("setstmt") {
+                    set_facts(&mut f, s);
+                    f.tag = "ALTER ROLE".into();
+                    f.class = Class::Role;
+                }
+            }
+        }
+        "AlterDatabaseSetStmt" => {
+            if let Some(s) = b.get("setstmt") {
+                set_facts(&mut f, s);
+            }
+            f.tag = "ALTER DATABASE".into();
+            f.class = Class::Ddl;
+            f.objects.push(str_field(b, "dbname").to_owned());
+        }
+        "CreatePolicyStmt" => {
+            f.tag = "CREATE POLICY".into();
+            f.class = Class::Ddl;
+            f.objects.extend(range_var(b.get("table")));
+            f.roles = roles_in(b.get("roles"));
+            f.where_clause = match b.get("qual").filter(|q| !q.is_null()) {
+                None => WhereState::Absent,
+                Some(q) if super::predicate::trivially_true(q) => WhereState::TriviallyTrue,
+                Some(_) => WhereState::Present,
+            };
+            if !bool_field(b, "permissive") {
+                f.subcommands.push("RESTRICTIVE".into());
+            }
+        }
+        "ExplainStmt" => {
+            f.tag = "EXPLAIN".into();
+            f.class = Class::Read;
+            f.flag(Flag::Analyze, explain_analyze(b));
+        }
+        "PrepareStmt" => {
+            f.tag = "PREPARE".into();
+            f.class = Class::Session;
+            f.prepared_name = Some(str_field(b, "name").to_owned());
+        }
+        "ExecuteStmt" => {
+            f.tag = "EXECUTE".into();
+            f.class = Class::Unknown;
+            f.prepared_name = Some(str_field(b, "name").to_owned());
+        }
+        "DeallocateStmt" => {
+            f.tag = "DEALLOCATE".into();
+            f.class = Class::Session;
+        }
+        "VacuumStmt" => {
+            f.tag = if bool_field(b, "is_vacuumcmd") {
+                "VACUUM"
+            } else {
+                "ANALYZE"
+            }
+            .into();
+            f.class = Class::Maintenance;
+            if defelem_present(b.get("options"), "full") {
+                f.subcommands.push("FULL".into());
+            }
+        }
+        "ClusterStmt" | "ReindexStmt" | "CheckPointStmt" => {
+            f.class = Class::Maintenance;
+            f.flag(
+                Flag::Concurrently,
+                defelem_present(b.get("params"), "concurrently"),
+            );
+        }
+        "RefreshMatViewStmt" => {
+            f.tag = "REFRESH MATERIALIZED VIEW".into();
+            f.class = Class::Maintenance;
+            f.objects.extend(range_var(b.get("relation")));
+            f.flag(Flag::Concurrently, bool_field(b, "concurrent"));
+        }
+        "LockStmt" => {
+            f.tag = "LOCK TABLE".into();
+            f.class = Class::Tcl;
+        }
+        "DeclareCursorStmt" | "FetchStmt" | "ClosePortalStmt" => f.class = Class::Read,
+        "ListenStmt" | "UnlistenStmt" | "NotifyStmt" | "DiscardStmt" => f.class = Class::Session,
+        "LoadStmt" => {
+            f.tag = "LOAD".into();
+            f.class = Class::Ddl;
+            f.objects.push(str_field(b, "filename").to_owned());
+        }
+        k if k.starts_with("Create")
+            || k.starts_with("Alter")
+            || k.starts_with("Drop")
+            || k.starts_with("Define")
+            || k.starts_with("Comment") =>
+        {
+            f.class = Class::Ddl;
+        }
+        _ => {}
+    }
+    f
+}
+
+fn relpersistence(f: &mut Facts, rv: Option<&Value>) {
+    if let Some(rv) = rv {
+        let p = str_field(rv, "relpersistence");
+        f.flag(Flag::Temporary, p == "t");
+        f.flag(Flag::Unlogged, p == "u");
+    }
+}
+
+fn is_cascade(b: &Value) -> bool {
+    DropBehavior::try_from(int_field(b, "behavior")) == Ok(DropBehavior::DropCascade)
+}
+
+fn defelem_present(options: Option<&Value>, name: &str) -> bool {
+    options
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|o| node_body(o, "DefElem"))
+        .any(|d| {
+            str_field(d, "defname") == name
+                && d.get("arg")
+                    .is_none_or(|a| a.is_null() || const_text(a).is_none_or(|t| is_true_word(&t)))
+        })
+}
+
+fn set_facts(f: &mut Facts, b: &Value) {
+    f.class = Class::Session;
+    let kind = VariableSetKind::try_from(int_field(b, "kind"));
+    let name = str_field(b, "name").to_ascii_lowercase();
+    let (tag, value) = match kind {
+        Ok(VariableSetKind::VarSetValue) => {
+            let vals: Vec<String> = b
+                .get("args")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .filter_map(const_text)
+                .collect();
+            ("SET", Some(vals.join(", ")))
+        }
+        Ok(VariableSetKind::VarSetDefault) => ("SET", None),
+        Ok(VariableSetKind::VarReset) | Ok(VariableSetKind::VarResetAll) => ("RESET", None),
+        Ok(VariableSetKind::VarSetCurrent) => ("SET", None),
+        // SET TRANSACTION / SET SESSION CHARACTERISTICS and friends.
+        _ => ("SET", None),
+    };
+    let name = if name.is_empty() && kind == Ok(VariableSetKind::VarResetAll) {
+        "all".to_owned()
+    } else {
+        name
+    };
+    f.tag = tag.into();
+    if matches!(name.as_str(), "role" | "session_authorization") {
+        if let Some(v) = &value {
+            f.roles.push(v.clone());
+        }
+    }
+    f.set = Some(SetFacts {
+        name,
+        value,
+        local: bool_field(b, "is_local"),
+    });
+}
+
+/// Equality of two parse-tree values ignoring `location` fields.
+pub(super) fn same_tree(a: &Value, b: &Value) -> bool {
+    match (a, b) {
+        (Value::Object(x), Value::Object(y)) => same_map(x, y),
+        (Value::Array(x), Value::Array(y)) => {
+            x.len() == y.len() && x.iter().zip(y).all(|(p, q)| same_tree(p, q))
+        }
+        _ => a == b,
+    }
+}
+
+fn same_map(x: &Map<String, Value>, y: &Map<String, Value>) -> bool {
+    let keys = |m: &Map<String, Value>| m.keys().filter(|k| *k != "location").count();
+    keys(x) == keys(y)
+        && x.iter()
+            .filter(|(k, _)| *k != "location")
+            .all(|(k, v)| y.get(k).is_some_and(|w| same_tree(v, w)))
+}
+
+pub(super) fn bool_expr_type(v: &Value) -> Option<BoolExprType> {
+    BoolExprType::try_from(int_field(v, "boolop")).ok()
+}
+
+pub(super) fn aexpr_is_op(v: &Value) -> bool {
+    AExprKind::try_from(int_field(v, "kind")) == Ok(AExprKind::AexprOp)
+}
