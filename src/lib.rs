@@ -23,6 +23,7 @@
 pub mod cancel;
 pub mod config;
 pub mod net;
+pub mod policy;
 pub mod server;
 pub mod session;
 pub mod sql;

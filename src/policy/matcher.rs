@@ -1,0 +1,276 @@
+//! Compiled match conditions and the pure functions that test them against facts and a
+//! session. No I/O, no logging.
+
+use std::net::IpAddr;
+
+use globset::{GlobBuilder, GlobSet, GlobSetBuilder};
+use ipnet::IpNet;
+
+use crate::sql::{Class, CopyTarget, Facts, Flag, Nesting, Statement, WhereState};
+
+/// A set of globs, matched case-sensitively or not.
+#[derive(Debug, Clone)]
+pub struct Globs(GlobSet);
+
+impl Globs {
+    pub fn new(patterns: &[String], case_insensitive: bool) -> Result<Globs, String> {
+        let mut b = GlobSetBuilder::new();
+        for p in patterns {
+            let g = GlobBuilder::new(p)
+                .case_insensitive(case_insensitive)
+                .literal_separator(false)
+                .build()
+                .map_err(|e| format!("bad glob {p:?}: {e}"))?;
+            b.add(g);
+        }
+        b.build().map(Globs).map_err(|e| e.to_string())
+    }
+
+    pub fn any(&self, s: &str) -> bool {
+        self.0.is_match(s)
+    }
+}
+
+/// Conditions on one operation, and on the statement it belongs to.
+#[derive(Debug, Clone, Default)]
+pub struct StatementMatcher {
+    pub tags: Option<Globs>,
+    pub classes: Option<Vec<Class>>,
+    pub subcommands: Option<Globs>,
+    pub objects: Option<Globs>,
+    pub flags: Vec<Flag>,
+    pub not_flags: Vec<Flag>,
+    pub where_clause: Option<Vec<WhereState>>,
+    pub nesting: Option<Vec<Nesting>>,
+    /// Qualified patterns (with a dot) and unqualified ones.
+    pub functions: Option<(Option<Globs>, Option<Globs>)>,
+    pub set_names: Option<Globs>,
+    pub set_values: Option<Vec<String>>,
+    pub copy_targets: Option<Vec<CopyTarget>>,
+    pub copy_from: Option<bool>,
+    pub roles: Option<Globs>,
+    pub dynamic_sql: Option<bool>,
+    pub unparsed: Option<bool>,
+    pub unreadable_encoding: Option<bool>,
+}
+
+impl StatementMatcher {
+    fn has_op_conditions(&self) -> bool {
+        self.tags.is_some()
+            || self.classes.is_some()
+            || self.subcommands.is_some()
+            || self.objects.is_some()
+            || !self.flags.is_empty()
+            || !self.not_flags.is_empty()
+            || self.where_clause.is_some()
+            || self.nesting.is_some()
+            || self.set_names.is_some()
+            || self.set_values.is_some()
+            || self.copy_targets.is_some()
+            || self.copy_from.is_some()
+            || self.roles.is_some()
+            || self.dynamic_sql.is_some()
+    }
+
+    /// Does this statement match? `None` statement means text that could not be inspected.
+    pub fn matches(&self, stmt: Option<&Statement>, unreadable_encoding: bool) -> bool {
+        if let Some(want) = self.unreadable_encoding {
+            if want != unreadable_encoding {
+                return false;
+            }
+        }
+        let Some(stmt) = stmt else {
+            return self.unparsed == Some(true);
+        };
+        if self.unparsed == Some(true) {
+            return false;
+        }
+        if let Some((qualified, bare)) = &self.functions {
+            let hit = stmt.functions.iter().any(|f| {
+                qualified.as_ref().is_some_and(|g| g.any(f))
+                    || bare
+                        .as_ref()
+                        .is_some_and(|g| g.any(crate::sql::unqualified(f)))
+            });
+            if !hit {
+                return false;
+            }
+        }
+        if !self.has_op_conditions() {
+            return true;
+        }
+        stmt.ops.iter().any(|op| self.op_matches(op))
+    }
+
+    fn op_matches(&self, op: &Facts) -> bool {
+        if let Some(t) = &self.tags {
+            if !t.any(&op.tag) {
+                return false;
+            }
+        }
+        if let Some(c) = &self.classes {
+            if !c.contains(&op.class) {
+                return false;
+            }
+        }
+        if let Some(s) = &self.subcommands {
+            if !op.subcommands.iter().any(|x| s.any(x)) {
+                return false;
+            }
+        }
+        if let Some(o) = &self.objects {
+            if !op.objects.iter().any(|x| o.any(x)) {
+                return false;
+            }
+        }
+        if !self.flags.iter().all(|f| op.has(*f)) || self.not_flags.iter().any(|f| op.has(*f)) {
+            return false;
+        }
+        if let Some(w) = &self.where_clause {
+            if !w.contains(&op.where_clause) {
+                return false;
+            }
+        }
+        if let Some(n) = &self.nesting {
+            if !n.contains(&op.nesting) {
+                return false;
+            }
+        }
+        if self.set_names.is_some() || self.set_values.is_some() {
+            let Some(set) = &op.set else { return false };
+            if let Some(n) = &self.set_names {
+                if !n.any(&set.name) {
+                    return false;
+                }
+            }
+            if let Some(vals) = &self.set_values {
+                let v = set
+                    .value
+                    .as_deref()
+                    .unwrap_or("")
+                    .trim()
+                    .to_ascii_lowercase();
+                if !vals.iter().any(|x| x.eq_ignore_ascii_case(&v)) {
+                    return false;
+                }
+            }
+        }
+        if self.copy_targets.is_some() || self.copy_from.is_some() {
+            let Some(copy) = &op.copy else { return false };
+            if let Some(t) = &self.copy_targets {
+                if !t.contains(&copy.target) {
+                    return false;
+                }
+            }
+            if let Some(from) = self.copy_from {
+                if copy.from != from {
+                    return false;
+                }
+            }
+        }
+        if let Some(r) = &self.roles {
+            if !op.roles.iter().any(|x| r.any(x)) {
+                return false;
+            }
+        }
+        if let Some(d) = self.dynamic_sql {
+            if op.dynamic_sql != d {
+                return false;
+            }
+        }
+        true
+    }
+}
+
+/// A weekly time window in a time zone.
+#[derive(Debug, Clone)]
+pub struct Window {
+    pub tz: jiff::tz::TimeZone,
+    /// Days of the week (Monday = 1 … Sunday = 7); empty = every day.
+    pub days: Vec<i8>,
+    /// Minutes since midnight, [from, to); `to < from` wraps past midnight.
+    pub from: Option<u16>,
+    pub to: Option<u16>,
+}
+
+impl Window {
+    pub fn contains(&self, at: jiff::Timestamp) -> bool {
+        let local = at.to_zoned(self.tz.clone());
+        let day = local.weekday().to_monday_one_offset();
+        if !self.days.is_empty() && !self.days.contains(&day) {
+            return false;
+        }
+        let minute = local.hour() as u16 * 60 + local.minute() as u16;
+        match (self.from, self.to) {
+            (Some(f), Some(t)) if f <= t => (f..t).contains(&minute),
+            (Some(f), Some(t)) => minute >= f || minute < t,
+            (Some(f), None) => minute >= f,
+            (None, Some(t)) => minute < t,
+            (None, None) => true,
+        }
+    }
+}
+
+/// The session a statement arrives in.
+#[derive(Debug, Clone)]
+pub struct SessionContext {
+    pub user: String,
+    pub database: String,
+    /// The effective role when the server reported one (SET ROLE), else the user.
+    pub role: Option<String>,
+    pub application: String,
+    pub client_addr: Option<IpAddr>,
+    pub tls: bool,
+    pub in_transaction: bool,
+    /// The ticket attached with SET pgwarden.ticket / startup options.
+    pub ticket: Option<String>,
+    pub unreadable_encoding: bool,
+    pub now: jiff::Timestamp,
+}
+
+impl Default for SessionContext {
+    fn default() -> Self {
+        SessionContext {
+            user: String::new(),
+            database: String::new(),
+            role: None,
+            application: String::new(),
+            client_addr: None,
+            tls: false,
+            in_transaction: false,
+            ticket: None,
+            unreadable_encoding: false,
+            now: jiff::Timestamp::now(),
+        }
+    }
+}
+
+/// Conditions on the session.
+#[derive(Debug, Clone, Default)]
+pub struct SessionMatcher {
+    pub users: Option<Globs>,
+    pub databases: Option<Globs>,
+    pub roles: Option<Globs>,
+    pub applications: Option<Globs>,
+    pub client_cidrs: Option<Vec<IpNet>>,
+    pub tls: Option<bool>,
+    pub in_transaction: Option<bool>,
+    pub window: Option<Window>,
+}
+
+impl SessionMatcher {
+    pub fn matches(&self, s: &SessionContext) -> bool {
+        let glob = |g: &Option<Globs>, v: &str| g.as_ref().is_none_or(|g| g.any(v));
+        glob(&self.users, &s.user)
+            && glob(&self.databases, &s.database)
+            && glob(&self.roles, s.role.as_deref().unwrap_or(&s.user))
+            && glob(&self.applications, &s.application)
+            && self.client_cidrs.as_ref().is_none_or(|nets| {
+                s.client_addr
+                    .is_some_and(|a| nets.iter().any(|n| n.contains(&a)))
+            })
+            && self.tls.is_none_or(|t| t == s.tls)
+            && self.in_transaction.is_none_or(|t| t == s.in_transaction)
+            && self.window.as_ref().is_none_or(|w| w.contains(s.now))
+    }
+}

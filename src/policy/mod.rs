@@ -1,0 +1,209 @@
+//! Policy as code: rule files (`policies/*.toml`) are read strictly ([`raw`]), compiled with
+//! every error reported at once ([`compile`]), and applied by [`Policy::decide`], a pure
+//! function from an inspection and a session to a [`Decision`]. The same code decides on the
+//! wire, in `pgwarden check`, and in `pgwarden policy test` ([`testcases`]).
+
+pub mod compile;
+pub mod matcher;
+pub mod raw;
+pub mod testcases;
+
+use std::path::PathBuf;
+
+use serde::Serialize;
+
+pub use compile::{load_dir, PolicyError, PolicyErrors};
+pub use matcher::SessionContext;
+
+use crate::sql::Inspection;
+use matcher::{SessionMatcher, StatementMatcher};
+
+/// What happens to a statement. Ordered: a stricter action compares greater.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Action {
+    Allow,
+    Alert,
+    RequireTicket,
+    Hold,
+    Block,
+}
+
+impl Action {
+    pub fn parse(s: &str) -> Option<Action> {
+        Some(match s {
+            "allow" => Action::Allow,
+            "alert" => Action::Alert,
+            "require_ticket" => Action::RequireTicket,
+            "hold" => Action::Hold,
+            "block" => Action::Block,
+            _ => return None,
+        })
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Action::Allow => "allow",
+            Action::Alert => "alert",
+            Action::RequireTicket => "require_ticket",
+            Action::Hold => "hold",
+            Action::Block => "block",
+        }
+    }
+
+    /// Does this action stop the statement (for now: holds and tickets refuse too)?
+    pub fn refuses(self) -> bool {
+        self >= Action::RequireTicket
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Severity {
+    Info,
+    Low,
+    Medium,
+    High,
+    Critical,
+}
+
+impl Severity {
+    pub fn parse(s: &str) -> Option<Severity> {
+        Some(match s {
+            "info" => Severity::Info,
+            "low" => Severity::Low,
+            "medium" => Severity::Medium,
+            "high" => Severity::High,
+            "critical" => Severity::Critical,
+            _ => return None,
+        })
+    }
+}
+
+/// One compiled rule, for one environment.
+#[derive(Debug, Clone)]
+pub struct Rule {
+    pub id: String,
+    pub description: String,
+    pub severity: Severity,
+    pub action: Action,
+    pub message: String,
+    pub hint: Option<String>,
+    pub monitor: bool,
+    pub file: PathBuf,
+    pub line: usize,
+    pub statement: StatementMatcher,
+    pub session: SessionMatcher,
+}
+
+/// Whether the whole proxy enforces or only reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Mode {
+    Enforce,
+    Monitor,
+}
+
+/// A compiled policy set for one environment.
+#[derive(Debug, Clone)]
+pub struct Policy {
+    /// Hash of the files' names and contents: every decision carries it.
+    pub version: String,
+    pub environment: String,
+    pub rules: Vec<Rule>,
+}
+
+/// One rule that matched one statement.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RuleMatch {
+    pub rule: String,
+    pub action: Action,
+    pub severity: Severity,
+    /// Matched in monitor mode (the rule's or the proxy's): reported, not enforced.
+    pub monitor: bool,
+    pub statement: usize,
+    pub message: String,
+    pub hint: Option<String>,
+    pub file: String,
+}
+
+/// The policy's verdict on one SQL string.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Decision {
+    /// What is enforced: the strictest action among matches not in monitor mode.
+    pub action: Action,
+    /// The strictest action among all matches, monitor ones included.
+    pub strictest: Action,
+    pub matches: Vec<RuleMatch>,
+    pub policy_version: String,
+}
+
+impl Decision {
+    /// The match that decides the enforced action (the first of the strictest).
+    pub fn deciding(&self) -> Option<&RuleMatch> {
+        self.matches
+            .iter()
+            .filter(|m| !m.monitor && m.action == self.action)
+            .min_by_key(|m| m.statement)
+    }
+}
+
+impl Policy {
+    /// An empty policy: allows everything (used when no policy directory exists).
+    pub fn empty(environment: &str) -> Policy {
+        Policy {
+            version: "empty".into(),
+            environment: environment.into(),
+            rules: Vec::new(),
+        }
+    }
+
+    /// Decides on every statement of `ins` in `session`. Pure.
+    pub fn decide(&self, ins: &Inspection, session: &SessionContext, mode: Mode) -> Decision {
+        let mut matches = Vec::new();
+        let mut consider = |stmt_index: usize, stmt: Option<&crate::sql::Statement>| {
+            for r in &self.rules {
+                if r.session.matches(session)
+                    && r.statement.matches(stmt, session.unreadable_encoding)
+                {
+                    matches.push(RuleMatch {
+                        rule: r.id.clone(),
+                        action: r.action,
+                        severity: r.severity,
+                        monitor: r.monitor || mode == Mode::Monitor,
+                        statement: stmt_index,
+                        message: r.message.clone(),
+                        hint: r.hint.clone(),
+                        file: r.file.display().to_string(),
+                    });
+                }
+            }
+        };
+        if ins.unparsed.is_some() {
+            consider(0, None);
+        } else {
+            for (i, s) in ins.statements.iter().enumerate() {
+                consider(i, Some(s));
+            }
+        }
+        let enforced = |m: &&RuleMatch| !m.monitor;
+        Decision {
+            action: matches
+                .iter()
+                .filter(enforced)
+                .map(|m| m.action)
+                .max()
+                .unwrap_or(Action::Allow),
+            strictest: matches
+                .iter()
+                .map(|m| m.action)
+                .max()
+                .unwrap_or(Action::Allow),
+            matches,
+            policy_version: self.version.clone(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,148 @@
+//! Policy files as written: serde structs that refuse unknown keys. `compile` turns them into
+//! rules; nothing here decides anything.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+
+/// One `policies/*.toml` file.
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawFile {
+    #[serde(default)]
+    pub rule: Vec<RawRule>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRule {
+    pub id: String,
+    pub description: String,
+    #[serde(default)]
+    pub severity: Option<String>,
+    pub action: String,
+    pub message: String,
+    #[serde(default)]
+    pub hint: Option<String>,
+    /// Staged rollout: decide and report, never refuse.
+    #[serde(default)]
+    pub monitor: bool,
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    /// Conditions on the statement (each operation of it is tried).
+    #[serde(rename = "match", default)]
+    pub when: RawMatch,
+    /// Conditions on the session.
+    #[serde(default)]
+    pub session: RawSession,
+    /// Per-environment changes: `[rule.environments.development] action = "alert"`.
+    #[serde(default)]
+    pub environments: BTreeMap<String, RawEnvironment>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawEnvironment {
+    #[serde(default)]
+    pub action: Option<String>,
+    #[serde(default)]
+    pub monitor: Option<bool>,
+    #[serde(default)]
+    pub enabled: Option<bool>,
+}
+
+/// Statement conditions. Every condition given must hold; a list holds when any entry does
+/// (except `flags`, which must all be present).
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawMatch {
+    /// Command tags, case-insensitive, globs allowed: `"DROP TABLE"`, `"DROP *"`.
+    pub tags: Option<Vec<String>>,
+    pub classes: Option<Vec<String>>,
+    /// ALTER sub-commands: `"DROP COLUMN"`, `"DISABLE TRIGGER*"`.
+    pub subcommands: Option<Vec<String>>,
+    /// Globs on target objects: `"public.*"`, `"*.audit_log"`.
+    pub objects: Option<Vec<String>>,
+    pub flags: Option<Vec<String>>,
+    pub not_flags: Option<Vec<String>>,
+    #[serde(rename = "where")]
+    pub where_clause: Option<Vec<String>>,
+    pub nesting: Option<Vec<String>>,
+    /// Globs on functions called anywhere in the statement; a pattern without a dot matches
+    /// the unqualified name.
+    pub functions: Option<Vec<String>>,
+    /// Globs on the variable a SET / RESET / set_config changes.
+    pub set_names: Option<Vec<String>>,
+    /// Values of that variable (case-insensitive).
+    pub set_values: Option<Vec<String>>,
+    pub copy_targets: Option<Vec<String>>,
+    pub copy_from: Option<bool>,
+    /// Globs on roles named (grantees, SET ROLE targets).
+    pub roles: Option<Vec<String>>,
+    pub dynamic_sql: Option<bool>,
+    /// Text PostgreSQL's grammar rejected or pgwarden could not inspect.
+    pub unparsed: Option<bool>,
+    /// The session's client_encoding is one pgwarden cannot read exactly.
+    pub unreadable_encoding: Option<bool>,
+}
+
+/// Session conditions.
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawSession {
+    pub users: Option<Vec<String>>,
+    pub databases: Option<Vec<String>>,
+    /// Globs on the effective role (after SET ROLE), falling back to the user.
+    pub roles: Option<Vec<String>>,
+    pub applications: Option<Vec<String>>,
+    pub client_cidrs: Option<Vec<String>>,
+    pub tls: Option<bool>,
+    pub in_transaction: Option<bool>,
+    pub window: Option<RawWindow>,
+}
+
+/// A time window in a named time zone: `{ tz = "Europe/Berlin", days = ["sat", "sun"] }`,
+/// `{ tz = "UTC", from = "09:00", to = "17:00" }`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawWindow {
+    pub tz: String,
+    pub days: Option<Vec<String>>,
+    pub from: Option<String>,
+    pub to: Option<String>,
+}
+
+/// A `policies/tests/*.toml` file of test cases.
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawTestFile {
+    #[serde(default)]
+    pub case: Vec<RawCase>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCase {
+    pub name: String,
+    pub sql: String,
+    pub expect: String,
+    /// When given, exactly these rules must match.
+    pub rules: Option<Vec<String>>,
+    pub env: Option<String>,
+    pub user: Option<String>,
+    pub database: Option<String>,
+    pub role: Option<String>,
+    pub application: Option<String>,
+    pub client_addr: Option<String>,
+    pub tls: Option<bool>,
+    pub in_transaction: Option<bool>,
+    pub ticket: Option<String>,
+    pub client_encoding: Option<String>,
+    pub standard_conforming_strings: Option<bool>,
+    /// RFC 3339 instant the case is decided at (for time windows).
+    pub at: Option<String>,
+}

@@ -1,0 +1,161 @@
+//! `pgwarden policy test`: test cases kept beside the policies (`tests/*.toml` in the policy
+//! directory), each a SQL string, a session, and the expected action and rules, decided by
+//! the same code as the wire.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use super::raw::{RawCase, RawTestFile};
+use super::{compile, Action, Mode, Policy, PolicyError, PolicyErrors, SessionContext};
+use crate::sql::{self, ReadAs};
+
+/// The outcome of one case.
+#[derive(Debug, Clone)]
+pub struct CaseResult {
+    pub file: PathBuf,
+    pub name: String,
+    pub passed: bool,
+    /// What was decided, and what was expected when they differ.
+    pub detail: String,
+}
+
+/// Is text in this client_encoding read by pgwarden exactly as the server reads it?
+/// UTF-8 is read as is; SQL_ASCII is passed to the server unconverted (and must be valid in
+/// the server encoding). Others, notably those whose multibyte characters can contain a
+/// quote or backslash byte (SJIS, BIG5, GBK, GB18030, UHC, JOHAB), are not.
+pub fn encoding_readable(enc: &str) -> bool {
+    let e = enc.to_ascii_uppercase().replace(['-', '_'], "");
+    matches!(e.as_str(), "UTF8" | "UNICODE" | "SQLASCII")
+}
+
+/// The session a case describes.
+pub fn case_session(c: &RawCase) -> Result<SessionContext, String> {
+    let now = match &c.at {
+        Some(t) => t
+            .parse::<jiff::Timestamp>()
+            .map_err(|e| format!("at {t:?}: {e}"))?,
+        None => jiff::Timestamp::now(),
+    };
+    let client_addr = match &c.client_addr {
+        Some(a) => Some(
+            a.parse()
+                .map_err(|_| format!("client_addr {a:?} is not an IP address"))?,
+        ),
+        None => None,
+    };
+    Ok(SessionContext {
+        user: c.user.clone().unwrap_or_else(|| "app".into()),
+        database: c.database.clone().unwrap_or_else(|| "app".into()),
+        role: c.role.clone(),
+        application: c.application.clone().unwrap_or_default(),
+        client_addr,
+        tls: c.tls.unwrap_or(false),
+        in_transaction: c.in_transaction.unwrap_or(false),
+        ticket: c.ticket.clone(),
+        unreadable_encoding: c
+            .client_encoding
+            .as_deref()
+            .is_some_and(|e| !encoding_readable(e)),
+        now,
+    })
+}
+
+/// Reads every test file under `dir/tests` (syntax and key errors are reported, all at once).
+pub fn read_cases(dir: &Path) -> Result<Vec<(PathBuf, RawCase)>, PolicyErrors> {
+    let tdir = dir.join("tests");
+    if !tdir.is_dir() {
+        return Ok(Vec::new());
+    }
+    let files = compile::policy_files(&tdir)?;
+    let mut out = Vec::new();
+    let mut errors = Vec::new();
+    for f in files {
+        let text = std::fs::read_to_string(&f).unwrap_or_default();
+        match toml_edit::de::from_str::<RawTestFile>(&text) {
+            Ok(t) => out.extend(t.case.into_iter().map(|c| (f.clone(), c))),
+            Err(e) => {
+                let line = e
+                    .span()
+                    .map(|s| text[..s.start.min(text.len())].matches('\n').count() + 1)
+                    .unwrap_or(0);
+                errors.push(PolicyError {
+                    file: f.clone(),
+                    line,
+                    rule: None,
+                    message: e.message().trim().to_owned(),
+                });
+            }
+        }
+    }
+    if errors.is_empty() {
+        Ok(out)
+    } else {
+        Err(PolicyErrors(errors))
+    }
+}
+
+/// Runs every case in `dir/tests` against the policy in `dir`.
+pub fn run_dir(dir: &Path) -> Result<Vec<CaseResult>, PolicyErrors> {
+    let cases = read_cases(dir)?;
+    let mut policies: HashMap<String, Policy> = HashMap::new();
+    let mut results = Vec::new();
+    for (file, c) in cases {
+        let env = c.env.clone().unwrap_or_else(|| "production".into());
+        if !policies.contains_key(&env) {
+            policies.insert(env.clone(), compile::load_dir(dir, &env)?);
+        }
+        let policy = &policies[&env];
+        results.push(run_case(policy, &file, &c));
+    }
+    Ok(results)
+}
+
+fn run_case(policy: &Policy, file: &Path, c: &RawCase) -> CaseResult {
+    let fail = |detail: String| CaseResult {
+        file: file.to_path_buf(),
+        name: c.name.clone(),
+        passed: false,
+        detail,
+    };
+    let Some(expect) = Action::parse(&c.expect) else {
+        return fail(format!("expect {:?} is not an action", c.expect));
+    };
+    let session = match case_session(c) {
+        Ok(s) => s,
+        Err(e) => return fail(e),
+    };
+    let read_as = ReadAs {
+        standard_conforming_strings: c.standard_conforming_strings.unwrap_or(true),
+    };
+    let ins = sql::inspect(&c.sql, read_as);
+    let d = policy.decide(&ins, &session, Mode::Enforce);
+    let mut got_rules: Vec<&str> = d.matches.iter().map(|m| m.rule.as_str()).collect();
+    got_rules.sort();
+    got_rules.dedup();
+    let mut problems = Vec::new();
+    if d.action != expect {
+        problems.push(format!(
+            "expected {}, got {}",
+            expect.name(),
+            d.action.name()
+        ));
+    }
+    if let Some(want) = &c.rules {
+        let mut want: Vec<&str> = want.iter().map(String::as_str).collect();
+        want.sort();
+        want.dedup();
+        if want != got_rules {
+            problems.push(format!("expected rules {want:?}, got {got_rules:?}"));
+        }
+    }
+    CaseResult {
+        file: file.to_path_buf(),
+        name: c.name.clone(),
+        passed: problems.is_empty(),
+        detail: if problems.is_empty() {
+            format!("{} {:?}", d.action.name(), got_rules)
+        } else {
+            problems.join("; ")
+        },
+    }
+}
