@@ -21,6 +21,7 @@
 //! - [`net`]: one stream type over TCP, Unix sockets and TLS.
 
 pub mod cancel;
+pub mod commands;
 pub mod config;
 pub mod net;
 pub mod policy;

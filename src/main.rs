@@ -3,10 +3,12 @@
 use std::path::PathBuf;
 
 use anyhow::Context;
-use clap::{Parser, Subcommand};
+use clap::{Parser, Subcommand, ValueEnum};
 use tokio_util::sync::CancellationToken;
 
+use pgwarden::commands::{self, check::Format};
 use pgwarden::config::{Config, Overrides};
+use pgwarden::policy::Mode;
 use pgwarden::server::Server;
 
 /// A PostgreSQL wire-protocol proxy that enforces database change-management policy as code.
@@ -21,6 +23,22 @@ struct Cli {
 enum Command {
     /// Run the proxy in front of PostgreSQL.
     Serve(ServeArgs),
+    /// Decide offline on SQL files (migrations). Exit 0: nothing refused; 1: something
+    /// refused or held; 2: usage or input error.
+    Check(CheckArgs),
+    /// Print the facts pgwarden sees in SQL and the policy's decision.
+    Explain(ExplainArgs),
+    /// Validate or test a policy directory.
+    Policy {
+        #[command(subcommand)]
+        command: PolicyCommand,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum ModeArg {
+    Enforce,
+    Monitor,
 }
 
 #[derive(clap::Args)]
@@ -35,6 +53,61 @@ struct ServeArgs {
     /// (e.g. /var/run/postgresql/.s.PGSQL.5432) [default: 127.0.0.1:5432].
     #[arg(long, value_name = "HOST:PORT")]
     upstream: Option<String>,
+    /// Policy directory [default: ./policies].
+    #[arg(long, value_name = "DIR")]
+    policies: Option<PathBuf>,
+    /// Environment the policy is applied for [default: production].
+    #[arg(long = "env", value_name = "NAME")]
+    environment: Option<String>,
+    /// enforce: refuse what policy refuses; monitor: decide and report only [default: enforce].
+    #[arg(long, value_enum)]
+    mode: Option<ModeArg>,
+}
+
+#[derive(clap::Args)]
+struct CheckArgs {
+    /// Policy directory.
+    #[arg(long, value_name = "DIR", default_value = "policies")]
+    policies: PathBuf,
+    /// Environment to decide for.
+    #[arg(long = "env", value_name = "NAME", default_value = "production")]
+    environment: String,
+    /// User the statements run as (for session conditions).
+    #[arg(long, value_name = "NAME", default_value = "")]
+    user: String,
+    #[arg(long, value_enum, default_value = "text")]
+    format: Format,
+    /// SQL files; `-` reads standard input.
+    #[arg(required = true, value_name = "FILE")]
+    files: Vec<String>,
+}
+
+#[derive(clap::Args)]
+struct ExplainArgs {
+    #[arg(long, value_name = "DIR", default_value = "policies")]
+    policies: PathBuf,
+    #[arg(long = "env", value_name = "NAME", default_value = "production")]
+    environment: String,
+    #[arg(long, value_name = "NAME", default_value = "")]
+    user: String,
+    /// The SQL text.
+    sql: String,
+}
+
+#[derive(Subcommand)]
+enum PolicyCommand {
+    /// Load and compile a policy directory, reporting every error.
+    Validate {
+        #[arg(default_value = "policies")]
+        dir: PathBuf,
+        #[arg(long = "env", value_name = "NAME", default_value = "production")]
+        environment: String,
+    },
+    /// Run the test cases in DIR/tests; ends with "N passed, M failed".
+    Test {
+        #[arg(default_value = "policies")]
+        dir: PathBuf,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -47,15 +120,28 @@ fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-    match cli.command {
-        Command::Serve(args) => serve(args),
-    }
+    let code = match cli.command {
+        Command::Serve(args) => return serve(args),
+        Command::Check(a) => commands::check::run(&a.policies, &a.environment, &a.user, a.format, &a.files),
+        Command::Explain(a) => commands::explain::run(&a.policies, &a.environment, &a.user, &a.sql),
+        Command::Policy { command } => match command {
+            PolicyCommand::Validate { dir, environment } => commands::policy::validate(&dir, &environment),
+            PolicyCommand::Test { dir } => commands::policy::test(&dir),
+        },
+    };
+    std::process::exit(code);
 }
 
 fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let overrides = Overrides {
         listen: args.listen,
         upstream: args.upstream,
+        policies: args.policies,
+        environment: args.environment,
+        mode: args.mode.map(|m| match m {
+            ModeArg::Enforce => Mode::Enforce,
+            ModeArg::Monitor => Mode::Monitor,
+        }),
     };
     let config = match Config::load(args.config.as_deref(), &overrides) {
         Ok(c) => c,
@@ -66,11 +152,18 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
+        .thread_stack_size(8 << 20)
         .build()
         .context("starting the runtime")?;
     rt.block_on(async move {
         let shutdown = CancellationToken::new();
-        let server = Server::bind(config, shutdown.clone()).await?;
+        let server = match Server::bind(config, shutdown.clone()).await {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("pgwarden: {e}");
+                std::process::exit(2);
+            }
+        };
         let signals = tokio::spawn(wait_for_signal(shutdown));
         server.run().await;
         signals.abort();

@@ -32,6 +32,11 @@ pub enum ServerError {
     },
     #[error(transparent)]
     Tls(#[from] crate::tls::TlsError),
+    #[error("invalid policy set {dir}:\n{errors}")]
+    Policy {
+        dir: String,
+        errors: crate::policy::PolicyErrors,
+    },
 }
 
 impl Server {
@@ -43,6 +48,13 @@ impl Server {
             }
             _ => None,
         };
+        let policy = crate::policy::load_dir(&config.policies, &config.environment).map_err(|errors| {
+            ServerError::Policy {
+                dir: config.policies.display().to_string(),
+                errors,
+            }
+        })?;
+        tracing::info!(rules = policy.rules.len(), version = %policy.version, environment = %policy.environment, mode = ?config.mode, "policy loaded");
         let connector = crate::tls::connector(config.upstream.tls, config.upstream.ca.as_deref())?;
         let listener =
             TcpListener::bind(config.listen)
@@ -51,7 +63,7 @@ impl Server {
                     addr: config.listen,
                     source,
                 })?;
-        let shared = Arc::new(Shared::new(Arc::new(config), acceptor, connector, shutdown));
+        let shared = Arc::new(Shared::new(Arc::new(config), acceptor, connector, shutdown, policy));
         Ok(Server { listener, shared })
     }
 

@@ -25,6 +25,12 @@ pub struct Config {
     pub allow_replication: bool,
     pub tls: ClientTls,
     pub upstream: Upstream,
+    /// Directory of policy files (`*.toml`, tests in `tests/`).
+    pub policies: PathBuf,
+    /// The environment the policy is compiled for (`[rule.environments.NAME]`).
+    pub environment: String,
+    /// `enforce`, or `monitor` (decide and report, refuse nothing).
+    pub mode: crate::policy::Mode,
 }
 
 /// TLS between clients and pgwarden.
@@ -118,6 +124,9 @@ impl Default for Config {
                 server_name: None,
                 connect_timeout: Duration::from_secs(5),
             },
+            policies: PathBuf::from("policies"),
+            environment: "production".into(),
+            mode: crate::policy::Mode::Enforce,
         }
     }
 }
@@ -127,6 +136,9 @@ impl Default for Config {
 pub struct Overrides {
     pub listen: Option<String>,
     pub upstream: Option<String>,
+    pub policies: Option<PathBuf>,
+    pub environment: Option<String>,
+    pub mode: Option<crate::policy::Mode>,
 }
 
 impl Config {

@@ -140,6 +140,28 @@ pub(super) fn apply_toml(cfg: &mut Config, file: &Path, text: &str, errors: &mut
                     cfg.allow_replication = b;
                 }
             }
+            "policies" => {
+                if let Some(v) = string(&mut cx, item, key) {
+                    cfg.policies = PathBuf::from(v);
+                }
+            }
+            "environment" => {
+                if let Some(v) = string(&mut cx, item, key) {
+                    if v.trim().is_empty() {
+                        cx.err(item, key, "must not be empty");
+                    } else {
+                        cfg.environment = v;
+                    }
+                }
+            }
+            "mode" => {
+                if let Some(v) = string(&mut cx, item, key) {
+                    match parse_mode(&v) {
+                        Some(m) => cfg.mode = m,
+                        None => cx.err(item, key, format!("{v:?} is not one of enforce, monitor")),
+                    }
+                }
+            }
             "tls" => {
                 if let Some(t) = table(&mut cx, item, key) {
                     apply_client_tls(cfg, &mut cx, t);
@@ -271,6 +293,14 @@ fn table<'a>(cx: &mut Ctx<'_>, item: &'a Item, key: &str) -> Option<&'a Table> {
     t
 }
 
+pub fn parse_mode(s: &str) -> Option<crate::policy::Mode> {
+    match s {
+        "enforce" => Some(crate::policy::Mode::Enforce),
+        "monitor" => Some(crate::policy::Mode::Monitor),
+        _ => None,
+    }
+}
+
 pub fn parse_client_tls_mode(s: &str) -> Option<ClientTlsMode> {
     Some(match s {
         "disable" => ClientTlsMode::Disable,
@@ -325,6 +355,15 @@ pub(super) fn apply_overrides(cfg: &mut Config, o: &Overrides, errors: &mut Vec<
                 format!("{l:?} is not an IP address and port"),
             )),
         }
+    }
+    if let Some(p) = &o.policies {
+        cfg.policies = p.clone();
+    }
+    if let Some(e) = &o.environment {
+        cfg.environment = e.clone();
+    }
+    if let Some(m) = o.mode {
+        cfg.mode = m;
     }
     if let Some(u) = &o.upstream {
         match parse_upstream_addr(u) {

@@ -3,6 +3,8 @@
 //! state ([`state`]) follows the protocol. This is the one place that sequences the wire
 //! with everything else pgwarden does.
 
+pub mod gate;
+pub mod refusal;
 pub mod relay;
 pub mod startup;
 pub mod state;
@@ -18,6 +20,9 @@ use tracing::Instrument;
 
 use crate::cancel::CancelRegistry;
 use crate::config::{Config, Upstream};
+use crate::policy::Policy;
+use crate::sql::cache::InspectCache;
+use crate::policy::SessionContext;
 use crate::wire::messages::PgError;
 use crate::wire::sqlstate::SqlState;
 
@@ -29,6 +34,9 @@ pub struct Shared {
     pub connector: Option<tokio_rustls::TlsConnector>,
     pub cancels: CancelRegistry,
     pub shutdown: CancellationToken,
+    /// The running policy; replaced whole on reload.
+    pub policy: arc_swap::ArcSwap<Policy>,
+    pub cache: InspectCache,
     next_id: AtomicU64,
 }
 
@@ -38,8 +46,11 @@ impl Shared {
         acceptor: Option<tokio_rustls::TlsAcceptor>,
         connector: Option<tokio_rustls::TlsConnector>,
         shutdown: CancellationToken,
+        policy: Policy,
     ) -> Self {
         Shared {
+            policy: arc_swap::ArcSwap::from_pointee(policy),
+            cache: InspectCache::default(),
             upstream: Arc::new(config.upstream.clone()),
             config,
             acceptor,
@@ -62,10 +73,10 @@ pub async fn run(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr) {
         database = tracing::field::Empty,
         application_name = tracing::field::Empty,
     );
-    serve(shared, tcp, id).instrument(span).await
+    serve(shared, tcp, peer, id).instrument(span).await
 }
 
-async fn serve(shared: Arc<Shared>, tcp: TcpStream, id: u64) {
+async fn serve(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr, id: u64) {
     let _ = tcp.set_nodelay(true);
     let deadline = tokio::time::Instant::now() + shared.config.startup_timeout;
     let opening = tokio::select! {
@@ -105,11 +116,30 @@ async fn serve(shared: Arc<Shared>, tcp: TcpStream, id: u64) {
             return;
         }
     };
+    let base = SessionContext {
+        user: startup.user().to_owned(),
+        database: startup.database().to_owned(),
+        role: None,
+        application: startup.param("application_name").unwrap_or("").to_owned(),
+        client_addr: Some(peer.ip()),
+        tls: client.is_tls(),
+        in_transaction: false,
+        ticket: None,
+        unreadable_encoding: false,
+        now: jiff::Timestamp::now(),
+    };
+    let mut gate = gate::PolicyGate::new(shared.clone(), base);
+    // Settings in the startup packet (`options=-c role=...`) are decided like SET statements.
+    if let Err(refusal) = gate.check_startup_settings(&startup.option_settings()) {
+        let _ = client.write_all(&refusal.to_bytes()).await;
+        let _ = client.shutdown().await;
+        return;
+    }
     let ctx = relay::Context {
         shared: &shared,
         session_id: id,
         startup_deadline: deadline,
     };
-    let end = relay::run(ctx, client, server, packet, rest).await;
+    let end = relay::run(ctx, client, server, packet, rest, &mut gate).await;
     tracing::info!(end = ?end, "session closed");
 }

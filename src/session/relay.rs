@@ -11,6 +11,7 @@ use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio::time::{sleep_until, timeout, Instant};
 
+use super::refusal::Gate;
 use super::state::{Links, Phase, SessionState};
 use super::Shared;
 use crate::cancel::{CancelGuard, CancelTarget};
@@ -61,6 +62,7 @@ pub async fn run(
     server: Stream,
     startup_packet: BytesMut,
     client_rest: BytesMut,
+    gate: &mut (dyn Gate + Send),
 ) -> End {
     let mut st = SessionState::new(Links {
         client_tls: client.is_tls(),
@@ -79,7 +81,7 @@ pub async fn run(
     let grace = ctx.shared.config.shutdown_grace;
 
     let mut end = st
-        .client_frames(&mut cin, &mut c2s)
+        .client_frames(&mut cin, &mut c2s, gate)
         .err()
         .map(|fatal| client_violation(&st, fatal, &mut s2c));
 
@@ -141,7 +143,7 @@ pub async fn run(
             r = io.cr.read_buf(&mut cin), if c2s.len() < HIGH_WATER && !st.client_terminated => match r {
                 Ok(0) => end = Some(End::ClientClosed),
                 Ok(_) => {
-                    if let Err(fatal) = st.client_frames(&mut cin, &mut c2s) {
+                    if let Err(fatal) = st.client_frames(&mut cin, &mut c2s, gate) {
                         end = Some(client_violation(&st, fatal, &mut s2c));
                     }
                 }

@@ -10,7 +10,8 @@
 
 use bytes::{Buf, BytesMut};
 
-use crate::wire::frame::{parse_header, FrameError, Limits, HEADER_LEN};
+use super::refusal::{parse_frame, query_frame, Gate, Refusals, Verdict, View};
+use crate::wire::frame::{parse_header, read_cstr, FrameError, Limits, HEADER_LEN};
 use crate::wire::messages::PgError;
 use crate::wire::read::{self, AuthRequest, ChannelBindingFlag, TxStatus};
 use crate::wire::sqlstate::SqlState;
@@ -99,6 +100,8 @@ pub struct SessionState {
     pub client_terminated: bool,
     /// A cancel key the server announced that the session has not registered yet.
     pub new_cancel_key: Option<CancelKey>,
+    /// Statements refused whose stand-in error has not come back from the server yet.
+    refusals: Refusals,
 }
 
 impl SessionState {
@@ -116,6 +119,7 @@ impl SessionState {
             server_sent_fatal: false,
             client_terminated: false,
             new_cancel_key: None,
+            refusals: Refusals::default(),
         }
     }
 
@@ -147,9 +151,15 @@ impl SessionState {
         }
     }
 
-    /// Moves every complete (or streamable) client frame from `cin` to `out`. An error is the
-    /// FATAL to send the client before closing the session.
-    pub fn client_frames(&mut self, cin: &mut BytesMut, out: &mut BytesMut) -> Result<(), PgError> {
+    /// Moves every complete (or streamable) client frame from `cin` to `out`, asking `gate`
+    /// about the SQL of each Query and Parse. An error is the FATAL to send the client before
+    /// closing the session.
+    pub fn client_frames(
+        &mut self,
+        cin: &mut BytesMut,
+        out: &mut BytesMut,
+        gate: &mut dyn Gate,
+    ) -> Result<(), PgError> {
         loop {
             if self.client_streaming > 0 {
                 let n = self.client_streaming.min(cin.len());
@@ -182,9 +192,49 @@ impl SessionState {
                 return Ok(());
             }
             self.check_client_frame(h.tag, &cin[HEADER_LEN..frame_len])?;
+            let stand_in = self.gate_frame(h.tag, &cin[HEADER_LEN..frame_len], gate)?;
             self.note_client_message(h.tag);
-            out.extend_from_slice(&cin[..frame_len]);
+            match stand_in {
+                Some(f) => out.extend_from_slice(&f),
+                None => out.extend_from_slice(&cin[..frame_len]),
+            }
             cin.advance(frame_len);
+        }
+    }
+
+    /// Asks the gate about a Query or Parse; on refusal returns the stand-in frame to send.
+    fn gate_frame(
+        &mut self,
+        tag: u8,
+        body: &[u8],
+        gate: &mut dyn Gate,
+    ) -> Result<Option<Vec<u8>>, PgError> {
+        let (name, text) = match tag {
+            // Checked above: exactly one NUL, at the end.
+            b'Q' => (None, &body[..body.len() - 1]),
+            b'P' => {
+                let mut pos = 0;
+                let name = read_cstr(body, &mut pos)
+                    .ok_or_else(|| protocol_violation("invalid Parse message"))?;
+                let text = read_cstr(body, &mut pos)
+                    .ok_or_else(|| protocol_violation("invalid Parse message"))?;
+                (Some(name), text)
+            }
+            _ => return Ok(None),
+        };
+        let view = View {
+            params: &self.params,
+            tx: self.tx,
+        };
+        match gate.check(text, &view) {
+            Verdict::Forward => Ok(None),
+            Verdict::Refuse(error) => {
+                let marker = self.refusals.refuse(error, self.pending_ready);
+                Ok(Some(match name {
+                    None => query_frame(&marker),
+                    Some(n) => parse_frame(n, &marker),
+                }))
+            }
         }
     }
 
@@ -258,11 +308,15 @@ impl SessionState {
         }
     }
 
-    /// The one server frame pgwarden changes: to a plaintext client, AuthenticationSASL
+    /// The server frames pgwarden changes: the error answering a refusal's stand-in becomes
+    /// pgwarden's refusal; and to a plaintext client, AuthenticationSASL
     /// offering SCRAM-SHA-256-PLUS (which the server offers on its TLS link to pgwarden) is
     /// sent without it, since libpq refuses a -PLUS offer over a non-TLS link. The client
     /// then uses plain SCRAM with flag `n`, which the server accepts.
-    fn rewrite_server_frame(&self, tag: u8, body: &[u8]) -> Option<Vec<u8>> {
+    fn rewrite_server_frame(&mut self, tag: u8, body: &[u8]) -> Option<Vec<u8>> {
+        if tag == b'E' {
+            return self.refusals.substitute(body);
+        }
         if tag != b'R' || self.links.client_tls {
             return None;
         }
@@ -292,6 +346,7 @@ impl SessionState {
                     self.tx = tx;
                 }
                 self.pending_ready = self.pending_ready.saturating_sub(1);
+                self.refusals.on_ready();
                 self.phase = Phase::Ready;
             }
             b'K' => self.new_cancel_key = read::backend_key_data(body),
@@ -353,6 +408,7 @@ fn check_channel_binding(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::session::refusal::OpenGate;
 
     fn msg(tag: u8, body: &[u8]) -> Vec<u8> {
         let mut v = vec![tag];
@@ -377,10 +433,10 @@ mod tests {
         input.extend(msg(b'S', b""));
         let mut cin = BytesMut::from(&input[..input.len() - 2]);
         let mut out = BytesMut::new();
-        s.client_frames(&mut cin, &mut out).unwrap();
+        s.client_frames(&mut cin, &mut out, &mut OpenGate).unwrap();
         assert_eq!(&out[..], &msg(b'Q', b"SELECT 1\0")[..]);
         cin.extend_from_slice(&input[input.len() - 2..]);
-        s.client_frames(&mut cin, &mut out).unwrap();
+        s.client_frames(&mut cin, &mut out, &mut OpenGate).unwrap();
         assert_eq!(&out[..], &input[..]);
         assert!(cin.is_empty());
         assert_eq!(s.pending_ready, 2);
@@ -395,7 +451,7 @@ mod tests {
         input.extend(msg(b'Q', b"DROP TABLE t\0"));
         let mut cin = BytesMut::from(&input[..]);
         let mut out = BytesMut::new();
-        let err = s.client_frames(&mut cin, &mut out).unwrap_err();
+        let err = s.client_frames(&mut cin, &mut out, &mut OpenGate).unwrap_err();
         assert_eq!(err.code, SqlState::PROTOCOL_VIOLATION);
         assert!(out.is_empty());
     }
@@ -404,7 +460,7 @@ mod tests {
     fn query_with_interior_nul_is_refused() {
         let mut s = ready();
         let mut cin = BytesMut::from(&msg(b'Q', b"SELECT 1\0DROP TABLE t\0")[..]);
-        assert!(s.client_frames(&mut cin, &mut BytesMut::new()).is_err());
+        assert!(s.client_frames(&mut cin, &mut BytesMut::new(), &mut OpenGate).is_err());
     }
 
     #[test]
@@ -414,11 +470,11 @@ mod tests {
         let frame = msg(b'd', &body);
         let mut cin = BytesMut::from(&frame[..1000]);
         let mut out = BytesMut::new();
-        s.client_frames(&mut cin, &mut out).unwrap();
+        s.client_frames(&mut cin, &mut out, &mut OpenGate).unwrap();
         assert_eq!(out.len(), 1000);
         assert!(!s.at_client_frame_boundary(&cin));
         cin.extend_from_slice(&frame[1000..]);
-        s.client_frames(&mut cin, &mut out).unwrap();
+        s.client_frames(&mut cin, &mut out, &mut OpenGate).unwrap();
         assert_eq!(&out[..], &frame[..]);
         assert!(s.at_client_frame_boundary(&cin));
     }
@@ -506,7 +562,7 @@ mod tests {
             upstream_tls: false,
         });
         let mut cin = BytesMut::from(&msg(b'Q', b"SELECT 1\0")[..]);
-        let e = s.client_frames(&mut cin, &mut BytesMut::new()).unwrap_err();
+        let e = s.client_frames(&mut cin, &mut BytesMut::new(), &mut OpenGate).unwrap_err();
         assert!(e.message.contains("expected password response"));
     }
 }

@@ -224,6 +224,8 @@ impl Facts {
 /// One statement of a SQL string.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Statement {
+    /// Byte offset of the statement in the inspected string.
+    pub location: usize,
     /// The statement's text (trimmed), for reports; never logged at info level.
     pub text: String,
     /// The statement itself first, then nested operations.

@@ -126,6 +126,8 @@ fn set_and_roles() {
         (s.name.as_str(), s.value.as_deref(), s.local),
         ("standard_conforming_strings", Some("off"), true)
     );
+    let o = ops("SELECT set_config('role', 'admin', false)");
+    assert!(o.iter().any(|f| f.set.as_ref().is_some_and(|s| s.name == "role") && f.roles == vec!["admin"]));
     let o = ops("SET pgwarden.ticket = 'CHG-1'");
     assert_eq!(o[0].set.as_ref().unwrap().value.as_deref(), Some("CHG-1"));
     assert_eq!(ops("RESET ALL")[0].set.as_ref().unwrap().name, "all");

@@ -52,7 +52,11 @@ impl Walker {
     fn node(&mut self, kind: &str, body: &Value, nesting: Nesting) {
         match kind {
             "FuncCall" => {
-                self.functions.push(name_of(body.get("funcname")));
+                let name = name_of(body.get("funcname"));
+                if super::unqualified(&name) == "set_config" {
+                    self.ops.push(set_config_facts(body, nesting));
+                }
+                self.functions.push(name);
                 self.visit(body, nesting);
             }
             "CommonTableExpr" => {
@@ -773,6 +777,25 @@ fn defelem_present(options: Option<&Value>, name: &str) -> bool {
                 && d.get("arg")
                     .is_none_or(|a| a.is_null() || const_text(a).is_none_or(|t| is_true_word(&t)))
         })
+}
+
+/// `set_config('role', 'admin', false)` changes a setting like SET does: reported as a SET
+/// operation so the same rules catch both. A name that is not a constant is reported as `*`.
+fn set_config_facts(b: &Value, nesting: Nesting) -> Facts {
+    let mut f = Facts::new("SET", Class::Session, nesting);
+    let args: Vec<&Value> = b.get("args").and_then(Value::as_array).into_iter().flatten().collect();
+    let name = args
+        .first()
+        .and_then(|a| const_text(a))
+        .map(|n| n.to_ascii_lowercase())
+        .unwrap_or_else(|| "*".into());
+    let value = args.get(1).and_then(|a| const_text(a));
+    let local = args.get(2).and_then(|a| const_text(a)).is_some_and(|t| is_true_word(&t));
+    if matches!(name.as_str(), "role" | "session_authorization" | "*") {
+        f.roles.push(value.clone().unwrap_or_else(|| "*".into()));
+    }
+    f.set = Some(SetFacts { name, value, local });
+    f
 }
 
 fn set_facts(f: &mut Facts, b: &Value) {

@@ -27,9 +27,13 @@ impl Running {
     fn start(extra_config: &str) -> Running {
         let dir = tempfile::tempdir().unwrap();
         let cfg = dir.path().join("pgwarden.toml");
+        std::fs::create_dir(dir.path().join("policies")).unwrap();
         std::fs::write(
             &cfg,
-            format!("listen = \"127.0.0.1:0\"\n{extra_config}\n[upstream]\naddress = \"127.0.0.1:5432\"\n"),
+            format!(
+                "listen = \"127.0.0.1:0\"\npolicies = \"{}\"\n{extra_config}\n[upstream]\naddress = \"127.0.0.1:5432\"\n",
+                dir.path().join("policies").display()
+            ),
         )
         .unwrap();
         let mut child = bin()

@@ -26,7 +26,14 @@ pub const PG_DB: &str = "test";
 pub struct Proxy {
     pub addr: SocketAddr,
     pub shutdown: CancellationToken,
+    pub shared: std::sync::Arc<pgwarden::session::Shared>,
     task: tokio::task::JoinHandle<()>,
+    _policy_dir: tempfile::TempDir,
+}
+
+/// The policy pack shipped in the repository.
+pub fn shipped_policies() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("policies")
 }
 
 impl Proxy {
@@ -36,8 +43,11 @@ impl Proxy {
     }
 
     /// Starts pgwarden with a configuration adjusted by `f` (listen is forced to port 0).
+    /// Unless `f` sets `policies`, the proxy runs with an empty policy (a bare relay).
     pub async fn start_with(f: impl FnOnce(&mut Config)) -> Proxy {
+        let policy_dir = tempfile::tempdir().unwrap();
         let mut cfg = Config::default();
+        cfg.policies = policy_dir.path().to_path_buf();
         cfg.upstream.address = UpstreamAddr::Tcp {
             host: PG_HOST.into(),
             port: PG_PORT,
@@ -49,11 +59,14 @@ impl Proxy {
             .await
             .expect("proxy binds");
         let addr = server.local_addr();
+        let shared = server.shared();
         let task = tokio::spawn(server.run());
         Proxy {
             addr,
             shutdown,
+            shared,
             task,
+            _policy_dir: policy_dir,
         }
     }
 

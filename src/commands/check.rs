@@ -1,0 +1,162 @@
+//! `pgwarden check FILE...`: decide offline on SQL files (migrations) with the same code as
+//! the wire. Output as text, JSON or SARIF (for code-scanning UIs).
+
+use std::io::Read;
+use std::path::Path;
+
+use serde_json::json;
+
+use super::{line_at, load_or_report, EXIT_ERROR, EXIT_OK, EXIT_REFUSED};
+use crate::policy::{Action, Decision, Mode, Policy, SessionContext};
+use crate::sql::{self, ReadAs};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    Text,
+    Json,
+    Sarif,
+}
+
+/// One file's decision.
+pub struct FileResult {
+    pub path: String,
+    pub text: String,
+    pub decision: Decision,
+    pub statements: Vec<usize>,
+}
+
+/// Decides on `text` as a session of `user` would see it on the wire.
+pub fn decide_text(policy: &Policy, text: &str, user: &str) -> (Decision, Vec<usize>) {
+    let ins = sql::inspect(text, ReadAs::default());
+    let session = SessionContext {
+        user: user.to_owned(),
+        ..SessionContext::default()
+    };
+    let locations = ins.statements.iter().map(|s| s.location).collect();
+    (policy.decide(&ins, &session, Mode::Enforce), locations)
+}
+
+pub fn run(policies: &Path, env: &str, user: &str, format: Format, files: &[String]) -> i32 {
+    let Some(policy) = load_or_report(policies, env) else {
+        return EXIT_ERROR;
+    };
+    let mut results = Vec::new();
+    for f in files {
+        let text = if f == "-" {
+            let mut s = String::new();
+            if let Err(e) = std::io::stdin().read_to_string(&mut s) {
+                eprintln!("pgwarden: cannot read standard input: {e}");
+                return EXIT_ERROR;
+            }
+            s
+        } else {
+            match std::fs::read_to_string(f) {
+                Ok(t) => t,
+                Err(e) => {
+                    eprintln!("pgwarden: cannot read {f}: {e}");
+                    return EXIT_ERROR;
+                }
+            }
+        };
+        let (decision, statements) = decide_text(&policy, &text, user);
+        results.push(FileResult {
+            path: f.clone(),
+            text,
+            decision,
+            statements,
+        });
+    }
+    match format {
+        Format::Text => print_text(&results),
+        Format::Json => println!("{}", serde_json::to_string_pretty(&json_report(&results, &policy)).expect("json")),
+        Format::Sarif => println!("{}", serde_json::to_string_pretty(&sarif(&results, &policy)).expect("json")),
+    }
+    if results.iter().any(|r| r.decision.action.refuses()) {
+        EXIT_REFUSED
+    } else {
+        EXIT_OK
+    }
+}
+
+fn line_of_match(r: &FileResult, statement: usize) -> usize {
+    line_at(&r.text, r.statements.get(statement).copied().unwrap_or(0))
+}
+
+fn print_text(results: &[FileResult]) {
+    for r in results {
+        for m in &r.decision.matches {
+            println!(
+                "{}:{}: {}{}: {}: {}",
+                r.path,
+                line_of_match(r, m.statement),
+                m.action.name(),
+                if m.monitor { " (monitor)" } else { "" },
+                m.rule,
+                m.message
+            );
+            if let Some(h) = &m.hint {
+                println!("    hint: {h}");
+            }
+        }
+        println!("{}: {}", r.path, r.decision.action.name());
+    }
+}
+
+fn json_report(results: &[FileResult], policy: &Policy) -> serde_json::Value {
+    json!({
+        "policy_version": policy.version,
+        "environment": policy.environment,
+        "files": results.iter().map(|r| json!({
+            "path": r.path,
+            "action": r.decision.action,
+            "matches": r.decision.matches.iter().map(|m| json!({
+                "rule": m.rule,
+                "action": m.action,
+                "severity": m.severity,
+                "monitor": m.monitor,
+                "line": line_of_match(r, m.statement),
+                "message": m.message,
+                "hint": m.hint,
+                "policy_file": m.file,
+            })).collect::<Vec<_>>(),
+        })).collect::<Vec<_>>(),
+    })
+}
+
+fn sarif_level(a: Action) -> &'static str {
+    match a {
+        Action::Block | Action::RequireTicket | Action::Hold => "error",
+        Action::Alert => "warning",
+        Action::Allow => "note",
+    }
+}
+
+fn sarif(results: &[FileResult], policy: &Policy) -> serde_json::Value {
+    json!({
+        "version": "2.1.0",
+        "$schema": "https://json.schemastore.org/sarif-2.1.0.json",
+        "runs": [{
+            "tool": {"driver": {
+                "name": "pgwarden",
+                "version": env!("CARGO_PKG_VERSION"),
+                "rules": policy.rules.iter().map(|r| json!({
+                    "id": r.id,
+                    "shortDescription": {"text": r.message},
+                    "fullDescription": {"text": r.description},
+                    "help": {"text": r.hint.clone().unwrap_or_default()},
+                    "properties": {"action": r.action, "severity": r.severity},
+                })).collect::<Vec<_>>(),
+            }},
+            "properties": {"policy_version": policy.version, "environment": policy.environment},
+            "results": results.iter().flat_map(|r| r.decision.matches.iter().map(move |m| json!({
+                "ruleId": m.rule,
+                "level": sarif_level(m.action),
+                "message": {"text": format!("{} ({})", m.message, m.action.name())},
+                "locations": [{"physicalLocation": {
+                    "artifactLocation": {"uri": r.path},
+                    "region": {"startLine": line_of_match(r, m.statement)},
+                }}],
+            }))).collect::<Vec<_>>(),
+        }],
+    })
+}

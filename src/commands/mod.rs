@@ -1,0 +1,38 @@
+//! The offline commands: `check` (decide on SQL files), `explain` (facts and decision for one
+//! string) and `policy validate` / `policy test`. They use the same inspection and decision
+//! code as the wire; each returns the process exit status.
+
+pub mod check;
+pub mod explain;
+pub mod policy;
+
+use std::path::Path;
+
+use crate::policy::{load_dir, Policy};
+
+/// Exit status: nothing refused.
+pub const EXIT_OK: i32 = 0;
+/// Exit status: something refused or held.
+pub const EXIT_REFUSED: i32 = 1;
+/// Exit status: usage or input error.
+pub const EXIT_ERROR: i32 = 2;
+
+/// Loads a policy directory, printing every error on failure.
+pub fn load_or_report(dir: &Path, env: &str) -> Option<Policy> {
+    match load_dir(dir, env) {
+        Ok(p) => Some(p),
+        Err(e) => {
+            eprintln!("pgwarden: invalid policy set {}:\n{e}", dir.display());
+            None
+        }
+    }
+}
+
+/// 1-based line of byte `offset` in `text`.
+pub fn line_at(text: &str, offset: usize) -> usize {
+    text.as_bytes()[..offset.min(text.len())]
+        .iter()
+        .filter(|&&b| b == b'\n')
+        .count()
+        + 1
+}

@@ -1,0 +1,225 @@
+//! The policy gate of a session: inspects the SQL of every Query and Parse (cached), decides
+//! with the current policy and the session's context, and says forward or refuse. It also
+//! keeps the session facts that decisions need: the attached ticket (`SET pgwarden.ticket`),
+//! SQL-level prepared statements (whose facts apply again at EXECUTE).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use super::refusal::{Gate, Verdict, View};
+use super::Shared;
+use crate::policy::testcases::encoding_readable;
+use crate::policy::{Action, Decision, SessionContext};
+use crate::sql::{Inspection, ReadAs, Unparsed};
+use crate::wire::messages::{PgError, Severity};
+use crate::wire::read::TxStatus;
+use crate::wire::sqlstate::SqlState;
+
+/// The name of the session setting that attaches a change ticket.
+pub const TICKET_SETTING: &str = "pgwarden.ticket";
+
+pub struct PolicyGate {
+    shared: Arc<Shared>,
+    base: SessionContext,
+    ticket: Option<String>,
+    prepared: HashMap<String, Arc<Inspection>>,
+}
+
+impl PolicyGate {
+    pub fn new(shared: Arc<Shared>, base: SessionContext) -> Self {
+        let ticket = base.ticket.clone();
+        PolicyGate {
+            shared,
+            base,
+            ticket,
+            prepared: HashMap::new(),
+        }
+    }
+
+    /// Decides on an inspection in this session.
+    pub fn decide(&self, ins: &Inspection, view: &View<'_>) -> Decision {
+        let mut ctx = self.base.clone();
+        ctx.role = view.params.effective_role().map(str::to_owned);
+        ctx.in_transaction = view.tx != TxStatus::Idle;
+        ctx.unreadable_encoding = view
+            .params
+            .client_encoding
+            .as_deref()
+            .is_some_and(|e| !encoding_readable(e));
+        ctx.ticket = ins
+            .statements
+            .iter()
+            .flat_map(|s| s.tickets.first())
+            .next()
+            .cloned()
+            .or_else(|| self.ticket.clone());
+        ctx.now = jiff::Timestamp::now();
+        let policy = self.shared.policy.load();
+        let mode = self.shared.config.mode;
+        let mut d = policy.decide(ins, &ctx, mode);
+        // EXECUTE runs what PREPARE defined: its facts are decided again, now.
+        for op in ins.statements.iter().flat_map(|s| &s.ops) {
+            if op.tag != "EXECUTE" {
+                continue;
+            }
+            if let Some(p) = op.prepared_name.as_ref().and_then(|n| self.prepared.get(n)) {
+                let again = policy.decide(p, &ctx, mode);
+                d.action = d.action.max(again.action);
+                d.strictest = d.strictest.max(again.strictest);
+                d.matches.extend(again.matches);
+            }
+        }
+        d
+    }
+
+    /// Decides on the `-c name=value` settings of the startup packet as SET statements
+    /// (a `-c role=admin` is an identity switch like SET ROLE). Refusal is a FATAL.
+    pub fn check_startup_settings(&mut self, settings: &[(String, String)]) -> Result<(), PgError> {
+        let params = super::state::ServerParams::default();
+        let view = View {
+            params: &params,
+            tx: TxStatus::Idle,
+        };
+        for (name, value) in settings {
+            let named = !name.is_empty()
+                && name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.');
+            let sql = format!("SET {name} = '{}'", value.replace('\'', "''"));
+            let ins = if named {
+                self.shared.cache.inspect(&sql, ReadAs::default())
+            } else {
+                Arc::new(Inspection {
+                    statements: Vec::new(),
+                    unparsed: Some(Unparsed {
+                        reason: format!("startup option {name:?} is not a setting name"),
+                    }),
+                })
+            };
+            let d = self.decide(&ins, &view);
+            report(&d, &ins);
+            if d.action.refuses() {
+                let mut e = refusal(&d, self.ticket.as_deref(), &ins);
+                e.severity = Severity::Fatal;
+                return Err(e);
+            }
+            self.remember(&ins);
+        }
+        Ok(())
+    }
+
+    /// Session facts from a statement that was let through.
+    fn remember(&mut self, ins: &Arc<Inspection>) {
+        for s in &ins.statements {
+            for op in &s.ops {
+                if let Some(set) = &op.set {
+                    if set.name == TICKET_SETTING {
+                        self.ticket = set.value.clone().filter(|v| !v.is_empty());
+                    } else if set.name == "all" && set.value.is_none() {
+                        self.ticket = None;
+                    }
+                }
+                match (op.tag.as_str(), &op.prepared_name) {
+                    ("PREPARE", Some(name)) => {
+                        self.prepared.insert(name.clone(), ins.clone());
+                    }
+                    ("DEALLOCATE", _) => {
+                        // DEALLOCATE name / ALL: forget conservatively only on ALL; a
+                        // remembered statement that no longer exists cannot be executed.
+                        if s.text.to_ascii_lowercase().contains(" all") {
+                            self.prepared.clear();
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+}
+
+impl Gate for PolicyGate {
+    fn check(&mut self, text: &[u8], view: &View<'_>) -> Verdict {
+        let read_as = ReadAs {
+            standard_conforming_strings: view.params.standard_conforming_strings.unwrap_or(true),
+        };
+        let ins = match std::str::from_utf8(text) {
+            Ok(t) => self.shared.cache.inspect(t, read_as),
+            Err(_) => Arc::new(Inspection {
+                statements: Vec::new(),
+                unparsed: Some(Unparsed {
+                    reason: "statement text is not valid UTF-8".into(),
+                }),
+            }),
+        };
+        let d = self.decide(&ins, view);
+        report(&d, &ins);
+        if d.action.refuses() {
+            Verdict::Refuse(refusal(&d, self.ticket.as_deref(), &ins))
+        } else {
+            self.remember(&ins);
+            Verdict::Forward
+        }
+    }
+}
+
+/// Logs what matched: rule ids and statement tags, never SQL text.
+fn report(d: &Decision, ins: &Inspection) {
+    if d.matches.is_empty() {
+        return;
+    }
+    let rules: Vec<&str> = d.matches.iter().map(|m| m.rule.as_str()).collect();
+    let tags: Vec<&str> = ins
+        .statements
+        .iter()
+        .filter_map(|s| s.ops.first().map(|o| o.tag.as_str()))
+        .collect();
+    if d.action.refuses() {
+        tracing::warn!(action = d.action.name(), rules = ?rules, statements = ?tags, policy = %d.policy_version, "statement refused");
+    } else {
+        tracing::warn!(action = d.action.name(), strictest = d.strictest.name(), rules = ?rules, statements = ?tags, policy = %d.policy_version, "policy matched");
+    }
+}
+
+/// The error a refused statement gets: 42501, the rule, its file, and the way through.
+pub fn refusal(d: &Decision, ticket: Option<&str>, ins: &Inspection) -> PgError {
+    let m = d.deciding().expect("a refusing decision has a deciding match");
+    let others: Vec<&str> = d
+        .matches
+        .iter()
+        .filter(|o| o.rule != m.rule)
+        .map(|o| o.rule.as_str())
+        .collect();
+    let mut detail = format!(
+        "Refused by rule {} ({}) in policy file {}, policy version {}.",
+        m.rule,
+        m.action.name(),
+        m.file,
+        d.policy_version
+    );
+    if !others.is_empty() {
+        detail.push_str(&format!(" Also matched: {}.", others.join(", ")));
+    }
+    if let Some(u) = &ins.unparsed {
+        detail.push_str(&format!(" {}", u.reason));
+    }
+    let way = match m.action {
+        Action::RequireTicket => match ticket {
+            None => Some("Attach an approved change ticket: SET pgwarden.ticket = 'CHG-123', or add /* pgwarden:ticket=CHG-123 */ to the statement.".to_owned()),
+            Some(t) => Some(format!("Ticket {t} is attached, but this pgwarden has no ticket store to verify it against, so it cannot be accepted yet.")),
+        },
+        Action::Hold => Some("This statement needs a human approval, and approvals are not configured on this pgwarden yet; ask the platform team.".to_owned()),
+        _ => None,
+    };
+    let hint = match (&m.hint, way) {
+        (Some(h), Some(w)) => Some(format!("{h} {w}")),
+        (Some(h), None) => Some(h.clone()),
+        (None, w) => w,
+    };
+    PgError {
+        severity: Severity::Error,
+        code: SqlState::INSUFFICIENT_PRIVILEGE,
+        message: format!("pgwarden: {}: {}", m.rule, m.message),
+        detail: Some(detail),
+        hint,
+    }
+}

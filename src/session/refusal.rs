@@ -1,0 +1,176 @@
+//! Refusing a statement on the wire so that the server ends in exactly the state PostgreSQL
+//! itself would leave after raising the error: pgwarden forwards, in place of the refused
+//! Query or Parse, a statement certain to fail at that point (a syntax error carrying a
+//! unique marker), then replaces the server's error with its own. The server thereby aborts
+//! an explicit transaction, rolls back an implicit one, and skips the rest of an extended-
+//! protocol batch until Sync — its own rules, not an imitation of them.
+
+use std::collections::VecDeque;
+
+use crate::wire::messages::PgError;
+use crate::wire::read::{self, TxStatus};
+
+use super::state::ServerParams;
+
+/// What the session lets through.
+#[derive(Debug)]
+pub enum Verdict {
+    Forward,
+    Refuse(PgError),
+}
+
+/// The session's view offered to a gate.
+pub struct View<'a> {
+    pub params: &'a ServerParams,
+    pub tx: TxStatus,
+}
+
+/// Decides on the SQL text of a Query or Parse before it is forwarded.
+pub trait Gate {
+    fn check(&mut self, text: &[u8], view: &View<'_>) -> Verdict;
+}
+
+/// A gate that lets everything through (bare proxy, tests).
+pub struct OpenGate;
+
+impl Gate for OpenGate {
+    fn check(&mut self, _: &[u8], _: &View<'_>) -> Verdict {
+        Verdict::Forward
+    }
+}
+
+/// The SQLSTATE PostgreSQL raises for the marker statement.
+const SYNTAX_ERROR: &str = "42601";
+
+#[derive(Debug)]
+struct Pending {
+    marker: String,
+    error: PgError,
+    /// ReadyForQuery messages still to come before the batch holding the marker ends.
+    ready_left: u32,
+}
+
+/// Refusals whose server-side error has not come back yet.
+#[derive(Debug, Default)]
+pub struct Refusals {
+    pending: VecDeque<Pending>,
+    count: u64,
+}
+
+impl Refusals {
+    /// Records a refusal and returns the marker text to send in its place. `pending_ready`
+    /// is the number of ReadyForQuery messages the server owes before this statement's batch.
+    pub fn refuse(&mut self, error: PgError, pending_ready: u32) -> String {
+        self.count += 1;
+        let marker = format!("pgwarden_refused_{}", self.count);
+        self.pending.push_back(Pending {
+            marker: marker.clone(),
+            error,
+            ready_left: pending_ready + 1,
+        });
+        marker
+    }
+
+    /// A ReadyForQuery arrived: batches end; refusals whose marker never ran (an earlier
+    /// error in the batch skipped it, as PostgreSQL would have skipped the statement) expire.
+    pub fn on_ready(&mut self) {
+        for p in &mut self.pending {
+            p.ready_left = p.ready_left.saturating_sub(1);
+        }
+        while self.pending.front().is_some_and(|p| p.ready_left == 0) {
+            self.pending.pop_front();
+        }
+    }
+
+    /// If this ErrorResponse is the server's answer to a marker, the frame to send instead.
+    pub fn substitute(&mut self, body: &[u8]) -> Option<Vec<u8>> {
+        if self.pending.is_empty() {
+            return None;
+        }
+        let f = read::error_fields(body)?;
+        if f.code != SYNTAX_ERROR {
+            return None;
+        }
+        let i = self
+            .pending
+            .iter()
+            .position(|p| p.ready_left == 1 && f.message.contains(&format!("\"{}\"", p.marker)))?;
+        let p = self.pending.remove(i)?;
+        Some(p.error.to_bytes().to_vec())
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.pending.is_empty()
+    }
+}
+
+/// A Query frame carrying `text`.
+pub fn query_frame(text: &str) -> Vec<u8> {
+    let mut f = vec![b'Q'];
+    f.extend_from_slice(&((text.len() + 5) as u32).to_be_bytes());
+    f.extend_from_slice(text.as_bytes());
+    f.push(0);
+    f
+}
+
+/// A Parse frame for statement `name` carrying `text`, with no parameter types.
+pub fn parse_frame(name: &[u8], text: &str) -> Vec<u8> {
+    let len = 4 + name.len() + 1 + text.len() + 1 + 2;
+    let mut f = vec![b'P'];
+    f.extend_from_slice(&(len as u32).to_be_bytes());
+    f.extend_from_slice(name);
+    f.push(0);
+    f.extend_from_slice(text.as_bytes());
+    f.push(0);
+    f.extend_from_slice(&0i16.to_be_bytes());
+    f
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::sqlstate::SqlState;
+
+    fn err(msg: &str) -> PgError {
+        PgError {
+            severity: crate::wire::messages::Severity::Error,
+            code: SqlState::INSUFFICIENT_PRIVILEGE,
+            message: msg.into(),
+            detail: None,
+            hint: None,
+        }
+    }
+
+    fn syntax_error(marker: &str) -> Vec<u8> {
+        format!("SERROR\0VERROR\0C42601\0Msyntax error at or near \"{marker}\"\0\0").into_bytes()
+    }
+
+    #[test]
+    fn substitutes_only_its_own_marker_in_its_batch() {
+        let mut r = Refusals::default();
+        let m = r.refuse(err("no"), 1);
+        // A genuine syntax error in the earlier batch is left alone.
+        assert!(r.substitute(b"SERROR\0VERROR\0C42601\0Msyntax error at or near \"x\"\0\0").is_none());
+        assert!(r.substitute(&syntax_error(&m)).is_none(), "not its batch yet");
+        r.on_ready();
+        let out = r.substitute(&syntax_error(&m)).unwrap();
+        assert!(String::from_utf8_lossy(&out).contains("no"));
+        assert!(r.is_empty());
+    }
+
+    #[test]
+    fn skipped_markers_expire() {
+        let mut r = Refusals::default();
+        r.refuse(err("no"), 0);
+        r.on_ready();
+        assert!(r.is_empty());
+    }
+
+    #[test]
+    fn frames_are_well_formed() {
+        let q = query_frame("x");
+        assert_eq!(q, b"Q\0\0\0\x06x\0");
+        let p = parse_frame(b"s1", "x");
+        assert_eq!(p, b"P\0\0\0\x0cs1\0x\0\0\0");
+    }
+}
