@@ -8,6 +8,9 @@
 //!                                            │ relay: both directions at once, frame by frame
 //!                                            ▼
 //!                                          state: what the protocol says about the session
+//!                                            │ gate: every Query / Parse → sql::inspect → policy::decide
+//!                                            ▼
+//!                                   forward, or refuse (42501) with the server kept in step
 //! ```
 //!
 //! - [`config`]: the TOML file and flags, validated, all errors at once.
@@ -18,6 +21,10 @@
 //! - [`upstream`]: connecting to PostgreSQL (TCP or Unix socket, libpq-style TLS).
 //! - [`tls`]: rustls acceptor and connector.
 //! - [`cancel`]: the cancel-key map and CancelRequest forwarding.
+//! - [`sql`]: statement inspection with PostgreSQL's grammar (pg_query) → facts; pure, cached.
+//! - [`policy`]: policy files → compiled rules → `decide(facts, session)`; pure.
+//! - [`reload`]: policy hot reload (SIGHUP, file watch), validated and tested before the swap.
+//! - [`commands`]: `check`, `explain`, `policy validate|test`: the same decisions offline.
 //! - [`net`]: one stream type over TCP, Unix sockets and TLS.
 
 pub mod cancel;
@@ -25,6 +32,7 @@ pub mod commands;
 pub mod config;
 pub mod net;
 pub mod policy;
+pub mod reload;
 pub mod server;
 pub mod session;
 pub mod sql;

@@ -122,10 +122,14 @@ fn main() -> anyhow::Result<()> {
         .init();
     let code = match cli.command {
         Command::Serve(args) => return serve(args),
-        Command::Check(a) => commands::check::run(&a.policies, &a.environment, &a.user, a.format, &a.files),
+        Command::Check(a) => {
+            commands::check::run(&a.policies, &a.environment, &a.user, a.format, &a.files)
+        }
         Command::Explain(a) => commands::explain::run(&a.policies, &a.environment, &a.user, &a.sql),
         Command::Policy { command } => match command {
-            PolicyCommand::Validate { dir, environment } => commands::policy::validate(&dir, &environment),
+            PolicyCommand::Validate { dir, environment } => {
+                commands::policy::validate(&dir, &environment)
+            }
             PolicyCommand::Test { dir } => commands::policy::test(&dir),
         },
     };
@@ -164,20 +168,27 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
                 std::process::exit(2);
             }
         };
-        let signals = tokio::spawn(wait_for_signal(shutdown));
+        let signals = tokio::spawn(wait_for_signal(shutdown, server.shared()));
         server.run().await;
         signals.abort();
         anyhow::Ok(())
     })
 }
 
-async fn wait_for_signal(shutdown: CancellationToken) {
+async fn wait_for_signal(
+    shutdown: CancellationToken,
+    shared: std::sync::Arc<pgwarden::session::Shared>,
+) {
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = signal(SignalKind::terminate()).expect("installing the SIGTERM handler");
     let mut int = signal(SignalKind::interrupt()).expect("installing the SIGINT handler");
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
-        _ = int.recv() => tracing::info!("SIGINT: shutting down"),
+    let mut hup = signal(SignalKind::hangup()).expect("installing the SIGHUP handler");
+    loop {
+        tokio::select! {
+            _ = term.recv() => { tracing::info!("SIGTERM: shutting down"); break }
+            _ = int.recv() => { tracing::info!("SIGINT: shutting down"); break }
+            _ = hup.recv() => pgwarden::reload::reload_and_log(&shared, "SIGHUP"),
+        }
     }
     shutdown.cancel();
 }

@@ -48,12 +48,13 @@ impl Server {
             }
             _ => None,
         };
-        let policy = crate::policy::load_dir(&config.policies, &config.environment).map_err(|errors| {
-            ServerError::Policy {
-                dir: config.policies.display().to_string(),
-                errors,
-            }
-        })?;
+        let policy =
+            crate::policy::load_dir(&config.policies, &config.environment).map_err(|errors| {
+                ServerError::Policy {
+                    dir: config.policies.display().to_string(),
+                    errors,
+                }
+            })?;
         tracing::info!(rules = policy.rules.len(), version = %policy.version, environment = %policy.environment, mode = ?config.mode, "policy loaded");
         let connector = crate::tls::connector(config.upstream.tls, config.upstream.ca.as_deref())?;
         let listener =
@@ -63,7 +64,13 @@ impl Server {
                     addr: config.listen,
                     source,
                 })?;
-        let shared = Arc::new(Shared::new(Arc::new(config), acceptor, connector, shutdown, policy));
+        let shared = Arc::new(Shared::new(
+            Arc::new(config),
+            acceptor,
+            connector,
+            shutdown,
+            policy,
+        ));
         Ok(Server { listener, shared })
     }
 
@@ -83,6 +90,10 @@ impl Server {
         let limit = Arc::new(Semaphore::new(self.shared.config.max_client_connections));
         let shutdown = self.shared.shutdown.clone();
         tracing::info!(listen = %self.local_addr(), upstream = %self.shared.upstream.address, "pgwarden serving");
+        tokio::spawn(crate::reload::watch(
+            self.shared.clone(),
+            Duration::from_secs(2),
+        ));
         loop {
             let (tcp, peer) = tokio::select! {
                 r = self.listener.accept() => match r {

@@ -68,8 +68,14 @@ pub fn run(policies: &Path, env: &str, user: &str, format: Format, files: &[Stri
     }
     match format {
         Format::Text => print_text(&results),
-        Format::Json => println!("{}", serde_json::to_string_pretty(&json_report(&results, &policy)).expect("json")),
-        Format::Sarif => println!("{}", serde_json::to_string_pretty(&sarif(&results, &policy)).expect("json")),
+        Format::Json => println!(
+            "{}",
+            serde_json::to_string_pretty(&json_report(&results, &policy)).expect("json")
+        ),
+        Format::Sarif => println!(
+            "{}",
+            serde_json::to_string_pretty(&sarif(&results, &policy)).expect("json")
+        ),
     }
     if results.iter().any(|r| r.decision.action.refuses()) {
         EXIT_REFUSED

@@ -182,7 +182,9 @@ fn report(d: &Decision, ins: &Inspection) {
 
 /// The error a refused statement gets: 42501, the rule, its file, and the way through.
 pub fn refusal(d: &Decision, ticket: Option<&str>, ins: &Inspection) -> PgError {
-    let m = d.deciding().expect("a refusing decision has a deciding match");
+    let m = d
+        .deciding()
+        .expect("a refusing decision has a deciding match");
     let others: Vec<&str> = d
         .matches
         .iter()

@@ -21,8 +21,8 @@ use tracing::Instrument;
 use crate::cancel::CancelRegistry;
 use crate::config::{Config, Upstream};
 use crate::policy::Policy;
-use crate::sql::cache::InspectCache;
 use crate::policy::SessionContext;
+use crate::sql::cache::InspectCache;
 use crate::wire::messages::PgError;
 use crate::wire::sqlstate::SqlState;
 

@@ -150,8 +150,13 @@ mod tests {
         let mut r = Refusals::default();
         let m = r.refuse(err("no"), 1);
         // A genuine syntax error in the earlier batch is left alone.
-        assert!(r.substitute(b"SERROR\0VERROR\0C42601\0Msyntax error at or near \"x\"\0\0").is_none());
-        assert!(r.substitute(&syntax_error(&m)).is_none(), "not its batch yet");
+        assert!(r
+            .substitute(b"SERROR\0VERROR\0C42601\0Msyntax error at or near \"x\"\0\0")
+            .is_none());
+        assert!(
+            r.substitute(&syntax_error(&m)).is_none(),
+            "not its batch yet"
+        );
         r.on_ready();
         let out = r.substitute(&syntax_error(&m)).unwrap();
         assert!(String::from_utf8_lossy(&out).contains("no"));

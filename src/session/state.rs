@@ -451,7 +451,9 @@ mod tests {
         input.extend(msg(b'Q', b"DROP TABLE t\0"));
         let mut cin = BytesMut::from(&input[..]);
         let mut out = BytesMut::new();
-        let err = s.client_frames(&mut cin, &mut out, &mut OpenGate).unwrap_err();
+        let err = s
+            .client_frames(&mut cin, &mut out, &mut OpenGate)
+            .unwrap_err();
         assert_eq!(err.code, SqlState::PROTOCOL_VIOLATION);
         assert!(out.is_empty());
     }
@@ -460,7 +462,9 @@ mod tests {
     fn query_with_interior_nul_is_refused() {
         let mut s = ready();
         let mut cin = BytesMut::from(&msg(b'Q', b"SELECT 1\0DROP TABLE t\0")[..]);
-        assert!(s.client_frames(&mut cin, &mut BytesMut::new(), &mut OpenGate).is_err());
+        assert!(s
+            .client_frames(&mut cin, &mut BytesMut::new(), &mut OpenGate)
+            .is_err());
     }
 
     #[test]
@@ -562,7 +566,9 @@ mod tests {
             upstream_tls: false,
         });
         let mut cin = BytesMut::from(&msg(b'Q', b"SELECT 1\0")[..]);
-        let e = s.client_frames(&mut cin, &mut BytesMut::new(), &mut OpenGate).unwrap_err();
+        let e = s
+            .client_frames(&mut cin, &mut BytesMut::new(), &mut OpenGate)
+            .unwrap_err();
         assert!(e.message.contains("expected password response"));
     }
 }

@@ -150,7 +150,9 @@ fn inspect_at(text: &str, read_as: ReadAs, depth: usize) -> Inspection {
         } else {
             Vec::new()
         };
-        let lead = text.get(start..end).map_or(0, |t| t.len() - t.trim_start().len());
+        let lead = text
+            .get(start..end)
+            .map_or(0, |t| t.len() - t.trim_start().len());
         statements.push(Statement {
             location: start + lead,
             text: own.to_owned(),

@@ -1,8 +1,10 @@
 //! Is a WHERE clause trivially true? `true`, `1 = 1`, `'a' = 'a'`, `x = x`, `x >= x`,
 //! `NOT false`, `... OR <trivially true>`, `<trivially true> AND <trivially true>`,
-//! `5 IS NOT NULL` — each a way to write "every row" that a review would miss.
+//! `5 IS NOT NULL`, `NULL IS NULL`, `2 > 1`, `1 IN (1, 2)`, `1 BETWEEN 0 AND 2`,
+//! `x IS NOT DISTINCT FROM x`, `true IS TRUE` — each a way to write "every row" that a
+//! review would miss.
 
-use pg_query::protobuf::BoolExprType;
+use pg_query::protobuf::{AExprKind, BoolExprType};
 use serde_json::Value;
 
 use super::walk::{aexpr_is_op, bool_expr_type, const_text, name_of, node_body, same_tree};
@@ -47,24 +49,62 @@ fn truth(v: &Value) -> Option<bool> {
         };
     }
     if let Some(e) = node_body(v, "AExpr") {
-        if !aexpr_is_op(e) {
-            return None;
+        return aexpr_truth(e);
+    }
+    if let Some(n) = node_body(v, "NullTest") {
+        // 1 = IS_NULL, 2 = IS_NOT_NULL
+        let arg = n.get("arg")?;
+        let is_not_null = n.get("nulltesttype").and_then(Value::as_i64) == Some(2);
+        if const_text(arg).is_some() {
+            return Some(is_not_null);
         }
-        let op = name_of(e.get("name"));
-        let (l, r) = (e.get("lexpr")?, e.get("rexpr")?);
-        if same_tree(l, r) && is_stable_operand(l) {
+        if is_null_const(arg) {
+            return Some(!is_not_null);
+        }
+    }
+    if let Some(b) = node_body(v, "BooleanTest") {
+        // `<constant truth> IS [NOT] TRUE / FALSE / UNKNOWN`.
+        let t = truth(b.get("arg")?)?;
+        return match b.get("booltesttype").and_then(Value::as_i64)? {
+            1 => Some(t),     // IS TRUE
+            2 => Some(!t),    // IS NOT TRUE
+            3 => Some(!t),    // IS FALSE
+            4 => Some(t),     // IS NOT FALSE
+            5 => Some(false), // IS UNKNOWN
+            6 => Some(true),  // IS NOT UNKNOWN
+            _ => None,
+        };
+    }
+    None
+}
+
+fn aexpr_truth(e: &Value) -> Option<bool> {
+    let op = name_of(e.get("name"));
+    let kind = e.get("kind").and_then(Value::as_i64).unwrap_or(0);
+    let l = e.get("lexpr")?;
+    let r = e.get("rexpr")?;
+    let same = same_tree(l, r) && is_stable_operand(l);
+    if aexpr_is_op(e) {
+        if same {
             return match op.as_str() {
                 "=" | ">=" | "<=" => Some(true),
                 "<>" | "!=" | "<" | ">" => Some(false),
                 _ => None,
             };
         }
-        if let (Some(a), Some(b)) = (const_text(l), const_text(r)) {
-            let (x, y) = (a.parse::<f64>(), b.parse::<f64>());
-            let eq = match (x, y) {
-                (Ok(x), Ok(y)) => x == y,
-                _ => a == b,
+        if let (Some(x), Some(y)) = (const_number(l), const_number(r)) {
+            return match op.as_str() {
+                "=" => Some(x == y),
+                "<>" | "!=" => Some(x != y),
+                "<" => Some(x < y),
+                "<=" => Some(x <= y),
+                ">" => Some(x > y),
+                ">=" => Some(x >= y),
+                _ => None,
             };
+        }
+        if let (Some(a), Some(b)) = (const_text(l), const_text(r)) {
+            let eq = const_eq(&a, &b);
             return match op.as_str() {
                 "=" => Some(eq),
                 "<>" | "!=" => Some(!eq),
@@ -73,15 +113,78 @@ fn truth(v: &Value) -> Option<bool> {
         }
         return None;
     }
-    if let Some(n) = node_body(v, "NullTest") {
-        // 1 = IS_NULL, 2 = IS_NOT_NULL
-        let arg = n.get("arg")?;
-        if const_text(arg).is_some() {
-            let is_not_null = n.get("nulltesttype").and_then(Value::as_i64) == Some(2);
-            return Some(is_not_null);
+    match AExprKind::try_from(kind as i32).ok()? {
+        // `x IS NOT DISTINCT FROM x` holds for every row, NULLs included.
+        AExprKind::AexprNotDistinct if same => Some(true),
+        AExprKind::AexprDistinct if same => Some(false),
+        // `1 IN (1, 2)`, `x IN (x)`; `NOT IN` is the `<>` form.
+        AExprKind::AexprIn => {
+            let items = node_body(r, "List")?.get("items")?.as_array()?;
+            let hit = items.iter().any(|i| {
+                (same_tree(l, i) && is_stable_operand(l))
+                    || matches!((const_text(l), const_text(i)), (Some(a), Some(b)) if const_eq(&a, &b))
+            });
+            let all_const_miss =
+                !hit && const_text(l).is_some() && items.iter().all(|i| const_text(i).is_some());
+            let t = if hit {
+                Some(true)
+            } else if all_const_miss {
+                Some(false)
+            } else {
+                None
+            };
+            if op == "<>" {
+                t.map(|t| !t)
+            } else {
+                t
+            }
         }
+        // `5 BETWEEN 1 AND 10` with numeric constants.
+        k @ (AExprKind::AexprBetween
+        | AExprKind::AexprNotBetween
+        | AExprKind::AexprBetweenSym
+        | AExprKind::AexprNotBetweenSym) => {
+            let items = node_body(r, "List")?.get("items")?.as_array()?;
+            let (x, lo, hi) = (
+                const_number(l)?,
+                const_number(items.first()?)?,
+                const_number(items.get(1)?)?,
+            );
+            let sym = matches!(
+                k,
+                AExprKind::AexprBetweenSym | AExprKind::AexprNotBetweenSym
+            );
+            let (lo, hi) = if sym && lo > hi { (hi, lo) } else { (lo, hi) };
+            let inside = lo <= x && x <= hi;
+            Some(match k {
+                AExprKind::AexprBetween | AExprKind::AexprBetweenSym => inside,
+                _ => !inside,
+            })
+        }
+        _ => None,
     }
-    None
+}
+
+/// Equality of two constants' text: as numbers when both are, else exactly.
+fn const_eq(a: &str, b: &str) -> bool {
+    match (a.parse::<f64>(), b.parse::<f64>()) {
+        (Ok(x), Ok(y)) => x == y,
+        _ => a == b,
+    }
+}
+
+/// A numeric literal (`5`, `-2`, `1.5`): ordering comparisons are decided only between
+/// these, never between quoted strings (`'10' > '9'` compares as text).
+fn const_number(v: &Value) -> Option<f64> {
+    let val = node_body(v, "AConst")?.get("val")?;
+    if let Some(i) = val.get("Ival") {
+        return Some(i.get("ival").and_then(Value::as_i64).unwrap_or(0) as f64);
+    }
+    val.get("Fval")?.get("fval")?.as_str()?.parse().ok()
+}
+
+fn is_null_const(v: &Value) -> bool {
+    node_body(v, "AConst").is_some_and(|c| c.get("isnull").and_then(Value::as_bool) == Some(true))
 }
 
 /// Columns and constants compare equal to themselves (NULLs aside, which only make the

@@ -127,7 +127,9 @@ fn set_and_roles() {
         ("standard_conforming_strings", Some("off"), true)
     );
     let o = ops("SELECT set_config('role', 'admin', false)");
-    assert!(o.iter().any(|f| f.set.as_ref().is_some_and(|s| s.name == "role") && f.roles == vec!["admin"]));
+    assert!(o
+        .iter()
+        .any(|f| f.set.as_ref().is_some_and(|s| s.name == "role") && f.roles == vec!["admin"]));
     let o = ops("SET pgwarden.ticket = 'CHG-1'");
     assert_eq!(o[0].set.as_ref().unwrap().value.as_deref(), Some("CHG-1"));
     assert_eq!(ops("RESET ALL")[0].set.as_ref().unwrap().name, "all");
@@ -218,4 +220,124 @@ fn cache_returns_the_same_inspection() {
     c.inspect("SELECT 2", ReadAs::default());
     c.inspect("SELECT 3", ReadAs::default());
     assert!(c.len() <= 2);
+}
+
+#[test]
+fn more_trivially_true_forms() {
+    let w = |sql: &str| ops(sql)[0].where_clause;
+    for t in [
+        "DELETE FROM t WHERE 2 > 1",
+        "DELETE FROM t WHERE -1 <= 0",
+        "DELETE FROM t WHERE NULL IS NULL",
+        "DELETE FROM t WHERE 1 IN (1, 2)",
+        "DELETE FROM t WHERE x IN (y, x)",
+        "DELETE FROM t WHERE 3 NOT IN (1, 2)",
+        "DELETE FROM t WHERE 1 BETWEEN 0 AND 2",
+        "DELETE FROM t WHERE 1 BETWEEN SYMMETRIC 2 AND 0",
+        "DELETE FROM t WHERE 5 NOT BETWEEN 0 AND 2",
+        "DELETE FROM t WHERE x IS NOT DISTINCT FROM x",
+        "DELETE FROM t WHERE true IS TRUE",
+        "DELETE FROM t WHERE (1 = 0) IS NOT TRUE",
+        "UPDATE t SET a = 1 WHERE id = 3 OR 1 < 2",
+    ] {
+        assert_eq!(w(t), WhereState::TriviallyTrue, "{t}");
+    }
+    for p in [
+        "DELETE FROM t WHERE 1 > 2",
+        "DELETE FROM t WHERE '10' > '9'",
+        "DELETE FROM t WHERE x > 1",
+        "DELETE FROM t WHERE 1 IN (2, 3)",
+        "DELETE FROM t WHERE x IN (1, 2)",
+        "DELETE FROM t WHERE 1 IN (x, 2)",
+        "DELETE FROM t WHERE 5 BETWEEN 0 AND 2",
+        "DELETE FROM t WHERE x BETWEEN 0 AND 2",
+        "DELETE FROM t WHERE x IS DISTINCT FROM x",
+        "DELETE FROM t WHERE x IS NOT DISTINCT FROM y",
+        "DELETE FROM t WHERE x IS TRUE",
+        "DELETE FROM t WHERE NULL IS NOT NULL",
+    ] {
+        assert_eq!(w(p), WhereState::Present, "{p}");
+    }
+}
+
+#[test]
+fn do_blocks_in_other_languages_count_as_dynamic() {
+    // pgwarden reads PL/pgSQL only: a body in any other language may run any SQL.
+    let o = ops("DO LANGUAGE plpython3u $$ plpy.execute('DROP TABLE t') $$");
+    assert_eq!(o[0].tag, "DO");
+    assert!(o[0].dynamic_sql);
+    assert!(ops("DO $$ BEGIN PERFORM 1; END $$ LANGUAGE plperl")[0].dynamic_sql);
+    assert!(!ops("DO LANGUAGE plpgsql $$ BEGIN PERFORM 1; END $$")[0].dynamic_sql);
+}
+
+#[test]
+fn cascade_on_revoke_role_and_alter_domain() {
+    let o = ops("REVOKE admin FROM bob CASCADE");
+    assert_eq!(o[0].tag, "REVOKE ROLE");
+    assert!(o[0].has(Flag::Cascade));
+    assert!(!ops("REVOKE admin FROM bob")[0].has(Flag::Cascade));
+    let o = ops("ALTER DOMAIN s.d DROP CONSTRAINT c CASCADE");
+    assert_eq!(
+        (o[0].tag.as_str(), o[0].objects.clone()),
+        ("ALTER DOMAIN", vec!["s.d".to_owned()])
+    );
+    assert!(o[0].has(Flag::Cascade));
+    assert!(!ops("ALTER DOMAIN d DROP CONSTRAINT c")[0].has(Flag::Cascade));
+}
+
+#[test]
+fn default_privileges_and_policies_say_which_way() {
+    let o = ops("ALTER DEFAULT PRIVILEGES GRANT SELECT ON TABLES TO PUBLIC");
+    assert_eq!(o[0].subcommands, vec!["GRANT"]);
+    let o = ops("ALTER DEFAULT PRIVILEGES REVOKE SELECT ON TABLES FROM PUBLIC");
+    assert_eq!(o[0].subcommands, vec!["REVOKE"]);
+    assert_eq!(o[0].roles, vec!["public"]);
+    let o = ops("CREATE POLICY p ON t USING (true)");
+    assert_eq!(o[0].subcommands, vec!["PERMISSIVE"]);
+    assert_eq!(o[0].roles, vec!["public"]);
+    let o = ops("CREATE POLICY p ON t AS RESTRICTIVE TO bob USING (true)");
+    assert_eq!(o[0].subcommands, vec!["RESTRICTIVE"]);
+}
+
+#[test]
+fn client_encoding_names_are_canonical() {
+    let v = |sql: &str| ops(sql).into_iter().find_map(|o| o.set).unwrap().value;
+    for sql in [
+        "SET client_encoding = 'SJIS'",
+        "SET client_encoding TO 'Shift-JIS'",
+        "set names 'ms_kanji'",
+        "SET CLIENT_ENCODING = 'win932'",
+        "SELECT set_config('client_encoding', 's-j-i-s', false)",
+    ] {
+        assert_eq!(v(sql).as_deref(), Some("SJIS"), "{sql}");
+    }
+    assert_eq!(v("SET NAMES 'utf-8'").as_deref(), Some("UTF8"));
+    assert_eq!(
+        v("SET client_encoding = 'Unicode'").as_deref(),
+        Some("UTF8")
+    );
+    assert_eq!(
+        v("SET client_encoding = 'iso-8859-1'").as_deref(),
+        Some("LATIN1")
+    );
+    // A name PostgreSQL rejects is reported as written (the server refuses it anyway).
+    assert_eq!(
+        v("SET client_encoding = 'klingon'").as_deref(),
+        Some("klingon")
+    );
+    assert_eq!(v("SET client_encoding TO DEFAULT"), None);
+    // Other settings are not touched.
+    assert_eq!(v("SET application_name = 'sjis'").as_deref(), Some("sjis"));
+}
+
+#[test]
+fn set_config_with_a_computed_value_is_unknown() {
+    let s = |sql: &str| ops(sql).into_iter().find_map(|o| o.set).unwrap();
+    let x = s("SELECT set_config('standard_conforming_strings', current_setting('my.v'), false)");
+    assert_eq!(
+        (x.name.as_str(), x.value.as_deref()),
+        ("standard_conforming_strings", Some("*"))
+    );
+    let o = ops("SELECT set_config('role', lower('POSTGRES'), false)");
+    assert!(o.iter().any(|f| f.roles == vec!["*"]));
 }

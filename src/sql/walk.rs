@@ -73,8 +73,11 @@ impl Walker {
                 if top || k != "SelectStmt" {
                     let mut f = stmt_facts(k, body, nesting);
                     if f.tag == "DO" {
-                        if let Some(src) = do_body(body) {
-                            self.do_bodies.push((self.ops.len(), src));
+                        match do_body(body) {
+                            Some(src) => self.do_bodies.push((self.ops.len(), src)),
+                            // A body in another language (plperl, plpython3u, plv8, ...)
+                            // cannot be read: it may run any SQL, so it counts as dynamic.
+                            None => f.dynamic_sql = true,
                         }
                     }
                     if f.tag.starts_with("CREATE FUNCTION") || f.tag.starts_with("CREATE PROCEDURE")
@@ -623,6 +626,7 @@ fn stmt_facts(kind: &str, b: &Value, nesting: Nesting) -> Facts {
             .into();
             f.class = Class::Role;
             f.roles = roles_in(b.get("grantees"));
+            f.flag(Flag::Cascade, is_cascade(b));
             for r in b
                 .get("granted_roles")
                 .and_then(Value::as_array)
@@ -639,6 +643,15 @@ fn stmt_facts(kind: &str, b: &Value, nesting: Nesting) -> Facts {
             f.class = Class::Role;
             if let Some(a) = b.get("action") {
                 f.roles = roles_in(a.get("grantees"));
+                // Granting to PUBLIC widens access, revoking from it narrows it.
+                f.subcommands.push(
+                    if bool_field(a, "is_grant") {
+                        "GRANT"
+                    } else {
+                        "REVOKE"
+                    }
+                    .into(),
+                );
             }
         }
         "CreateRoleStmt" | "AlterRoleStmt" | "AlterRoleSetStmt" => {
@@ -672,6 +685,13 @@ fn stmt_facts(kind: &str, b: &Value, nesting: Nesting) -> Facts {
             f.class = Class::Ddl;
             f.objects.push(str_field(b, "dbname").to_owned());
         }
+        "AlterDomainStmt" => {
+            f.tag = "ALTER DOMAIN".into();
+            f.class = Class::Ddl;
+            f.objects.push(name_of(b.get("type_name")));
+            f.flag(Flag::Cascade, is_cascade(b));
+            f.flag(Flag::IfExists, bool_field(b, "missing_ok"));
+        }
         "CreatePolicyStmt" => {
             f.tag = "CREATE POLICY".into();
             f.class = Class::Ddl;
@@ -682,9 +702,14 @@ fn stmt_facts(kind: &str, b: &Value, nesting: Nesting) -> Facts {
                 Some(q) if super::predicate::trivially_true(q) => WhereState::TriviallyTrue,
                 Some(_) => WhereState::Present,
             };
-            if !bool_field(b, "permissive") {
-                f.subcommands.push("RESTRICTIVE".into());
-            }
+            f.subcommands.push(
+                if bool_field(b, "permissive") {
+                    "PERMISSIVE"
+                } else {
+                    "RESTRICTIVE"
+                }
+                .into(),
+            );
         }
         "ExplainStmt" => {
             f.tag = "EXPLAIN".into();
@@ -783,14 +808,26 @@ fn defelem_present(options: Option<&Value>, name: &str) -> bool {
 /// operation so the same rules catch both. A name that is not a constant is reported as `*`.
 fn set_config_facts(b: &Value, nesting: Nesting) -> Facts {
     let mut f = Facts::new("SET", Class::Session, nesting);
-    let args: Vec<&Value> = b.get("args").and_then(Value::as_array).into_iter().flatten().collect();
+    let args: Vec<&Value> = b
+        .get("args")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .collect();
     let name = args
         .first()
         .and_then(|a| const_text(a))
         .map(|n| n.to_ascii_lowercase())
         .unwrap_or_else(|| "*".into());
-    let value = args.get(1).and_then(|a| const_text(a));
-    let local = args.get(2).and_then(|a| const_text(a)).is_some_and(|t| is_true_word(&t));
+    // A value that is not a constant is unknown until run time: `*`, like the name.
+    let value = args
+        .get(1)
+        .map(|a| const_text(a).unwrap_or_else(|| "*".into()))
+        .map(|v| canonical_value(&name, v));
+    let local = args
+        .get(2)
+        .and_then(|a| const_text(a))
+        .is_some_and(|t| is_true_word(&t));
     if matches!(name.as_str(), "role" | "session_authorization" | "*") {
         f.roles.push(value.clone().unwrap_or_else(|| "*".into()));
     }
@@ -811,7 +848,7 @@ fn set_facts(f: &mut Facts, b: &Value) {
                 .flatten()
                 .filter_map(const_text)
                 .collect();
-            ("SET", Some(vals.join(", ")))
+            ("SET", Some(canonical_value(&name, vals.join(", "))))
         }
         Ok(VariableSetKind::VarSetDefault) => ("SET", None),
         Ok(VariableSetKind::VarReset) | Ok(VariableSetKind::VarResetAll) => ("RESET", None),
@@ -835,6 +872,73 @@ fn set_facts(f: &mut Facts, b: &Value) {
         value,
         local: bool_field(b, "is_local"),
     });
+}
+
+/// A setting's value as the server will hold it, where spellings differ: client_encoding
+/// names are matched as PostgreSQL matches them (case and punctuation ignored, aliases
+/// resolved), so `'Shift-JIS'`, `'sjis'` and `'MS_Kanji'` are all reported as `SJIS`.
+fn canonical_value(name: &str, value: String) -> String {
+    if name == "client_encoding" {
+        if let Some(c) = canonical_encoding(&value) {
+            return c.to_owned();
+        }
+    }
+    value
+}
+
+/// PostgreSQL's name for an encoding given by any of its aliases (src/common/encnames.c),
+/// or `None` when PostgreSQL would reject the name.
+pub(super) fn canonical_encoding(s: &str) -> Option<&'static str> {
+    let clean: String = s
+        .chars()
+        .filter(char::is_ascii_alphanumeric)
+        .map(|c| c.to_ascii_lowercase())
+        .collect();
+    Some(match clean.as_str() {
+        "abc" | "tcvn" | "tcvn5712" | "vscii" | "win1258" | "windows1258" => "WIN1258",
+        "alt" | "win866" | "windows866" => "WIN866",
+        "big5" | "win950" | "windows950" => "BIG5",
+        "euccn" => "EUC_CN",
+        "eucjis2004" => "EUC_JIS_2004",
+        "eucjp" => "EUC_JP",
+        "euckr" => "EUC_KR",
+        "euctw" => "EUC_TW",
+        "gb18030" => "GB18030",
+        "gbk" | "win936" | "windows936" => "GBK",
+        "iso88591" | "latin1" => "LATIN1",
+        "iso88592" | "latin2" => "LATIN2",
+        "iso88593" | "latin3" => "LATIN3",
+        "iso88594" | "latin4" => "LATIN4",
+        "iso88599" | "latin5" => "LATIN5",
+        "iso885910" | "latin6" => "LATIN6",
+        "iso885913" | "latin7" => "LATIN7",
+        "iso885914" | "latin8" => "LATIN8",
+        "iso885915" | "latin9" => "LATIN9",
+        "iso885916" | "latin10" => "LATIN10",
+        "iso88595" => "ISO_8859_5",
+        "iso88596" => "ISO_8859_6",
+        "iso88597" => "ISO_8859_7",
+        "iso88598" => "ISO_8859_8",
+        "johab" => "JOHAB",
+        "koi8" | "koi8r" => "KOI8R",
+        "koi8u" => "KOI8U",
+        "mskanji" | "shiftjis" | "sjis" | "win932" | "windows932" => "SJIS",
+        "shiftjis2004" => "SHIFT_JIS_2004",
+        "muleinternal" => "MULE_INTERNAL",
+        "sqlascii" => "SQL_ASCII",
+        "uhc" | "win949" | "windows949" => "UHC",
+        "unicode" | "utf8" => "UTF8",
+        "win" | "win1251" | "windows1251" => "WIN1251",
+        "win1250" | "windows1250" => "WIN1250",
+        "win1252" | "windows1252" => "WIN1252",
+        "win1253" | "windows1253" => "WIN1253",
+        "win1254" | "windows1254" => "WIN1254",
+        "win1255" | "windows1255" => "WIN1255",
+        "win1256" | "windows1256" => "WIN1256",
+        "win1257" | "windows1257" => "WIN1257",
+        "win874" | "windows874" => "WIN874",
+        _ => return None,
+    })
 }
 
 /// Equality of two parse-tree values ignoring `location` fields.

@@ -6,7 +6,9 @@ mod support;
 
 mod auth;
 mod clients;
+mod enforce;
 mod hostile;
 mod lifecycle;
 mod protocol;
+mod reload;
 mod tls;

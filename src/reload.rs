@@ -1,0 +1,84 @@
+//! Policy hot reload: on SIGHUP, and when the policy files change (polled every two seconds),
+//! the whole set is loaded, validated and its own test cases run; only a set that passes
+//! replaces the running one, atomically. A bad set is logged and the running one stays.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use crate::policy::{load_dir, testcases};
+use crate::session::Shared;
+
+/// Why a reload was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    #[error("invalid policy set:\n{0}")]
+    Invalid(crate::policy::PolicyErrors),
+    #[error("policy tests failed: {0}")]
+    TestsFailed(String),
+}
+
+/// Loads, validates and tests the policy directory, then swaps it in. Returns the version.
+pub fn reload(shared: &Shared) -> Result<String, ReloadError> {
+    let dir = &shared.config.policies;
+    let policy = load_dir(dir, &shared.config.environment).map_err(ReloadError::Invalid)?;
+    let results = testcases::run_dir(dir).map_err(ReloadError::Invalid)?;
+    let failed: Vec<String> = results
+        .iter()
+        .filter(|r| !r.passed)
+        .map(|r| format!("{}: {}", r.name, r.detail))
+        .collect();
+    if !failed.is_empty() {
+        return Err(ReloadError::TestsFailed(failed.join("; ")));
+    }
+    let version = policy.version.clone();
+    shared.policy.store(Arc::new(policy));
+    Ok(version)
+}
+
+/// Reloads and logs the outcome.
+pub fn reload_and_log(shared: &Shared, why: &str) {
+    let old = shared.policy.load().version.clone();
+    match reload(shared) {
+        Ok(v) if v == old => tracing::info!(version = %v, why, "policy unchanged"),
+        Ok(v) => tracing::info!(version = %v, previous = %old, why, "policy reloaded"),
+        Err(e) => {
+            tracing::error!(error = %e, version = %old, why, "policy reload refused; the running policy stays")
+        }
+    }
+}
+
+/// What the policy directory looks like now: names, sizes, modification times.
+fn fingerprint(dir: &Path) -> Vec<(String, u64, Option<SystemTime>)> {
+    let mut out = Vec::new();
+    for d in [dir.to_path_buf(), dir.join("tests")] {
+        let Ok(rd) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in rd.flatten() {
+            if let Ok(m) = e.metadata() {
+                out.push((e.path().display().to_string(), m.len(), m.modified().ok()));
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// Watches the policy directory until shutdown.
+pub async fn watch(shared: Arc<Shared>, every: Duration) {
+    let mut last = fingerprint(&shared.config.policies);
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = shared.shutdown.cancelled() => return,
+        }
+        let now = fingerprint(&shared.config.policies);
+        if now != last {
+            last = now;
+            reload_and_log(&shared, "policy files changed");
+        }
+    }
+}
