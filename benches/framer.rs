@@ -169,15 +169,22 @@ fn bench_client_frames(c: &mut Criterion) {
     ] {
         // Sanity check outside the timing: everything is forwarded, nothing refused.
         let (mut s, mut cin, mut out) = setup(&input);
-        s.client_frames(&mut cin, &mut out)
-            .expect("valid client frames");
+        s.client_frames(
+            &mut cin,
+            &mut out,
+            &mut pgwarden::session::refusal::OpenGate,
+        )
+        .expect("valid client frames");
         assert!(cin.is_empty() && out[..] == input[..]);
 
         g.throughput(Throughput::Bytes(input.len() as u64));
         g.bench_function(name, |b| {
             b.iter_batched_ref(
                 || setup(&input),
-                |(s, cin, out)| s.client_frames(cin, out).is_ok(),
+                |(s, cin, out)| {
+                    s.client_frames(cin, out, &mut pgwarden::session::refusal::OpenGate)
+                        .is_ok()
+                },
                 BatchSize::SmallInput,
             )
         });

@@ -303,7 +303,6 @@ fn compile_rule(
     }
     let statement = compile_match(&raw.when, &mut err);
     let session = compile_session(&raw.session, &mut err);
-    drop(err);
     if errors.len() > before || !enabled {
         return None;
     }

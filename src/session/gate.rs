@@ -94,6 +94,7 @@ impl PolicyGate {
                     unparsed: Some(Unparsed {
                         reason: format!("startup option {name:?} is not a setting name"),
                     }),
+                    literal_sensitive: true,
                 })
             };
             let d = self.decide(&ins, &view);
@@ -123,12 +124,10 @@ impl PolicyGate {
                     ("PREPARE", Some(name)) => {
                         self.prepared.insert(name.clone(), ins.clone());
                     }
-                    ("DEALLOCATE", _) => {
-                        // DEALLOCATE name / ALL: forget conservatively only on ALL; a
-                        // remembered statement that no longer exists cannot be executed.
-                        if s.text.to_ascii_lowercase().contains(" all") {
-                            self.prepared.clear();
-                        }
+                    // DEALLOCATE ALL forgets everything; after DEALLOCATE name the entry is
+                    // stale but harmless: the server refuses to EXECUTE it.
+                    ("DEALLOCATE", _) if s.text.to_ascii_lowercase().contains(" all") => {
+                        self.prepared.clear();
                     }
                     _ => {}
                 }
@@ -149,6 +148,7 @@ impl Gate for PolicyGate {
                 unparsed: Some(Unparsed {
                     reason: "statement text is not valid UTF-8".into(),
                 }),
+                literal_sensitive: true,
             }),
         };
         let d = self.decide(&ins, view);

@@ -176,6 +176,6 @@ mod tests {
         let q = query_frame("x");
         assert_eq!(q, b"Q\0\0\0\x06x\0");
         let p = parse_frame(b"s1", "x");
-        assert_eq!(p, b"P\0\0\0\x0cs1\0x\0\0\0");
+        assert_eq!(p, b"P\0\0\0\x0bs1\0x\0\0\0");
     }
 }

@@ -249,4 +249,8 @@ pub struct Inspection {
     /// Set when the grammar rejected the text or the inspector could not finish: the string
     /// must be refused (fail closed).
     pub unparsed: Option<Unparsed>,
+    /// Some fact depends on a literal's value: the inspection may not be shared by texts
+    /// that differ only in literals.
+    #[serde(skip)]
+    pub literal_sensitive: bool,
 }

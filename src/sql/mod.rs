@@ -7,10 +7,12 @@
 //! - `walk`: parse tree → facts.
 //! - `predicate`: trivially-true WHERE clauses.
 //! - [`plpgsql`]: DO blocks and function bodies.
-//! - [`cache`]: inspections cached by exact text.
+//! - [`cache`]: inspections cached by exact text, and by literal-free key when no fact
+//!   depends on a literal ([`normalize`]).
 
 pub mod cache;
 pub mod facts;
+pub mod normalize;
 pub mod plpgsql;
 mod predicate;
 mod walk;
@@ -63,6 +65,7 @@ fn unparsed(reason: String) -> Inspection {
     Inspection {
         statements: Vec::new(),
         unparsed: Some(Unparsed { reason }),
+        literal_sensitive: true,
     }
 }
 
@@ -164,6 +167,7 @@ fn inspect_at(text: &str, read_as: ReadAs, depth: usize) -> Inspection {
     Inspection {
         statements,
         unparsed: None,
+        literal_sensitive: normalize::literal_sensitive(&tree),
     }
 }
 

@@ -46,8 +46,10 @@ impl Proxy {
     /// Unless `f` sets `policies`, the proxy runs with an empty policy (a bare relay).
     pub async fn start_with(f: impl FnOnce(&mut Config)) -> Proxy {
         let policy_dir = tempfile::tempdir().unwrap();
-        let mut cfg = Config::default();
-        cfg.policies = policy_dir.path().to_path_buf();
+        let mut cfg = Config {
+            policies: policy_dir.path().to_path_buf(),
+            ..Config::default()
+        };
         cfg.upstream.address = UpstreamAddr::Tcp {
             host: PG_HOST.into(),
             port: PG_PORT,

@@ -1,0 +1,128 @@
+//! The literal-free key of a statement, so that clients that inline literals (`pgbench -M
+//! simple`, ORMs) hit the inspection cache too — and the test of whether an inspection may be
+//! shared under that key: only when none of its facts depends on a literal's value.
+
+use pg_query::protobuf::Token;
+use serde_json::Value;
+
+/// `SELECT a FROM t WHERE id = 42 AND s = 'x'` → `SELECT a FROM t WHERE id = ? AND s = ?`.
+/// `None` when the text does not scan (it will not parse either).
+pub fn key(text: &str) -> Option<String> {
+    let scan = pg_query::scan(text).ok()?;
+    let mut out = String::with_capacity(text.len());
+    let mut last = 0usize;
+    for t in &scan.tokens {
+        let literal = matches!(
+            Token::try_from(t.token),
+            Ok(Token::Sconst
+                | Token::Iconst
+                | Token::Fconst
+                | Token::Bconst
+                | Token::Xconst
+                | Token::Usconst)
+        );
+        if literal {
+            let (s, e) = (t.start as usize, t.end as usize);
+            out.push_str(text.get(last..s)?);
+            out.push('?');
+            last = e;
+        }
+    }
+    out.push_str(text.get(last..)?);
+    Some(out)
+}
+
+/// Statement kinds whose facts never depend on a literal, apart from the cases that
+/// [`constant_logic`] finds.
+const LITERAL_FREE_KINDS: &[&str] = &[
+    "SelectStmt",
+    "InsertStmt",
+    "UpdateStmt",
+    "DeleteStmt",
+    "MergeStmt",
+];
+
+/// True when facts may depend on literal values: any statement kind other than plain
+/// DML/SELECT (SET values, COPY targets, DO bodies, role names…), any call to set_config, or
+/// any predicate whose truth a constant decides (`1 = 1`, `true`, `'a' IS NOT NULL`).
+pub fn literal_sensitive(tree: &Value) -> bool {
+    match tree {
+        Value::Object(m) => {
+            for (k, v) in m {
+                if k.ends_with("Stmt") && !LITERAL_FREE_KINDS.contains(&k.as_str()) {
+                    return true;
+                }
+                if k == "FuncCall"
+                    && super::walk::name_of(v.get("funcname")).ends_with("set_config")
+                {
+                    return true;
+                }
+                if constant_logic(k, v) || literal_sensitive(v) {
+                    return true;
+                }
+            }
+            false
+        }
+        Value::Array(a) => a.iter().any(literal_sensitive),
+        _ => false,
+    }
+}
+
+fn is_const(v: &Value) -> bool {
+    super::walk::const_text(v).is_some()
+}
+
+/// A node whose truth value a constant can decide.
+fn constant_logic(kind: &str, body: &Value) -> bool {
+    match kind {
+        "AExpr" => {
+            let l = body.get("lexpr");
+            let r = body.get("rexpr");
+            l.is_some_and(is_const) && r.is_some_and(is_const)
+        }
+        "BoolExpr" => body
+            .get("args")
+            .and_then(Value::as_array)
+            .is_some_and(|a| a.iter().any(is_const)),
+        "NullTest" => body.get("arg").is_some_and(is_const),
+        "DeleteStmt" | "UpdateStmt" => body.get("where_clause").is_some_and(is_const),
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sensitive(sql: &str) -> bool {
+        let p = pg_query::parse(sql, 0).unwrap();
+        literal_sensitive(&serde_json::to_value(&p.protobuf).unwrap())
+    }
+
+    #[test]
+    fn literals_become_placeholders() {
+        assert_eq!(
+            key("SELECT abalance FROM pgbench_accounts WHERE aid = 123;").unwrap(),
+            "SELECT abalance FROM pgbench_accounts WHERE aid = ?;"
+        );
+        assert_eq!(
+            key("SELECT 'a''b', 1.5, E'x', x'ff'").unwrap(),
+            "SELECT ?, ?, ?, ?"
+        );
+    }
+
+    #[test]
+    fn only_literal_free_facts_share_a_key() {
+        assert!(!sensitive(
+            "SELECT abalance FROM pgbench_accounts WHERE aid = 5"
+        ));
+        assert!(!sensitive("UPDATE t SET a = 1 WHERE id = 5"));
+        assert!(sensitive("DELETE FROM t WHERE 1 = 2"));
+        assert!(sensitive("DELETE FROM t WHERE id = 1 OR true"));
+        assert!(sensitive("DELETE FROM t WHERE false"));
+        assert!(sensitive("SET role = 'x'"));
+        assert!(sensitive("COPY t TO '/tmp/x'"));
+        assert!(sensitive("SELECT set_config('role', 'x', false)"));
+        assert!(sensitive("DO $$ BEGIN END $$"));
+    }
+}
