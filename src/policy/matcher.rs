@@ -72,13 +72,15 @@ impl StatementMatcher {
             || self.dynamic_sql.is_some()
     }
 
-    /// Does this statement match? `None` statement means text that could not be inspected.
-    pub fn matches(&self, stmt: Option<&Statement>, unreadable_encoding: bool) -> bool {
-        if let Some(want) = self.unreadable_encoding {
-            if want != unreadable_encoding {
-                return false;
-            }
-        }
+    /// The session-dependent part: does the session's encoding condition hold?
+    pub fn encoding_matches(&self, unreadable_encoding: bool) -> bool {
+        self.unreadable_encoding
+            .is_none_or(|want| want == unreadable_encoding)
+    }
+
+    /// Do the statement conditions hold? `None` statement means text that could not be
+    /// inspected. (The encoding condition is checked per session: [`Self::encoding_matches`].)
+    pub fn matches(&self, stmt: Option<&Statement>) -> bool {
         let Some(stmt) = stmt else {
             return self.unparsed == Some(true);
         };

@@ -158,32 +158,29 @@ impl Policy {
         }
     }
 
-    /// Decides on every statement of `ins` in `session`. Pure.
+    /// Decides on every statement of `ins` in `session`. Pure (the memo only caches).
     pub fn decide(&self, ins: &Inspection, session: &SessionContext, mode: Mode) -> Decision {
+        // Statement conditions do not depend on the session: computed once per inspection
+        // and policy version, then only session conditions are checked per call.
+        let memo = ins
+            .memo
+            .get_or(&self.version, || self.statement_matches(ins));
         let mut matches = Vec::new();
-        let mut consider = |stmt_index: usize, stmt: Option<&crate::sql::Statement>| {
-            for r in &self.rules {
-                if r.session.matches(session)
-                    && r.statement.matches(stmt, session.unreadable_encoding)
-                {
-                    matches.push(RuleMatch {
-                        rule: r.id.clone(),
-                        action: r.action,
-                        severity: r.severity,
-                        monitor: r.monitor || mode == Mode::Monitor,
-                        statement: stmt_index,
-                        message: r.message.clone(),
-                        hint: r.hint.clone(),
-                        file: r.file.display().to_string(),
-                    });
-                }
-            }
-        };
-        if ins.unparsed.is_some() {
-            consider(0, None);
-        } else {
-            for (i, s) in ins.statements.iter().enumerate() {
-                consider(i, Some(s));
+        for &(stmt, rule) in &memo.1 {
+            let r = &self.rules[rule as usize];
+            if r.statement.encoding_matches(session.unreadable_encoding)
+                && r.session.matches(session)
+            {
+                matches.push(RuleMatch {
+                    rule: r.id.clone(),
+                    action: r.action,
+                    severity: r.severity,
+                    monitor: r.monitor || mode == Mode::Monitor,
+                    statement: stmt as usize,
+                    message: r.message.clone(),
+                    hint: r.hint.clone(),
+                    file: r.file.display().to_string(),
+                });
             }
         }
         let enforced = |m: &&RuleMatch| !m.monitor;
@@ -202,6 +199,26 @@ impl Policy {
             matches,
             policy_version: self.version.clone(),
         }
+    }
+
+    /// (statement, rule) pairs whose statement conditions hold, in statement then rule order.
+    fn statement_matches(&self, ins: &Inspection) -> Vec<(u32, u32)> {
+        let mut out = Vec::new();
+        let mut consider = |i: usize, stmt: Option<&crate::sql::Statement>| {
+            for (ri, r) in self.rules.iter().enumerate() {
+                if r.statement.matches(stmt) {
+                    out.push((i as u32, ri as u32));
+                }
+            }
+        };
+        if ins.unparsed.is_some() {
+            consider(0, None);
+        } else {
+            for (i, s) in ins.statements.iter().enumerate() {
+                consider(i, Some(s));
+            }
+        }
+        out
     }
 }
 

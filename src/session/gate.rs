@@ -95,6 +95,7 @@ impl PolicyGate {
                         reason: format!("startup option {name:?} is not a setting name"),
                     }),
                     literal_sensitive: true,
+                    memo: Default::default(),
                 })
             };
             let d = self.decide(&ins, &view);
@@ -149,6 +150,7 @@ impl Gate for PolicyGate {
                     reason: "statement text is not valid UTF-8".into(),
                 }),
                 literal_sensitive: true,
+                memo: Default::default(),
             }),
         };
         let d = self.decide(&ins, view);

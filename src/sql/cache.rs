@@ -14,7 +14,9 @@ use super::{inspect, normalize, Inspection, ReadAs};
 
 #[derive(Debug)]
 pub struct InspectCache {
-    exact: DashMap<(bool, Box<str>), Arc<Inspection>>,
+    /// Exact text → inspection, one map per `standard_conforming_strings` reading, so a
+    /// lookup borrows the text instead of building a key.
+    exact: [DashMap<Box<str>, Arc<Inspection>>; 2],
     /// Literal-free key → literal-insensitive inspection (standard-conforming text only).
     normalized: DashMap<Box<str>, Arc<Inspection>>,
     capacity: usize,
@@ -31,7 +33,7 @@ pub enum Source {
 impl InspectCache {
     pub fn new(capacity: usize) -> Self {
         InspectCache {
-            exact: DashMap::new(),
+            exact: [DashMap::new(), DashMap::new()],
             normalized: DashMap::new(),
             capacity,
         }
@@ -43,8 +45,8 @@ impl InspectCache {
     }
 
     pub fn inspect_with_source(&self, text: &str, read_as: ReadAs) -> (Arc<Inspection>, Source) {
-        let key = (read_as.standard_conforming_strings, Box::<str>::from(text));
-        if let Some(hit) = self.exact.get(&key) {
+        let exact = &self.exact[read_as.standard_conforming_strings as usize];
+        if let Some(hit) = exact.get(text) {
             return (hit.clone(), Source::Exact);
         }
         // The scanner reads strings as a standard-conforming server does; with that setting
@@ -60,10 +62,10 @@ impl InspectCache {
             }
         }
         let ins = Arc::new(inspect(text, read_as));
-        if self.exact.len() >= self.capacity {
-            self.exact.clear();
+        if exact.len() >= self.capacity {
+            exact.clear();
         }
-        self.exact.insert(key, ins.clone());
+        exact.insert(Box::from(text), ins.clone());
         if let Some(nk) = nkey.filter(|_| !ins.literal_sensitive && ins.unparsed.is_none()) {
             if self.normalized.len() >= self.capacity {
                 self.normalized.clear();
@@ -74,11 +76,11 @@ impl InspectCache {
     }
 
     pub fn len(&self) -> usize {
-        self.exact.len() + self.normalized.len()
+        self.exact.iter().map(DashMap::len).sum::<usize>() + self.normalized.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.exact.is_empty() && self.normalized.is_empty()
+        self.len() == 0
     }
 }
 

@@ -253,4 +253,50 @@ pub struct Inspection {
     /// that differ only in literals.
     #[serde(skip)]
     pub literal_sensitive: bool,
+    /// Which rules of which policy version matched which statement, on statement facts alone:
+    /// computed once per cached inspection and policy, so a cache hit decides in nanoseconds.
+    #[serde(skip)]
+    pub memo: Memo,
+}
+
+/// Per-inspection memo of statement-level rule matches (see [`Inspection::memo`]).
+#[derive(Default)]
+pub struct Memo(arc_swap::ArcSwapOption<(String, Vec<(u32, u32)>)>);
+
+impl Memo {
+    /// The matches for `version`, computed with `f` when absent or stale.
+    pub fn get_or(
+        &self,
+        version: &str,
+        f: impl FnOnce() -> Vec<(u32, u32)>,
+    ) -> std::sync::Arc<(String, Vec<(u32, u32)>)> {
+        if let Some(m) = self.0.load_full() {
+            if m.0 == version {
+                return m;
+            }
+        }
+        let m = std::sync::Arc::new((version.to_owned(), f()));
+        self.0.store(Some(m.clone()));
+        m
+    }
+}
+
+impl Clone for Memo {
+    fn clone(&self) -> Self {
+        Memo::default()
+    }
+}
+
+impl PartialEq for Memo {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+impl Eq for Memo {}
+
+impl std::fmt::Debug for Memo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Memo")
+    }
 }

@@ -66,6 +66,7 @@ fn unparsed(reason: String) -> Inspection {
         statements: Vec::new(),
         unparsed: Some(Unparsed { reason }),
         literal_sensitive: true,
+        memo: Default::default(),
     }
 }
 
@@ -168,6 +169,7 @@ fn inspect_at(text: &str, read_as: ReadAs, depth: usize) -> Inspection {
         statements,
         unparsed: None,
         literal_sensitive: normalize::literal_sensitive(&tree),
+        memo: Default::default(),
     }
 }
 

@@ -341,3 +341,36 @@ fn set_config_with_a_computed_value_is_unknown() {
     let o = ops("SELECT set_config('role', lower('POSTGRES'), false)");
     assert!(o.iter().any(|f| f.roles == vec!["*"]));
 }
+
+#[test]
+fn function_bodies_are_compiled_with_their_own_signature() {
+    // A body that returns a value or assigns to a parameter does not compile as the
+    // parameterless `RETURNS void` wrapper DO blocks use; it must not count as dynamic.
+    let dynamic = |sql: &str| ops(sql)[0].dynamic_sql;
+    assert!(!dynamic(
+        "CREATE FUNCTION add(a int, b int) RETURNS int LANGUAGE plpgsql AS $$ BEGIN a := a + 1; RETURN a + b; END $$"
+    ));
+    assert!(!dynamic(
+        "CREATE FUNCTION f(x int) RETURNS TABLE (id int, name text) LANGUAGE plpgsql AS $$ BEGIN id := x; name := 'a'; RETURN NEXT; RETURN QUERY SELECT 1, 'b'; END $$"
+    ));
+    assert!(!dynamic(
+        r#"CREATE FUNCTION g(OUT a int, INOUT "B" text) LANGUAGE plpgsql AS $$ BEGIN a := 1; "B" := "B" || 'x'; END $$"#
+    ));
+    assert!(dynamic(
+        "CREATE FUNCTION f(x int) RETURNS TABLE (id int) LANGUAGE plpgsql AS $$ BEGIN RETURN QUERY EXECUTE 'SELECT 1'; END $$"
+    ));
+    assert!(dynamic(
+        "CREATE PROCEDURE p(INOUT n int) LANGUAGE plpgsql AS $$ BEGIN n := n + 1; EXECUTE 'SELECT 1'; END $$"
+    ));
+    assert!(dynamic(
+        "CREATE FUNCTION h() RETURNS int LANGUAGE plpgsql AS $$ DECLARE c refcursor; BEGIN OPEN c FOR EXECUTE 'SELECT 1'; RETURN 1; END $$"
+    ));
+    // A body that does not compile at all still fails closed.
+    assert!(dynamic(
+        "CREATE FUNCTION k() RETURNS int LANGUAGE plpgsql AS $$ BEGIN RETURN 1 $$"
+    ));
+    // Not PL/pgSQL: not read, not flagged (other rules judge the language).
+    assert!(!dynamic(
+        "CREATE FUNCTION s() RETURNS int LANGUAGE sql AS 'SELECT 1'"
+    ));
+}

@@ -4,8 +4,8 @@
 //! Per-statement details (tags, objects, flags, WHERE) are read by field name.
 
 use pg_query::protobuf::{
-    AExprKind, AlterTableType, BoolExprType, DropBehavior, ObjectType, RoleSpecType,
-    TransactionStmtKind, VariableSetKind,
+    AExprKind, AlterTableType, BoolExprType, DropBehavior, FunctionParameterMode, ObjectType,
+    RoleSpecType, TransactionStmtKind, VariableSetKind,
 };
 use serde_json::{Map, Value};
 
@@ -339,9 +339,116 @@ fn function_body_is_dynamic(body: &Value) -> bool {
     if !lang.eq_ignore_ascii_case("plpgsql") {
         return false;
     }
-    match defelem_text(body.get("options"), "as") {
-        Some(src) => super::plpgsql::inspect_body(&src).dynamic_sql,
-        None => false,
+    let Some(src) = defelem_text(body.get("options"), "as") else {
+        return false;
+    };
+    // `inspect_body` compiles a body as a parameterless `RETURNS void` function, which
+    // PL/pgSQL rejects for bodies that RETURN a value, RETURN NEXT / QUERY, assign to a
+    // parameter or to NEW in a trigger: most real functions. Compile it with the function's
+    // own signature first; fall back to `inspect_body` (which fails closed).
+    if let Some(sql) = with_own_signature(body, &src) {
+        if let Ok(tree) = pg_query::parse_plpgsql(&sql) {
+            return plpgsql_is_dynamic(&tree);
+        }
+    }
+    super::plpgsql::inspect_body(&src).dynamic_sql
+}
+
+/// `CREATE FUNCTION pgwarden_body(<the function's parameters>) RETURNS <its type> AS <body>`:
+/// names, modes and types as written (types are not looked up when compiling a body).
+fn with_own_signature(b: &Value, src: &str) -> Option<String> {
+    let mut n = 0;
+    let tag = loop {
+        let t = format!("$pgw{n}$");
+        if !src.contains(&t) {
+            break t;
+        }
+        n += 1;
+    };
+    let mut params = Vec::new();
+    let mut table = Vec::new();
+    for p in b
+        .get("parameters")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        let p = node_body(p, "FunctionParameter")?;
+        let ty = type_text(p.get("arg_type")?)?;
+        let name = match str_field(p, "name") {
+            "" => String::new(),
+            n => format!("{} ", quote_ident(n)),
+        };
+        let decl = format!("{name}{ty}");
+        match FunctionParameterMode::try_from(int_field(p, "mode")) {
+            Ok(FunctionParameterMode::FuncParamTable) => table.push(decl),
+            Ok(FunctionParameterMode::FuncParamOut) => params.push(format!("OUT {decl}")),
+            Ok(FunctionParameterMode::FuncParamInout) => params.push(format!("INOUT {decl}")),
+            Ok(FunctionParameterMode::FuncParamVariadic) => params.push(format!("VARIADIC {decl}")),
+            _ => params.push(decl),
+        }
+    }
+    let returns = if !table.is_empty() {
+        format!(" RETURNS TABLE ({})", table.join(", "))
+    } else if let Some(rt) = b.get("return_type").filter(|r| !r.is_null()) {
+        let setof = if bool_field(rt, "setof") {
+            "SETOF "
+        } else {
+            ""
+        };
+        format!(" RETURNS {setof}{}", type_text(rt)?)
+    } else {
+        String::new()
+    };
+    let kind = if bool_field(b, "is_procedure") {
+        "PROCEDURE"
+    } else {
+        "FUNCTION"
+    };
+    Some(format!(
+        "CREATE {kind} pgwarden_body({}){returns} AS {tag}{src}{tag} LANGUAGE plpgsql",
+        params.join(", ")
+    ))
+}
+
+/// A TypeName as SQL: quoted name parts, `%TYPE`, `[]`.
+fn type_text(t: &Value) -> Option<String> {
+    let mut parts = Vec::new();
+    collect_strings(t.get("names"), &mut parts);
+    if parts.is_empty() {
+        return None;
+    }
+    let mut s: Vec<String> = parts.iter().map(|p| quote_ident(p)).collect();
+    if bool_field(t, "pct_type") {
+        s.last_mut()?.push_str("%TYPE");
+    }
+    let mut s = s.join(".");
+    if t.get("array_bounds")
+        .and_then(Value::as_array)
+        .is_some_and(|a| !a.is_empty())
+    {
+        s.push_str("[]");
+    }
+    Some(s)
+}
+
+fn quote_ident(s: &str) -> String {
+    format!("\"{}\"", s.replace('"', "\"\""))
+}
+
+/// Does a compiled PL/pgSQL function run SQL it builds at run time (EXECUTE, FOR ... IN
+/// EXECUTE, OPEN ... FOR EXECUTE, RETURN QUERY EXECUTE)? The same test as `plpgsql`'s.
+fn plpgsql_is_dynamic(v: &Value) -> bool {
+    match v {
+        Value::Object(m) => m.iter().any(|(k, c)| match k.as_str() {
+            "PLpgSQL_stmt_dynexecute" | "PLpgSQL_stmt_dynfors" => true,
+            "PLpgSQL_stmt_open" | "PLpgSQL_stmt_return_query" if c.get("dynquery").is_some() => {
+                true
+            }
+            _ => plpgsql_is_dynamic(c),
+        }),
+        Value::Array(a) => a.iter().any(plpgsql_is_dynamic),
+        _ => false,
     }
 }
 
