@@ -19,6 +19,7 @@ use crate::wire::sqlstate::SqlState;
 pub const TICKET_SETTING: &str = "pgwarden.ticket";
 
 pub struct PolicyGate {
+    version_checked: bool,
     shared: Arc<Shared>,
     base: SessionContext,
     ticket: Option<String>,
@@ -29,6 +30,7 @@ impl PolicyGate {
     pub fn new(shared: Arc<Shared>, base: SessionContext) -> Self {
         let ticket = base.ticket.clone();
         PolicyGate {
+            version_checked: false,
             shared,
             base,
             ticket,
@@ -137,8 +139,65 @@ impl PolicyGate {
     }
 }
 
+impl PolicyGate {
+    /// Warns once when the server's grammar is newer than the one pgwarden parses with:
+    /// statements new syntax allows would be refused as unparsed (fail closed), not missed.
+    fn check_server_version(&mut self, view: &View<'_>) {
+        if self.version_checked {
+            return;
+        }
+        if let Some(v) = view.params.server_version.as_deref() {
+            self.version_checked = true;
+            let major: u32 = v
+                .chars()
+                .take_while(char::is_ascii_digit)
+                .collect::<String>()
+                .parse()
+                .unwrap_or(0);
+            if major > crate::sql::GRAMMAR_MAJOR {
+                tracing::warn!(server_version = v, grammar = crate::sql::GRAMMAR_MAJOR, "server is newer than pgwarden's SQL grammar: statements using new syntax will be refused as unparsed");
+            }
+        }
+    }
+
+    fn enforce(&mut self, ins: Arc<Inspection>, view: &View<'_>) -> Verdict {
+        let d = self.decide(&ins, view);
+        report(&d, &ins);
+        if d.action.refuses() {
+            Verdict::Refuse(refusal(&d, self.ticket.as_deref(), &ins))
+        } else {
+            self.remember(&ins);
+            Verdict::Forward
+        }
+    }
+}
+
 impl Gate for PolicyGate {
+    fn check_function_call(&mut self, oid: u32, view: &View<'_>) -> Verdict {
+        let name = format!("oid:{oid}");
+        let mut op = crate::sql::Facts::new(
+            "FUNCTION CALL",
+            crate::sql::Class::Function,
+            crate::sql::Nesting::TopLevel,
+        );
+        op.objects.push(name.clone());
+        let ins = Inspection {
+            statements: vec![crate::sql::Statement {
+                location: 0,
+                text: String::new(),
+                ops: vec![op],
+                functions: vec![name],
+                tickets: Vec::new(),
+            }],
+            unparsed: None,
+            literal_sensitive: false,
+            memo: Default::default(),
+        };
+        self.enforce(Arc::new(ins), view)
+    }
+
     fn check(&mut self, text: &[u8], view: &View<'_>) -> Verdict {
+        self.check_server_version(view);
         let read_as = ReadAs {
             standard_conforming_strings: view.params.standard_conforming_strings.unwrap_or(true),
         };
@@ -153,14 +212,7 @@ impl Gate for PolicyGate {
                 memo: Default::default(),
             }),
         };
-        let d = self.decide(&ins, view);
-        report(&d, &ins);
-        if d.action.refuses() {
-            Verdict::Refuse(refusal(&d, self.ticket.as_deref(), &ins))
-        } else {
-            self.remember(&ins);
-            Verdict::Forward
-        }
+        self.enforce(ins, view)
     }
 }
 

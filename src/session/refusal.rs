@@ -28,6 +28,11 @@ pub struct View<'a> {
 /// Decides on the SQL text of a Query or Parse before it is forwarded.
 pub trait Gate {
     fn check(&mut self, text: &[u8], view: &View<'_>) -> Verdict;
+
+    /// Decides on a FunctionCall message (the fast-path protocol large objects use).
+    fn check_function_call(&mut self, _oid: u32, _view: &View<'_>) -> Verdict {
+        Verdict::Forward
+    }
 }
 
 /// A gate that lets everything through (bare proxy, tests).
@@ -41,10 +46,14 @@ impl Gate for OpenGate {
 
 /// The SQLSTATE PostgreSQL raises for the marker statement.
 const SYNTAX_ERROR: &str = "42601";
+/// The SQLSTATE PostgreSQL raises for a FunctionCall of OID 0.
+const UNDEFINED_FUNCTION: &str = "42883";
 
 #[derive(Debug)]
 struct Pending {
-    marker: String,
+    /// The SQLSTATE and a piece of the message the server's answer to the stand-in carries.
+    code: &'static str,
+    needle: String,
     error: PgError,
     /// ReadyForQuery messages still to come before the batch holding the marker ends.
     ready_left: u32,
@@ -64,11 +73,22 @@ impl Refusals {
         self.count += 1;
         let marker = format!("pgwarden_refused_{}", self.count);
         self.pending.push_back(Pending {
-            marker: marker.clone(),
+            code: SYNTAX_ERROR,
+            needle: format!("\"{marker}\""),
             error,
             ready_left: pending_ready + 1,
         });
         marker
+    }
+
+    /// Records a refused FunctionCall; the stand-in is [`function_call_frame`] (OID 0).
+    pub fn refuse_function_call(&mut self, error: PgError, pending_ready: u32) {
+        self.pending.push_back(Pending {
+            code: UNDEFINED_FUNCTION,
+            needle: "OID 0 ".into(),
+            error,
+            ready_left: pending_ready + 1,
+        });
     }
 
     /// A ReadyForQuery arrived: batches end; refusals whose marker never ran (an earlier
@@ -88,13 +108,10 @@ impl Refusals {
             return None;
         }
         let f = read::error_fields(body)?;
-        if f.code != SYNTAX_ERROR {
-            return None;
-        }
         let i = self
             .pending
             .iter()
-            .position(|p| p.ready_left == 1 && f.message.contains(&format!("\"{}\"", p.marker)))?;
+            .position(|p| p.ready_left == 1 && f.code == p.code && f.message.contains(&p.needle))?;
         let p = self.pending.remove(i)?;
         Some(p.error.to_bytes().to_vec())
     }
@@ -110,6 +127,13 @@ pub fn query_frame(text: &str) -> Vec<u8> {
     f.extend_from_slice(&((text.len() + 5) as u32).to_be_bytes());
     f.extend_from_slice(text.as_bytes());
     f.push(0);
+    f
+}
+
+/// A FunctionCall of OID 0 with no arguments: certain to fail with 42883.
+pub fn function_call_frame() -> Vec<u8> {
+    let mut f = vec![b'F', 0, 0, 0, 14];
+    f.extend_from_slice(&[0; 10]);
     f
 }
 

@@ -10,7 +10,9 @@
 
 use bytes::{Buf, BytesMut};
 
-use super::refusal::{parse_frame, query_frame, Gate, Refusals, Verdict, View};
+use super::refusal::{
+    function_call_frame, parse_frame, query_frame, Gate, Refusals, Verdict, View,
+};
 use crate::wire::frame::{parse_header, read_cstr, FrameError, Limits, HEADER_LEN};
 use crate::wire::messages::PgError;
 use crate::wire::read::{self, AuthRequest, ChannelBindingFlag, TxStatus};
@@ -209,6 +211,24 @@ impl SessionState {
         body: &[u8],
         gate: &mut dyn Gate,
     ) -> Result<Option<Vec<u8>>, PgError> {
+        if tag == b'F' {
+            let oid = body
+                .get(..4)
+                .map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+                .ok_or_else(|| protocol_violation("invalid FunctionCall message"))?;
+            let view = View {
+                params: &self.params,
+                tx: self.tx,
+            };
+            return Ok(match gate.check_function_call(oid, &view) {
+                Verdict::Forward => None,
+                Verdict::Refuse(error) => {
+                    self.refusals
+                        .refuse_function_call(error, self.pending_ready);
+                    Some(function_call_frame())
+                }
+            });
+        }
         let (name, text) = match tag {
             // Checked above: exactly one NUL, at the end.
             b'Q' => (None, &body[..body.len() - 1]),

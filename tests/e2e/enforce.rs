@@ -389,3 +389,42 @@ async fn check_and_wire_decide_alike() {
     drop_direct(&t).await;
     proxy.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn function_call_messages_are_decided_too() {
+    // psql's \lo_import speaks the FunctionCall (fast-path) protocol.
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("fastpath.toml"),
+        r#"[[rule]]
+id = "test.no-fastpath"
+description = "refuse every FunctionCall message"
+action = "block"
+message = "fast-path function calls are not allowed"
+[rule.match]
+tags = ["FUNCTION CALL"]
+"#,
+    )
+    .unwrap();
+    let d = dir.path().to_path_buf();
+    let proxy = Proxy::start_with(|c| c.policies = d.clone()).await;
+    let blob = dir.path().join("blob.bin");
+    std::fs::write(&blob, vec![7u8; 1000]).unwrap();
+    let conn = proxy.dsn(PG_USER, PG_DB);
+    let script = format!(
+        "BEGIN;\n\\lo_import '{}'\nSELECT 'after';\nCOMMIT;\n",
+        blob.display()
+    );
+    let (_, stdout, stderr) = tokio::task::block_in_place(|| psql(&conn, &[], Some(&script)));
+    assert!(
+        stderr.contains("pgwarden: test.no-fastpath"),
+        "{stdout}{stderr}"
+    );
+    // The refusal aborted the transaction exactly as a server error would.
+    assert!(
+        stderr.contains("current transaction is aborted"),
+        "{stderr}"
+    );
+    assert!(stdout.contains("ROLLBACK"), "{stdout}");
+    proxy.stop().await;
+}
