@@ -398,6 +398,11 @@ fn compile_match(m: &RawMatch, err: &mut impl FnMut(String)) -> StatementMatcher
         dynamic_sql: m.dynamic_sql,
         unparsed: m.unparsed,
         unreadable_encoding: m.unreadable_encoding,
+        expr: m.expr.as_ref().and_then(|src| {
+            super::matcher::Expr::compile(src)
+                .map_err(|e| err(format!("expr {src:?}: {e}")))
+                .ok()
+        }),
     }
 }
 

@@ -52,6 +52,82 @@ pub struct StatementMatcher {
     pub dynamic_sql: Option<bool>,
     pub unparsed: Option<bool>,
     pub unreadable_encoding: Option<bool>,
+    /// Checked per decision, after the conditions above: see [`Expr`].
+    pub expr: Option<Expr>,
+}
+
+/// A compiled CEL expression. Variables: `statement` (`ops` — each with `tag`, `class`,
+/// `nesting`, `objects`, `flags`, `subcommands`, `where_clause`, `copy`, `set`, `roles`,
+/// `dynamic_sql` — `functions`, `tickets`) and `session` (`user`, `database`, `role`,
+/// `application`, `client_addr`, `tls`, `in_transaction`, `ticket`).
+#[derive(Clone)]
+pub struct Expr {
+    pub source: String,
+    program: std::sync::Arc<cel_interpreter::Program>,
+}
+
+impl std::fmt::Debug for Expr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Expr({:?})", self.source)
+    }
+}
+
+#[derive(serde::Serialize)]
+struct SessionVars<'a> {
+    user: &'a str,
+    database: &'a str,
+    role: &'a str,
+    application: &'a str,
+    client_addr: String,
+    tls: bool,
+    in_transaction: bool,
+    ticket: &'a str,
+}
+
+impl Expr {
+    pub fn compile(source: &str) -> Result<Expr, String> {
+        let program = cel_interpreter::Program::compile(source).map_err(|e| e.to_string())?;
+        Ok(Expr {
+            source: source.to_owned(),
+            program: std::sync::Arc::new(program),
+        })
+    }
+
+    /// Evaluates to true or false. An expression that fails at run time (a missing field, a
+    /// type error) counts as matching: a rule never silently stops applying.
+    pub fn eval(&self, stmt: Option<&Statement>, s: &SessionContext) -> bool {
+        let mut ctx = cel_interpreter::Context::default();
+        let empty = Statement {
+            location: 0,
+            text: String::new(),
+            ops: Vec::new(),
+            functions: Vec::new(),
+            tickets: Vec::new(),
+        };
+        let stmt = stmt.unwrap_or(&empty);
+        let vars = SessionVars {
+            user: &s.user,
+            database: &s.database,
+            role: s.role.as_deref().unwrap_or(&s.user),
+            application: &s.application,
+            client_addr: s.client_addr.map(|a| a.to_string()).unwrap_or_default(),
+            tls: s.tls,
+            in_transaction: s.in_transaction,
+            ticket: s.ticket.as_deref().unwrap_or(""),
+        };
+        let (Ok(sv), Ok(st)) = (
+            cel_interpreter::to_value(&vars),
+            cel_interpreter::to_value(stmt),
+        ) else {
+            return true;
+        };
+        ctx.add_variable_from_value("session", sv);
+        ctx.add_variable_from_value("statement", st);
+        !matches!(
+            self.program.execute(&ctx),
+            Ok(cel_interpreter::Value::Bool(false))
+        )
+    }
 }
 
 impl StatementMatcher {
@@ -70,6 +146,12 @@ impl StatementMatcher {
             || self.copy_from.is_some()
             || self.roles.is_some()
             || self.dynamic_sql.is_some()
+    }
+
+    /// The part decided per session: the encoding condition and the expression.
+    pub fn session_part_matches(&self, stmt: Option<&Statement>, s: &SessionContext) -> bool {
+        self.encoding_matches(s.unreadable_encoding)
+            && self.expr.as_ref().is_none_or(|e| e.eval(stmt, s))
     }
 
     /// The session-dependent part: does the session's encoding condition hold?

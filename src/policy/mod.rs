@@ -168,9 +168,8 @@ impl Policy {
         let mut matches = Vec::new();
         for &(stmt, rule) in &memo.1 {
             let r = &self.rules[rule as usize];
-            if r.statement.encoding_matches(session.unreadable_encoding)
-                && r.session.matches(session)
-            {
+            let facts = ins.statements.get(stmt as usize);
+            if r.session.matches(session) && r.statement.session_part_matches(facts, session) {
                 matches.push(RuleMatch {
                     rule: r.id.clone(),
                     action: r.action,

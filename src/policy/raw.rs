@@ -88,6 +88,9 @@ pub struct RawMatch {
     pub unparsed: Option<bool>,
     /// The session's client_encoding is one pgwarden cannot read exactly.
     pub unreadable_encoding: Option<bool>,
+    /// A CEL expression over `statement` and `session` for what the fields cannot say,
+    /// e.g. `statement.ops.exists(o, o.tag == "DROP TABLE" && o.objects.exists(x, x.startsWith("audit.")))`.
+    pub expr: Option<String>,
 }
 
 /// Session conditions.

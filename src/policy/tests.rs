@@ -197,3 +197,33 @@ fn shipped_pack_passes_its_own_test_cases() {
         results.len()
     );
 }
+
+#[test]
+fn cel_expressions_say_what_fields_cannot() {
+    let p = policy(
+        r#"[[rule]]
+id = "audit-schema"
+description = "d"
+action = "block"
+message = "m"
+[rule.match]
+classes = ["ddl"]
+expr = 'statement.ops.exists(o, o.objects.exists(x, x.startsWith("audit."))) && session.user != "dba"'
+"#,
+        "production",
+    )
+    .unwrap();
+    let ins = inspect("DROP TABLE audit.log", ReadAs::default());
+    let mut s = SessionContext {
+        user: "app".into(),
+        ..SessionContext::default()
+    };
+    assert_eq!(p.decide(&ins, &s, Mode::Enforce).action, Action::Block);
+    s.user = "dba".into();
+    assert_eq!(p.decide(&ins, &s, Mode::Enforce).action, Action::Allow);
+    let other = inspect("DROP TABLE public.log", ReadAs::default());
+    s.user = "app".into();
+    assert_eq!(p.decide(&other, &s, Mode::Enforce).action, Action::Allow);
+    let bad = policy("[[rule]]\nid = \"x\"\ndescription = \"d\"\naction = \"block\"\nmessage = \"m\"\n[rule.match]\nexpr = \"statement.ops.exists(\"\n", "production");
+    assert!(bad.unwrap_err().to_string().contains("expr"));
+}

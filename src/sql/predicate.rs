@@ -1,8 +1,7 @@
 //! Is a WHERE clause trivially true? `true`, `1 = 1`, `'a' = 'a'`, `x = x`, `x >= x`,
 //! `NOT false`, `... OR <trivially true>`, `<trivially true> AND <trivially true>`,
-//! `5 IS NOT NULL`, `NULL IS NULL`, `2 > 1`, `1 IN (1, 2)`, `1 BETWEEN 0 AND 2`,
-//! `x IS NOT DISTINCT FROM x`, `true IS TRUE` — each a way to write "every row" that a
-//! review would miss.
+//! `5 IS NOT NULL`, `NULL IS NULL`, `2 > 1`, `x IN (y, x)`, `x IS NOT DISTINCT FROM x`,
+//! `true IS TRUE` — each a way to write "every row" that a review would miss.
 
 use pg_query::protobuf::{AExprKind, BoolExprType};
 use serde_json::Value;
@@ -63,8 +62,14 @@ fn truth(v: &Value) -> Option<bool> {
         }
     }
     if let Some(b) = node_body(v, "BooleanTest") {
-        // `<constant truth> IS [NOT] TRUE / FALSE / UNKNOWN`.
-        let t = truth(b.get("arg")?)?;
+        // `<constant truth> IS [NOT] TRUE / FALSE / UNKNOWN`: `true IS TRUE`, `(1 = 0) IS
+        // NOT TRUE`. Not a bare literal (`'t'::bool IS TRUE`): the inspection cache would
+        // share the decision with `'f'::bool IS TRUE` (see the IN case below).
+        let arg = b.get("arg")?;
+        if const_text(arg).is_some() && !is_bool_keyword(arg) {
+            return None;
+        }
+        let t = truth(arg)?;
         return match b.get("booltesttype").and_then(Value::as_i64)? {
             1 => Some(t),     // IS TRUE
             2 => Some(!t),    // IS NOT TRUE
@@ -117,49 +122,16 @@ fn aexpr_truth(e: &Value) -> Option<bool> {
         // `x IS NOT DISTINCT FROM x` holds for every row, NULLs included.
         AExprKind::AexprNotDistinct if same => Some(true),
         AExprKind::AexprDistinct if same => Some(false),
-        // `1 IN (1, 2)`, `x IN (x)`; `NOT IN` is the `<>` form.
-        AExprKind::AexprIn => {
+        // `x IN (y, x)`; `NOT IN` is the `<>` form. Only columns: a list of literals is not
+        // decided (`1 IN (1, 2)`), because the inspection cache shares one inspection among
+        // texts that differ only in literals unless the `normalize` module sees that a
+        // literal decides a fact, and it does not look inside IN lists (nor BETWEEN bounds).
+        AExprKind::AexprIn if node_body(l, "ColumnRef").is_some() => {
             let items = node_body(r, "List")?.get("items")?.as_array()?;
-            let hit = items.iter().any(|i| {
-                (same_tree(l, i) && is_stable_operand(l))
-                    || matches!((const_text(l), const_text(i)), (Some(a), Some(b)) if const_eq(&a, &b))
-            });
-            let all_const_miss =
-                !hit && const_text(l).is_some() && items.iter().all(|i| const_text(i).is_some());
-            let t = if hit {
-                Some(true)
-            } else if all_const_miss {
-                Some(false)
-            } else {
-                None
-            };
-            if op == "<>" {
-                t.map(|t| !t)
-            } else {
-                t
+            if !items.iter().any(|i| same_tree(l, i)) {
+                return None;
             }
-        }
-        // `5 BETWEEN 1 AND 10` with numeric constants.
-        k @ (AExprKind::AexprBetween
-        | AExprKind::AexprNotBetween
-        | AExprKind::AexprBetweenSym
-        | AExprKind::AexprNotBetweenSym) => {
-            let items = node_body(r, "List")?.get("items")?.as_array()?;
-            let (x, lo, hi) = (
-                const_number(l)?,
-                const_number(items.first()?)?,
-                const_number(items.get(1)?)?,
-            );
-            let sym = matches!(
-                k,
-                AExprKind::AexprBetweenSym | AExprKind::AexprNotBetweenSym
-            );
-            let (lo, hi) = if sym && lo > hi { (hi, lo) } else { (lo, hi) };
-            let inside = lo <= x && x <= hi;
-            Some(match k {
-                AExprKind::AexprBetween | AExprKind::AexprBetweenSym => inside,
-                _ => !inside,
-            })
+            Some(op != "<>")
         }
         _ => None,
     }
@@ -181,6 +153,13 @@ fn const_number(v: &Value) -> Option<f64> {
         return Some(i.get("ival").and_then(Value::as_i64).unwrap_or(0) as f64);
     }
     val.get("Fval")?.get("fval")?.as_str()?.parse().ok()
+}
+
+/// `true` / `false` written as keywords (not literals: the cache key keeps them).
+fn is_bool_keyword(v: &Value) -> bool {
+    node_body(v, "AConst")
+        .and_then(|c| c.get("val"))
+        .is_some_and(|val| val.get("Boolval").is_some())
 }
 
 fn is_null_const(v: &Value) -> bool {
