@@ -76,10 +76,19 @@ fn is_const(v: &Value) -> bool {
 fn constant_logic(kind: &str, body: &Value) -> bool {
     match kind {
         "AExpr" => {
+            // `1 = 1`, and also `1 IN (1, 2)`, `1 BETWEEN 0 AND 2`: the right side may be a list.
             let l = body.get("lexpr");
             let r = body.get("rexpr");
-            l.is_some_and(is_const) && r.is_some_and(is_const)
+            let list_has_const = |v: &Value| {
+                v.get("node")
+                    .and_then(|n| n.get("List"))
+                    .and_then(|l| l.get("items"))
+                    .and_then(Value::as_array)
+                    .is_some_and(|items| items.iter().any(is_const))
+            };
+            l.is_some_and(is_const) && r.is_some_and(|r| is_const(r) || list_has_const(r))
         }
+        "BooleanTest" => body.get("arg").is_some_and(is_const),
         "BoolExpr" => body
             .get("args")
             .and_then(Value::as_array)
@@ -124,5 +133,9 @@ mod tests {
         assert!(sensitive("COPY t TO '/tmp/x'"));
         assert!(sensitive("SELECT set_config('role', 'x', false)"));
         assert!(sensitive("DO $$ BEGIN END $$"));
+        assert!(sensitive("DELETE FROM t WHERE 1 IN (1, 2)"));
+        assert!(sensitive("DELETE FROM t WHERE 1 BETWEEN 0 AND 2"));
+        assert!(sensitive("DELETE FROM t WHERE 't'::bool IS TRUE"));
+        assert!(!sensitive("DELETE FROM t WHERE id IN (1, 2)"));
     }
 }
