@@ -428,3 +428,34 @@ tags = ["FUNCTION CALL"]
     assert!(stdout.contains("ROLLBACK"), "{stdout}");
     proxy.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_encoding_that_can_hide_a_quote_is_refused() {
+    // In SJIS the byte 0x5c (backslash) can be the second byte of a character, so a reader
+    // that does not decode SJIS exactly can see a string end where the server does not.
+    let proxy = pack().await;
+    let mut s = TcpStream::connect(proxy.addr).await.unwrap();
+    s.write_all(&raw::startup_message(
+        0x0003_0000,
+        &[
+            ("user", PG_USER),
+            ("database", PG_DB),
+            ("client_encoding", "SJIS"),
+        ],
+    ))
+    .await
+    .unwrap();
+    within(BOUND, "login", raw::read_until(&mut s, b'Z'))
+        .await
+        .unwrap();
+    s.write_all(&raw::query("SELECT 1")).await.unwrap();
+    let e = within(BOUND, "refusal", raw::read_until(&mut s, b'E'))
+        .await
+        .unwrap();
+    assert_eq!(e.sqlstate().as_deref(), Some("42501"));
+    assert!(
+        e.field(b'M').unwrap().contains("sec.parser-state-change"),
+        "{e:?}"
+    );
+    proxy.stop().await;
+}

@@ -399,3 +399,63 @@ async fn disable_mode_answers_n_and_serves_plaintext() {
     plain_session_works(&proxy).await;
     proxy.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_request_over_tls_and_direct_tls_reaches_the_server() {
+    let pki = certs::generate();
+    let proxy = tls_proxy(&pki, ClientTlsMode::Allow).await;
+    for direct in [false, true] {
+        // A plaintext session whose BackendKeyData we keep, running a long sleep.
+        let mut s = TcpStream::connect(proxy.addr).await.unwrap();
+        s.write_all(&raw::startup(PG_USER, PG_DB)).await.unwrap();
+        let key = within(LIMIT, "login", raw::read_until(&mut s, b'K'))
+            .await
+            .expect("BackendKeyData");
+        within(LIMIT, "ready", raw::read_until(&mut s, b'Z'))
+            .await
+            .unwrap();
+        s.write_all(&raw::query("SELECT pg_sleep(30)"))
+            .await
+            .unwrap();
+        let d = crate::support::direct().await;
+        let pid = i32::from_be_bytes([key.body[0], key.body[1], key.body[2], key.body[3]]);
+        crate::support::eventually(LIMIT, "pg_sleep to start", || {
+            let d = &d;
+            async move {
+                let n: i64 = d
+                    .query_one("SELECT count(*) FROM pg_stat_activity WHERE pid = $1 AND wait_event = 'PgSleep'", &[&pid])
+                    .await
+                    .unwrap()
+                    .get(0);
+                (n == 1).then_some(())
+            }
+        })
+        .await;
+        // The CancelRequest travels inside TLS: after SSLRequest, or as direct TLS.
+        let mut packet = ((12 + key.body.len() - 4) as u32).to_be_bytes().to_vec();
+        packet.extend_from_slice(&80_877_102u32.to_be_bytes());
+        packet.extend_from_slice(&key.body);
+        let mut tcp = TcpStream::connect(proxy.addr).await.unwrap();
+        if !direct {
+            tcp.write_all(&raw::ssl_request()).await.unwrap();
+            assert_eq!(tcp.read_u8().await.unwrap(), b'S');
+        }
+        let alpn: &[&[u8]] = if direct { &[b"postgresql"] } else { &[] };
+        let mut tls = certs::connector(&pki.ca_der, alpn)
+            .connect(certs::localhost(), tcp)
+            .await
+            .unwrap();
+        tls.write_all(&packet).await.unwrap();
+        tls.flush().await.unwrap();
+        // 20 s bounds a hang; the sleep itself would take 30.
+        let e = within(
+            Duration::from_secs(20),
+            "cancelled",
+            raw::read_until(&mut s, b'E'),
+        )
+        .await
+        .unwrap();
+        assert_eq!(e.sqlstate().as_deref(), Some("57014"), "direct = {direct}");
+    }
+    proxy.stop().await;
+}
