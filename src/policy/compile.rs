@@ -396,6 +396,9 @@ fn compile_match(m: &RawMatch, err: &mut impl FnMut(String)) -> StatementMatcher
         copy_from: m.copy_from,
         roles: globs(&m.roles, false, "roles", err),
         dynamic_sql: m.dynamic_sql,
+        attributes: globs(&m.attributes, true, "attributes", err),
+        not_attributes: globs(&m.not_attributes, true, "not_attributes", err),
+        created_in_session: m.created_in_session,
         unparsed: m.unparsed,
         unreadable_encoding: m.unreadable_encoding,
         expr: m.expr.as_ref().and_then(|src| {
@@ -425,6 +428,7 @@ fn compile_session(s: &RawSession, err: &mut impl FnMut(String)) -> SessionMatch
         client_cidrs,
         tls: s.tls,
         in_transaction: s.in_transaction,
+        lock_timeout_set: s.lock_timeout_set,
         window: s.window.as_ref().and_then(|w| compile_window(w, err)),
     }
 }

@@ -50,6 +50,9 @@ pub struct StatementMatcher {
     pub copy_from: Option<bool>,
     pub roles: Option<Globs>,
     pub dynamic_sql: Option<bool>,
+    pub attributes: Option<Globs>,
+    pub not_attributes: Option<Globs>,
+    pub created_in_session: Option<bool>,
     pub unparsed: Option<bool>,
     pub unreadable_encoding: Option<bool>,
     /// Checked per decision, after the conditions above: see [`Expr`].
@@ -59,7 +62,7 @@ pub struct StatementMatcher {
 /// A compiled CEL expression. Variables: `statement` (`ops` — each with `tag`, `class`,
 /// `nesting`, `objects`, `flags`, `subcommands`, `where_clause`, `copy`, `set`, `roles`,
 /// `dynamic_sql` — `functions`, `tickets`) and `session` (`user`, `database`, `role`,
-/// `application`, `client_addr`, `tls`, `in_transaction`, `ticket`).
+/// `application`, `client_addr`, `tls`, `in_transaction`, `ticket`, `lock_timeout_set`).
 #[derive(Clone)]
 pub struct Expr {
     pub source: String,
@@ -82,6 +85,7 @@ struct SessionVars<'a> {
     tls: bool,
     in_transaction: bool,
     ticket: &'a str,
+    lock_timeout_set: bool,
 }
 
 impl Expr {
@@ -114,6 +118,7 @@ impl Expr {
             tls: s.tls,
             in_transaction: s.in_transaction,
             ticket: s.ticket.as_deref().unwrap_or(""),
+            lock_timeout_set: s.lock_timeout_set,
         };
         let (Ok(sv), Ok(st)) = (
             cel_interpreter::to_value(&vars),
@@ -146,12 +151,27 @@ impl StatementMatcher {
             || self.copy_from.is_some()
             || self.roles.is_some()
             || self.dynamic_sql.is_some()
+            || self.attributes.is_some()
+            || self.not_attributes.is_some()
     }
 
-    /// The part decided per session: the encoding condition and the expression.
+    /// The part decided per session: encoding, objects created in this session, expression.
     pub fn session_part_matches(&self, stmt: Option<&Statement>, s: &SessionContext) -> bool {
         self.encoding_matches(s.unreadable_encoding)
+            && self.created_matches(stmt, s)
             && self.expr.as_ref().is_none_or(|e| e.eval(stmt, s))
+    }
+
+    fn created_matches(&self, stmt: Option<&Statement>, s: &SessionContext) -> bool {
+        let Some(want) = self.created_in_session else {
+            return true;
+        };
+        let Some(stmt) = stmt else { return !want };
+        stmt.ops.iter().any(|op| {
+            let created =
+                !op.objects.is_empty() && op.objects.iter().all(|o| s.created.contains(o));
+            self.op_matches(op) && created == want
+        })
     }
 
     /// The session-dependent part: does the session's encoding condition hold?
@@ -262,6 +282,16 @@ impl StatementMatcher {
                 return false;
             }
         }
+        if let Some(a) = &self.attributes {
+            if !op.attributes.iter().any(|x| a.any(x)) {
+                return false;
+            }
+        }
+        if let Some(a) = &self.not_attributes {
+            if op.attributes.iter().any(|x| a.any(x)) {
+                return false;
+            }
+        }
         true
     }
 }
@@ -309,6 +339,11 @@ pub struct SessionContext {
     /// The ticket attached with SET pgwarden.ticket / startup options.
     pub ticket: Option<String>,
     pub unreadable_encoding: bool,
+    /// Objects created in this session (tables, including temporary ones), as the inspector
+    /// names them: dropping or altering these is exempt from rules that ask.
+    pub created: std::sync::Arc<std::collections::HashSet<String>>,
+    /// The session's lock_timeout is set to something other than 0.
+    pub lock_timeout_set: bool,
     pub now: jiff::Timestamp,
 }
 
@@ -324,6 +359,8 @@ impl Default for SessionContext {
             in_transaction: false,
             ticket: None,
             unreadable_encoding: false,
+            created: Default::default(),
+            lock_timeout_set: false,
             now: jiff::Timestamp::now(),
         }
     }
@@ -339,6 +376,7 @@ pub struct SessionMatcher {
     pub client_cidrs: Option<Vec<IpNet>>,
     pub tls: Option<bool>,
     pub in_transaction: Option<bool>,
+    pub lock_timeout_set: Option<bool>,
     pub window: Option<Window>,
 }
 
@@ -355,6 +393,9 @@ impl SessionMatcher {
             })
             && self.tls.is_none_or(|t| t == s.tls)
             && self.in_transaction.is_none_or(|t| t == s.in_transaction)
+            && self
+                .lock_timeout_set
+                .is_none_or(|t| t == s.lock_timeout_set)
             && self.window.as_ref().is_none_or(|w| w.contains(s.now))
     }
 }

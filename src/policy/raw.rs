@@ -84,6 +84,13 @@ pub struct RawMatch {
     /// Globs on roles named (grantees, SET ROLE targets).
     pub roles: Option<Vec<String>>,
     pub dynamic_sql: Option<bool>,
+    /// Globs on operation attributes (see `Facts::attributes`): any must match.
+    pub attributes: Option<Vec<String>>,
+    /// Globs on operation attributes: none may match.
+    pub not_attributes: Option<Vec<String>>,
+    /// `false`: only when some target object was not created in this session (a table
+    /// created in the same session or transaction, or a temporary one, is exempt).
+    pub created_in_session: Option<bool>,
     /// Text PostgreSQL's grammar rejected or pgwarden could not inspect.
     pub unparsed: Option<bool>,
     /// The session's client_encoding is one pgwarden cannot read exactly.
@@ -105,6 +112,8 @@ pub struct RawSession {
     pub client_cidrs: Option<Vec<String>>,
     pub tls: Option<bool>,
     pub in_transaction: Option<bool>,
+    /// Whether the session has a non-zero lock_timeout (SET lock_timeout, startup options).
+    pub lock_timeout_set: Option<bool>,
     pub window: Option<RawWindow>,
 }
 
@@ -144,6 +153,9 @@ pub struct RawCase {
     pub tls: Option<bool>,
     pub in_transaction: Option<bool>,
     pub ticket: Option<String>,
+    /// Objects created earlier in the session (for `created_in_session`).
+    pub created: Option<Vec<String>>,
+    pub lock_timeout_set: Option<bool>,
     pub client_encoding: Option<String>,
     pub standard_conforming_strings: Option<bool>,
     /// RFC 3339 instant the case is decided at (for time windows).

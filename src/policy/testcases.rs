@@ -56,6 +56,8 @@ pub fn case_session(c: &RawCase) -> Result<SessionContext, String> {
             .client_encoding
             .as_deref()
             .is_some_and(|e| !encoding_readable(e)),
+        created: std::sync::Arc::new(c.created.iter().flatten().cloned().collect()),
+        lock_timeout_set: c.lock_timeout_set.unwrap_or(false),
         now,
     })
 }

@@ -227,3 +227,40 @@ expr = 'statement.ops.exists(o, o.objects.exists(x, x.startsWith("audit."))) && 
     let bad = policy("[[rule]]\nid = \"x\"\ndescription = \"d\"\naction = \"block\"\nmessage = \"m\"\n[rule.match]\nexpr = \"statement.ops.exists(\"\n", "production");
     assert!(bad.unwrap_err().to_string().contains("expr"));
 }
+
+#[test]
+fn attributes_and_objects_created_in_the_session() {
+    let p = policy(
+        r#"[[rule]]
+id = "drop"
+description = "d"
+action = "require_ticket"
+message = "m"
+[rule.match]
+tags = ["DROP TABLE"]
+created_in_session = false
+
+[[rule]]
+id = "timeout"
+description = "d"
+action = "alert"
+message = "m"
+[rule.match]
+tags = ["DROP TABLE"]
+[rule.session]
+lock_timeout_set = false
+"#,
+        "production",
+    )
+    .unwrap();
+    let ins = inspect("DROP TABLE t", ReadAs::default());
+    let mut s = SessionContext::default();
+    assert_eq!(
+        p.decide(&ins, &s, Mode::Enforce).action,
+        Action::RequireTicket
+    );
+    s.created = std::sync::Arc::new(["t".to_owned()].into_iter().collect());
+    assert_eq!(p.decide(&ins, &s, Mode::Enforce).action, Action::Alert);
+    s.lock_timeout_set = true;
+    assert_eq!(p.decide(&ins, &s, Mode::Enforce).action, Action::Allow);
+}

@@ -117,11 +117,25 @@ impl PolicyGate {
         for s in &ins.statements {
             for op in &s.ops {
                 if let Some(set) = &op.set {
-                    if set.name == TICKET_SETTING {
-                        self.ticket = set.value.clone().filter(|v| !v.is_empty());
-                    } else if set.name == "all" && set.value.is_none() {
-                        self.ticket = None;
+                    match set.name.as_str() {
+                        TICKET_SETTING => self.ticket = set.value.clone().filter(|v| !v.is_empty()),
+                        "lock_timeout" => {
+                            self.base.lock_timeout_set =
+                                set.value.as_deref().is_some_and(nonzero_duration)
+                        }
+                        "all" if set.value.is_none() => {
+                            self.ticket = None;
+                            self.base.lock_timeout_set = false;
+                        }
+                        _ => {}
                     }
+                }
+                if matches!(
+                    op.tag.as_str(),
+                    "CREATE TABLE" | "CREATE TABLE AS" | "SELECT INTO" | "CREATE MATERIALIZED VIEW"
+                ) {
+                    let created = Arc::make_mut(&mut self.base.created);
+                    created.extend(op.objects.iter().cloned());
                 }
                 match (op.tag.as_str(), &op.prepared_name) {
                     ("PREPARE", Some(name)) => {
@@ -214,6 +228,17 @@ impl Gate for PolicyGate {
         };
         self.enforce(ins, view)
     }
+}
+
+/// A lock_timeout value other than zero (`'0'`, `0`, `'0ms'` are zero; so is garbage, which
+/// the server would refuse anyway).
+fn nonzero_duration(v: &str) -> bool {
+    let digits: String = v
+        .trim()
+        .chars()
+        .take_while(|c| c.is_ascii_digit() || *c == '.')
+        .collect();
+    digits.parse::<f64>().is_ok_and(|n| n > 0.0)
 }
 
 /// Logs what matched: rule ids and statement tags, never SQL text.

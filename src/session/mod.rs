@@ -126,6 +126,8 @@ async fn serve(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr, id: u64) {
         in_transaction: false,
         ticket: None,
         unreadable_encoding: false,
+        created: Default::default(),
+        lock_timeout_set: false,
         now: jiff::Timestamp::now(),
     };
     let mut gate = gate::PolicyGate::new(shared.clone(), base);

@@ -190,6 +190,10 @@ pub struct Facts {
     pub dynamic_sql: bool,
     /// Name of a SQL-level prepared statement this operation defines or runs.
     pub prepared_name: Option<String>,
+    /// Further facts as `name` or `name:value` words, for the details rules need that have no
+    /// field of their own (`constraint:foreign_key`, `lock_mode:access exclusive`,
+    /// `role_attribute:superuser`, `language:c`, `security_definer`…). Matched with globs.
+    pub attributes: Vec<String>,
 }
 
 impl Facts {
@@ -207,6 +211,7 @@ impl Facts {
             roles: Vec::new(),
             dynamic_sql: false,
             prepared_name: None,
+            attributes: Vec::new(),
         }
     }
 
