@@ -64,10 +64,11 @@ pub async fn run(
     client_rest: BytesMut,
     gate: &mut (dyn Gate + Send),
 ) -> End {
-    let mut st = SessionState::new(Links {
+    let links = Links {
         client_tls: client.is_tls(),
         upstream_tls: server.is_tls(),
-    });
+    };
+    let mut st = SessionState::new(links);
     let (cr, cw) = tokio::io::split(client);
     let (sr, sw) = tokio::io::split(server);
     let mut io = Links2 { cr, cw, sr, sw };
@@ -102,13 +103,14 @@ pub async fn run(
             biased;
             r = drain(&mut io.sw, &c2s), if !c2s.is_empty() || s_flush => match r {
                 Out::Wrote(Ok(0)) => end = Some(End::ServerClosed),
-                Out::Wrote(Ok(n)) => { c2s.advance(n); s_flush = true; }
+                // Only TLS buffers records until flushed; a TCP flush is a no-op not worth a turn.
+                Out::Wrote(Ok(n)) => { c2s.advance(n); s_flush = links.upstream_tls; }
                 Out::Flushed(Ok(())) => s_flush = false,
                 Out::Wrote(Err(e)) | Out::Flushed(Err(e)) => end = Some(End::ServerIo(e.kind())),
             },
             r = drain(&mut io.cw, &s2c), if !s2c.is_empty() || c_flush => match r {
                 Out::Wrote(Ok(0)) => end = Some(End::ClientClosed),
-                Out::Wrote(Ok(n)) => { s2c.advance(n); c_flush = true; }
+                Out::Wrote(Ok(n)) => { s2c.advance(n); c_flush = links.client_tls; }
                 Out::Flushed(Ok(())) => c_flush = false,
                 Out::Wrote(Err(e)) | Out::Flushed(Err(e)) => end = Some(End::ClientIo(e.kind())),
             },
