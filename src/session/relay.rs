@@ -8,7 +8,7 @@ use std::io;
 use std::time::Duration;
 
 use bytes::{Buf, BytesMut};
-use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::time::{sleep_until, timeout, Instant};
 
 use super::refusal::Gate;
@@ -48,11 +48,14 @@ pub enum End {
     ServerIo(io::ErrorKind),
 }
 
-struct Links2 {
-    cr: ReadHalf<Stream>,
-    cw: WriteHalf<Stream>,
-    sr: ReadHalf<Stream>,
-    sw: WriteHalf<Stream>,
+/// The four halves of the two links. Plain TCP on both sides (the common case) is split
+/// by borrowing, with no lock between the halves; anything else goes through
+/// `tokio::io::split`.
+struct Io<CR, CW, SR, SW> {
+    cr: CR,
+    cw: CW,
+    sr: SR,
+    sw: SW,
 }
 
 /// Relays a session from the forwarded StartupMessage to its end.
@@ -68,10 +71,37 @@ pub async fn run(
         client_tls: client.is_tls(),
         upstream_tls: server.is_tls(),
     };
+    match (client, server) {
+        (Stream::Tcp(mut c), Stream::Tcp(mut s)) => {
+            let (cr, cw) = c.split();
+            let (sr, sw) = s.split();
+            let io = Io { cr, cw, sr, sw };
+            relay(ctx, io, links, startup_packet, client_rest, gate).await
+        }
+        (client, server) => {
+            let (cr, cw) = tokio::io::split(client);
+            let (sr, sw) = tokio::io::split(server);
+            let io = Io { cr, cw, sr, sw };
+            relay(ctx, io, links, startup_packet, client_rest, gate).await
+        }
+    }
+}
+
+async fn relay<CR, CW, SR, SW>(
+    ctx: Context<'_>,
+    mut io: Io<CR, CW, SR, SW>,
+    links: Links,
+    startup_packet: BytesMut,
+    client_rest: BytesMut,
+    gate: &mut (dyn Gate + Send),
+) -> End
+where
+    CR: AsyncRead + Unpin,
+    CW: AsyncWrite + Unpin,
+    SR: AsyncRead + Unpin,
+    SW: AsyncWrite + Unpin,
+{
     let mut st = SessionState::new(links);
-    let (cr, cw) = tokio::io::split(client);
-    let (sr, sw) = tokio::io::split(server);
-    let mut io = Links2 { cr, cw, sr, sw };
     let mut cin = client_rest;
     let mut sin = BytesMut::with_capacity(READ_CHUNK);
     let mut c2s = startup_packet;
@@ -181,7 +211,7 @@ enum Out {
     Flushed(io::Result<()>),
 }
 
-async fn drain(w: &mut WriteHalf<Stream>, buf: &[u8]) -> Out {
+async fn drain<W: AsyncWrite + Unpin>(w: &mut W, buf: &[u8]) -> Out {
     if buf.is_empty() {
         Out::Flushed(w.flush().await)
     } else {
@@ -241,8 +271,8 @@ fn shutdown(st: &SessionState, cin: &[u8], c2s: &mut BytesMut, s2c: &mut BytesMu
 }
 
 /// Delivers what is left to both sides (bounded in time), then closes both links.
-async fn finish(
-    io: &mut Links2,
+async fn finish<CR, CW: AsyncWrite + Unpin, SR, SW: AsyncWrite + Unpin>(
+    io: &mut Io<CR, CW, SR, SW>,
     st: &SessionState,
     cin: &[u8],
     c2s: &mut BytesMut,
