@@ -11,6 +11,7 @@
 //!   depends on a literal ([`normalize`]).
 
 pub mod cache;
+mod details;
 pub mod facts;
 pub mod normalize;
 pub mod plpgsql;

@@ -396,3 +396,274 @@ fn function_bodies_are_compiled_with_their_own_signature() {
         "CREATE FUNCTION s() RETURNS int LANGUAGE sql AS 'SELECT 1'"
     ));
 }
+
+fn attrs(sql: &str) -> Vec<String> {
+    ops(sql).into_iter().flat_map(|o| o.attributes).collect()
+}
+
+fn has(sql: &str, word: &str) -> bool {
+    attrs(sql).iter().any(|a| a == word)
+}
+
+#[test]
+fn constraint_attributes_say_what_is_validated_or_indexed() {
+    let sql = "ALTER TABLE t ADD CONSTRAINT c CHECK (a > 0) NOT VALID, \
+               ADD CONSTRAINT f FOREIGN KEY (b) REFERENCES u ON DELETE CASCADE";
+    for w in [
+        "constraint:check",
+        "not_valid",
+        "constraint:foreign_key",
+        "validate:foreign_key",
+        "on_delete_cascade",
+    ] {
+        assert!(has(sql, w), "{w}");
+    }
+    assert!(!has(sql, "validate:check"));
+    assert!(has("ALTER TABLE t ADD UNIQUE (a)", "builds_index:unique"));
+    let using = "ALTER TABLE t ADD CONSTRAINT p PRIMARY KEY USING INDEX i";
+    assert!(has(using, "using_index") && has(using, "has_primary_key"));
+    assert!(!has(using, "builds_index:primary_key"));
+    assert!(has(
+        "ALTER TABLE t ADD EXCLUDE USING gist (r WITH &&)",
+        "builds_index:exclusion"
+    ));
+    assert!(has(
+        "ALTER DOMAIN d ADD CHECK (VALUE > 0)",
+        "validate:check"
+    ));
+    assert!(!has(
+        "ALTER TABLE t ADD FOREIGN KEY (b) REFERENCES u NOT VALID",
+        "validate:foreign_key"
+    ));
+}
+
+#[test]
+fn add_column_attributes() {
+    let a = attrs(
+        "ALTER TABLE t ADD COLUMN a uuid DEFAULT gen_random_uuid(), \
+         ADD COLUMN b timestamptz NOT NULL DEFAULT now(), ADD COLUMN c int NOT NULL, \
+         ADD COLUMN d bigserial, ADD COLUMN e int GENERATED ALWAYS AS (1) STORED, \
+         ADD COLUMN f int GENERATED ALWAYS AS IDENTITY, ADD COLUMN g int GENERATED ALWAYS AS (2)",
+    );
+    for w in [
+        "column_default",
+        "default_volatile",
+        "column_not_null",
+        "column_required",
+        "column_type:int4",
+        "column_type:bigserial",
+        "serial",
+        "generated_stored",
+        "generated_virtual",
+        "identity",
+    ] {
+        assert!(a.iter().any(|x| x == w), "{w}: {a:?}");
+    }
+    assert!(!has(
+        "ALTER TABLE t ADD COLUMN b timestamptz DEFAULT now()",
+        "default_volatile"
+    ));
+    assert!(!has(
+        "ALTER TABLE t ADD COLUMN b int NOT NULL DEFAULT 0",
+        "column_required"
+    ));
+    assert!(has(
+        "ALTER TABLE t ADD COLUMN b bigint DEFAULT nextval('s')",
+        "default_volatile"
+    ));
+    assert!(has(
+        "ALTER TABLE t ALTER COLUMN a TYPE varchar(20)",
+        "column_type:varchar(20)"
+    ));
+    assert!(has(
+        "ALTER TABLE t ALTER COLUMN a DROP DEFAULT",
+        "drop_default"
+    ));
+    assert!(has("ALTER DOMAIN d DROP DEFAULT", "drop_default"));
+}
+
+#[test]
+fn create_table_attributes() {
+    let a = attrs(
+        "CREATE TABLE x (id int PRIMARY KEY, n varchar(255), c char, ts timestamp, j json, \
+         m money, user_id integer REFERENCES u)",
+    );
+    for w in [
+        "has_primary_key",
+        "id_column_type:int4",
+        "column_type:varchar(255)",
+        "column_type:bpchar(1)",
+        "column_type:timestamp",
+        "column_type:json",
+        "column_type:money",
+        "constraint:foreign_key",
+    ] {
+        assert!(a.iter().any(|x| x == w), "{w}: {a:?}");
+    }
+    assert!(!a.iter().any(|x| x.starts_with("validate:")));
+    assert!(has(
+        "CREATE TABLE p1 PARTITION OF p FOR VALUES IN (1)",
+        "partition_of"
+    ));
+    assert!(has(
+        "CREATE TABLE y (a text, PRIMARY KEY (a))",
+        "has_primary_key"
+    ));
+    assert!(has("CREATE TABLE y (LIKE z)", "like"));
+    assert!(has("CREATE TABLE y OF some_type", "of_type"));
+    assert!(has("CREATE TABLE c () INHERITS (p)", "inherits"));
+    let long = format!("CREATE TABLE {} (a int)", "x".repeat(70));
+    assert!(has(&long, "identifier_too_long"));
+    assert!(!has("CREATE TABLE short (a int)", "identifier_too_long"));
+}
+
+#[test]
+fn lock_and_maintenance_facts() {
+    assert!(has("LOCK TABLE t", "lock_mode:access exclusive"));
+    let o = ops("LOCK t, u IN SHARE MODE NOWAIT");
+    assert_eq!(o[0].objects, vec!["t", "u"]);
+    assert!(o[0].attributes.contains(&"lock_mode:share".to_owned()));
+    assert!(o[0].attributes.contains(&"nowait".to_owned()));
+    assert_eq!(ops("VACUUM FULL t, u")[0].objects, vec!["t", "u"]);
+    let o = ops("CLUSTER t USING i");
+    assert_eq!(
+        (o[0].tag.as_str(), o[0].objects.clone()),
+        ("CLUSTER", vec!["t".to_owned()])
+    );
+    let o = ops("REINDEX INDEX CONCURRENTLY i");
+    assert!(o[0].has(Flag::Concurrently) && o[0].attributes.contains(&"reindex:index".into()));
+    assert!(ops("ALTER TABLE t DETACH PARTITION p CONCURRENTLY")[0].has(Flag::Concurrently));
+}
+
+#[test]
+fn role_and_grant_attributes() {
+    let o = ops("CREATE ROLE r SUPERUSER NOCREATEROLE LOGIN PASSWORD 'secret' IN ROLE pg_monitor");
+    assert_eq!(o[0].roles, vec!["r"]);
+    for w in [
+        "role_attribute:superuser",
+        "role_attribute:nocreaterole",
+        "role_attribute:login",
+        "role_attribute:password",
+        "member_of:pg_monitor",
+    ] {
+        assert!(o[0].attributes.contains(&w.to_owned()), "{w}");
+    }
+    // The password itself is in no fact.
+    assert!(!format!("{:?}", o[0]).contains("secret"));
+    assert!(has(
+        "ALTER ROLE r REPLICATION BYPASSRLS",
+        "role_attribute:bypassrls"
+    ));
+    let a = attrs("GRANT ALL ON ALL TABLES IN SCHEMA s TO bob WITH GRANT OPTION");
+    for w in [
+        "all_privileges",
+        "all_in_schema",
+        "all_tables_in_schema",
+        "with_grant_option",
+        "object_type:table",
+    ] {
+        assert!(a.iter().any(|x| x == w), "{w}");
+    }
+    let a = attrs("GRANT CREATE ON SCHEMA s TO bob");
+    assert!(a.contains(&"privilege:create".into()) && a.contains(&"object_type:schema".into()));
+    assert!(has("GRANT admin TO bob WITH ADMIN OPTION", "admin_option"));
+    assert!(!has(
+        "REVOKE GRANT OPTION FOR SELECT ON t FROM bob",
+        "with_grant_option"
+    ));
+}
+
+#[test]
+fn function_extension_and_cast_facts() {
+    assert!(has(
+        "CREATE FUNCTION f() RETURNS int LANGUAGE c AS 'lib', 'f'",
+        "language:c"
+    ));
+    assert!(has(
+        "CREATE FUNCTION f() RETURNS int RETURN 1",
+        "language:sql"
+    ));
+    let a = attrs(
+        "CREATE FUNCTION f() RETURNS int SECURITY DEFINER SET search_path = pg_catalog \
+         LANGUAGE sql AS 'select 1'",
+    );
+    for w in ["security_definer", "set_search_path", "set:search_path"] {
+        assert!(a.iter().any(|x| x == w), "{w}");
+    }
+    let o = ops("ALTER FUNCTION f(int) SECURITY DEFINER");
+    assert_eq!(o[0].tag, "ALTER FUNCTION");
+    assert!(o[0].attributes.contains(&"security_definer".into()));
+    assert!(!has(
+        "ALTER FUNCTION f() RESET search_path",
+        "set_search_path"
+    ));
+    assert!(has(
+        "CREATE CAST (a AS b) WITHOUT FUNCTION",
+        "without_function"
+    ));
+    assert!(has("CREATE CAST (a AS b) WITH INOUT", "with_inout"));
+    assert_eq!(ops("CREATE LANGUAGE plperlu")[0].objects, vec!["plperlu"]);
+    let o = ops("CREATE LANGUAGE pls HANDLER h");
+    assert_eq!(
+        (o[0].tag.as_str(), o[0].objects.clone()),
+        ("CREATE LANGUAGE", vec!["pls".to_owned()])
+    );
+}
+
+#[test]
+fn statement_tags_and_objects_of_newly_named_kinds() {
+    let t = |sql: &str| {
+        let o = ops(sql);
+        (
+            o[0].tag.clone(),
+            o[0].subcommands.clone(),
+            o[0].objects.clone(),
+        )
+    };
+    let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+    assert_eq!(
+        t("CREATE TRIGGER tr AFTER INSERT ON x FOR EACH ROW EXECUTE FUNCTION f()").0,
+        "CREATE TRIGGER"
+    );
+    assert_eq!(
+        t("CREATE EVENT TRIGGER e ON ddl_command_start EXECUTE FUNCTION f()").0,
+        "CREATE EVENT TRIGGER"
+    );
+    assert_eq!(
+        t("CREATE SERVER s FOREIGN DATA WRAPPER w").0,
+        "CREATE SERVER"
+    );
+    assert_eq!(t("ALTER SEQUENCE s RESTART").0, "ALTER SEQUENCE");
+    assert_eq!(t("CREATE DATABASE d").0, "CREATE DATABASE");
+    assert_eq!(
+        t("CREATE TABLESPACE ts LOCATION '/x'").0,
+        "CREATE TABLESPACE"
+    );
+    assert_eq!(
+        t("ALTER TYPE e ADD VALUE 'x'"),
+        ("ALTER TYPE".into(), s(&["ADD VALUE"]), s(&["e"]))
+    );
+    assert_eq!(
+        t("ALTER TABLE t SET SCHEMA s"),
+        ("ALTER TABLE".into(), s(&["SET SCHEMA"]), s(&["t"]))
+    );
+    assert_eq!(
+        t("ALTER FUNCTION f() OWNER TO bob"),
+        ("ALTER FUNCTION".into(), s(&["OWNER TO"]), s(&["f"]))
+    );
+    assert_eq!(t("ALTER EXTENSION e ADD TABLE t").0, "ALTER EXTENSION");
+    assert_eq!(t("ALTER DOMAIN d DROP NOT NULL").1, s(&["DROP NOT NULL"]));
+    let r = t("CREATE OR REPLACE RULE r AS ON INSERT TO t DO NOTHING");
+    assert_eq!((r.0.as_str(), r.2), ("CREATE RULE", s(&["t"])));
+    assert!(ops(
+        "CREATE OR REPLACE TRIGGER tr AFTER INSERT ON x FOR EACH ROW EXECUTE FUNCTION f()"
+    )[0]
+    .has(Flag::OrReplace));
+    // The table definition inside CREATE FOREIGN TABLE is not a CREATE TABLE of its own.
+    assert_eq!(
+        tags("CREATE FOREIGN TABLE ft (a int) SERVER s"),
+        vec!["CREATE FOREIGN TABLE"]
+    );
+    assert_eq!(ops("REASSIGN OWNED BY a TO b")[0].roles, vec!["a", "b"]);
+    assert_eq!(ops("ALTER SCHEMA s RENAME TO t")[0].objects, vec!["s"]);
+}

@@ -116,6 +116,8 @@ impl Walker {
             "RuleStmt" => self.visit(body, inner(Nesting::Rule)),
             // Function bodies run later, not now; only their flags matter (set above).
             "CreateFunctionStmt" => {}
+            // The table definition inside is not a CREATE TABLE of its own.
+            "CreateForeignTableStmt" => {}
             _ => self.visit(body, nesting),
         }
     }
@@ -134,7 +136,7 @@ fn explain_analyze(body: &Value) -> bool {
         })
 }
 
-fn is_true_word(s: &str) -> bool {
+pub(super) fn is_true_word(s: &str) -> bool {
     matches!(
         s.to_ascii_lowercase().as_str(),
         "true" | "on" | "1" | "yes" | "t" | "y"
@@ -147,20 +149,20 @@ pub(super) fn node_body<'a>(v: &'a Value, kind: &str) -> Option<&'a Value> {
 }
 
 /// `{"node": {"Kind": body}}` → ("Kind", body).
-fn node_kind(v: &Value) -> Option<(&str, &Value)> {
+pub(super) fn node_kind(v: &Value) -> Option<(&str, &Value)> {
     let m = v.get("node")?.as_object()?;
     m.iter().next().map(|(k, b)| (k.as_str(), b))
 }
 
-fn str_field<'a>(v: &'a Value, f: &str) -> &'a str {
+pub(super) fn str_field<'a>(v: &'a Value, f: &str) -> &'a str {
     v.get(f).and_then(Value::as_str).unwrap_or("")
 }
 
-fn int_field(v: &Value, f: &str) -> i32 {
+pub(super) fn int_field(v: &Value, f: &str) -> i32 {
     v.get(f).and_then(Value::as_i64).unwrap_or(0) as i32
 }
 
-fn bool_field(v: &Value, f: &str) -> bool {
+pub(super) fn bool_field(v: &Value, f: &str) -> bool {
     v.get(f).and_then(Value::as_bool).unwrap_or(false)
 }
 
@@ -171,7 +173,7 @@ pub(super) fn name_of(v: Option<&Value>) -> String {
     parts.join(".")
 }
 
-fn collect_strings(v: Option<&Value>, out: &mut Vec<String>) {
+pub(super) fn collect_strings(v: Option<&Value>, out: &mut Vec<String>) {
     match v {
         Some(Value::Array(a)) => a.iter().for_each(|x| collect_strings(Some(x), out)),
         Some(v) => {
@@ -185,7 +187,7 @@ fn collect_strings(v: Option<&Value>, out: &mut Vec<String>) {
     }
 }
 
-fn range_var(v: Option<&Value>) -> Option<String> {
+pub(super) fn range_var(v: Option<&Value>) -> Option<String> {
     let v = v?;
     let rel = str_field(v, "relname");
     if rel.is_empty() {
@@ -236,7 +238,7 @@ pub(super) fn const_text(v: &Value) -> Option<String> {
     None
 }
 
-fn role_name(v: &Value) -> Option<String> {
+pub(super) fn role_name(v: &Value) -> Option<String> {
     let r = node_body(v, "RoleSpec").or(Some(v))?;
     let t = RoleSpecType::try_from(int_field(r, "roletype")).ok()?;
     Some(match t {
@@ -248,7 +250,7 @@ fn role_name(v: &Value) -> Option<String> {
     })
 }
 
-fn roles_in(v: Option<&Value>) -> Vec<String> {
+pub(super) fn roles_in(v: Option<&Value>) -> Vec<String> {
     v.and_then(Value::as_array)
         .into_iter()
         .flatten()
@@ -256,7 +258,7 @@ fn roles_in(v: Option<&Value>) -> Vec<String> {
         .collect()
 }
 
-fn object_type_words(t: i32) -> String {
+pub(super) fn object_type_words(t: i32) -> String {
     match ObjectType::try_from(t) {
         Ok(ObjectType::ObjectMatview) => "MATERIALIZED VIEW".into(),
         Ok(ObjectType::ObjectForeignServer) => "SERVER".into(),
@@ -309,7 +311,7 @@ fn subcommand_name(t: i32) -> String {
     }
 }
 
-fn defelem_text(options: Option<&Value>, name: &str) -> Option<String> {
+pub(super) fn defelem_text(options: Option<&Value>, name: &str) -> Option<String> {
     options
         .and_then(Value::as_array)?
         .iter()
@@ -412,7 +414,7 @@ fn with_own_signature(b: &Value, src: &str) -> Option<String> {
 }
 
 /// A TypeName as SQL: quoted name parts, `%TYPE`, `[]`.
-fn type_text(t: &Value) -> Option<String> {
+pub(super) fn type_text(t: &Value) -> Option<String> {
     let mut parts = Vec::new();
     collect_strings(t.get("names"), &mut parts);
     if parts.is_empty() {
@@ -771,7 +773,14 @@ fn stmt_facts(kind: &str, b: &Value, nesting: Nesting) -> Facts {
                 _ => "ALTER ROLE",
             }
             .into();
-            if let Some(r) = b.get("role").filter(|r| !r.is_null()).and_then(role_name) {
+            if let Some(r) = b
+                .get("role")
+                .and_then(Value::as_str)
+                .filter(|r| !r.is_empty())
+            {
+                // CREATE ROLE names its role as a plain string.
+                f.roles.push(r.to_owned());
+            } else if let Some(r) = b.get("role").filter(|r| !r.is_null()).and_then(role_name) {
                 f.roles.push(r);
             } else if !str_field(b, "role").is_empty() {
                 f.roles.push(str_field(b, "role").to_owned());
@@ -883,6 +892,7 @@ fn stmt_facts(kind: &str, b: &Value, nesting: Nesting) -> Facts {
         }
         _ => {}
     }
+    super::details::add(kind, b, &mut f);
     f
 }
 
