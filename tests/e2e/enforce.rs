@@ -459,3 +459,39 @@ async fn a_client_encoding_that_can_hide_a_quote_is_refused() {
     );
     proxy.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn objects_created_in_the_session_are_exempt() {
+    let proxy = pack().await;
+    let old = table(1).await;
+    let c = via(&proxy).await;
+    let scratch = unique("scratch");
+    // A temporary table, then an index on it and its removal: no ticket, no hold.
+    c.batch_execute(&format!("CREATE TEMP TABLE {scratch} (id int primary key)"))
+        .await
+        .unwrap();
+    c.batch_execute(&format!("CREATE INDEX ON {scratch} (id)"))
+        .await
+        .unwrap();
+    c.batch_execute(&format!("DROP TABLE {scratch}"))
+        .await
+        .unwrap();
+    // The same statements against a table that existed before are refused.
+    let e = c
+        .batch_execute(&format!("CREATE INDEX ON {old} (id)"))
+        .await
+        .unwrap_err();
+    assert_eq!(sqlstate(&e).as_deref(), Some("42501"));
+    assert!(e
+        .as_db_error()
+        .unwrap()
+        .message()
+        .contains("lock.create-index-not-concurrent"));
+    let e = c
+        .batch_execute(&format!("DROP TABLE {old}"))
+        .await
+        .unwrap_err();
+    assert_eq!(sqlstate(&e).as_deref(), Some("42501"));
+    drop_direct(&old).await;
+    proxy.stop().await;
+}
