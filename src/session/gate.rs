@@ -81,6 +81,7 @@ impl PolicyGate {
         let view = View {
             params: &params,
             tx: TxStatus::Idle,
+            settled: true,
         };
         for (name, value) in settings {
             let named = !name.is_empty()
@@ -188,19 +189,32 @@ impl PolicyGate {
 
 impl Gate for PolicyGate {
     fn check_function_call(&mut self, oid: u32, view: &View<'_>) -> Verdict {
-        let name = format!("oid:{oid}");
+        // The fast-path protocol names functions by OID and its arguments are binary: only
+        // the large-object functions libpq's lo_* API uses (fixed OIDs of built-ins) are
+        // identified; any other OID is text pgwarden cannot read, refused as unparsed.
+        let Some(name) = large_object_function(oid) else {
+            let ins = Inspection {
+                statements: Vec::new(),
+                unparsed: Some(Unparsed {
+                    reason: format!("FunctionCall of OID {oid}: only the large-object functions are allowed over the fast-path protocol; call functions with SELECT"),
+                }),
+                literal_sensitive: true,
+                memo: Default::default(),
+            };
+            return self.enforce(Arc::new(ins), view);
+        };
         let mut op = crate::sql::Facts::new(
             "FUNCTION CALL",
             crate::sql::Class::Function,
             crate::sql::Nesting::TopLevel,
         );
-        op.objects.push(name.clone());
+        op.objects.push(format!("pg_catalog.{name}"));
         let ins = Inspection {
             statements: vec![crate::sql::Statement {
                 location: 0,
                 text: String::new(),
                 ops: vec![op],
-                functions: vec![name],
+                functions: vec![format!("pg_catalog.{name}")],
                 tickets: Vec::new(),
             }],
             unparsed: None,
@@ -212,22 +226,85 @@ impl Gate for PolicyGate {
 
     fn check(&mut self, text: &[u8], view: &View<'_>) -> Verdict {
         self.check_server_version(view);
-        let read_as = ReadAs {
-            standard_conforming_strings: view.params.standard_conforming_strings.unwrap_or(true),
+        let Ok(text) = std::str::from_utf8(text) else {
+            return self.enforce(
+                Arc::new(unreadable("statement text is not valid UTF-8")),
+                view,
+            );
         };
-        let ins = match std::str::from_utf8(text) {
-            Ok(t) => self.shared.cache.inspect(t, read_as),
-            Err(_) => Arc::new(Inspection {
-                statements: Vec::new(),
-                unparsed: Some(Unparsed {
-                    reason: "statement text is not valid UTF-8".into(),
-                }),
-                literal_sensitive: true,
-                memo: Default::default(),
-            }),
-        };
-        self.enforce(ins, view)
+        let scs = view.params.standard_conforming_strings.unwrap_or(true);
+        if view.settled {
+            let ins = self.shared.cache.inspect(
+                text,
+                ReadAs {
+                    standard_conforming_strings: scs,
+                },
+            );
+            return self.enforce(ins, view);
+        }
+        // Something forwarded before may change how the server reads this text by the time
+        // it runs (standard_conforming_strings through a function, say): read it both ways
+        // and let the stricter decision stand. Non-ASCII text could also be read under a
+        // different client_encoding: it waits for the session to settle.
+        if !text.is_ascii() {
+            return self.enforce(
+                Arc::new(unreadable("non-ASCII statement text sent before the previous statements were answered: pgwarden cannot be sure which client_encoding the server will read it with; send it after ReadyForQuery")),
+                view,
+            );
+        }
+        let on = self.shared.cache.inspect(
+            text,
+            ReadAs {
+                standard_conforming_strings: true,
+            },
+        );
+        let off = self.shared.cache.inspect(
+            text,
+            ReadAs {
+                standard_conforming_strings: false,
+            },
+        );
+        let (first, second) = if scs { (on, off) } else { (off, on) };
+        let d2 = self.decide(&second, view);
+        if d2.action.refuses() && !self.decide(&first, view).action.refuses() {
+            report(&d2, &second);
+            return Verdict::Refuse(refusal(&d2, self.ticket.as_deref(), &second));
+        }
+        self.enforce(first, view)
     }
+}
+
+/// An inspection that could not be made: refused by the unparsed-statement rule.
+fn unreadable(reason: &str) -> Inspection {
+    Inspection {
+        statements: Vec::new(),
+        unparsed: Some(Unparsed {
+            reason: reason.to_owned(),
+        }),
+        literal_sensitive: true,
+        memo: Default::default(),
+    }
+}
+
+/// The built-in large-object functions (fixed OIDs in pg_proc) that libpq's lo_* API calls
+/// through the fast-path protocol.
+pub fn large_object_function(oid: u32) -> Option<&'static str> {
+    Some(match oid {
+        715 => "lo_create",
+        952 => "lo_open",
+        953 => "lo_close",
+        954 => "loread",
+        955 => "lowrite",
+        956 => "lo_lseek",
+        957 => "lo_creat",
+        958 => "lo_tell",
+        964 => "lo_unlink",
+        1004 => "lo_truncate",
+        3170 => "lo_lseek64",
+        3171 => "lo_tell64",
+        3172 => "lo_truncate64",
+        _ => return None,
+    })
 }
 
 /// A lock_timeout value other than zero (`'0'`, `0`, `'0ms'` are zero; so is garbage, which

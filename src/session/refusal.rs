@@ -23,6 +23,11 @@ pub enum Verdict {
 pub struct View<'a> {
     pub params: &'a ServerParams,
     pub tx: TxStatus,
+    /// False when something forwarded earlier may still change the session before this text
+    /// runs (a statement not yet answered by ReadyForQuery, an Execute earlier in the batch,
+    /// the session not ready yet): settings like standard_conforming_strings may then differ
+    /// from what the last ParameterStatus said.
+    pub settled: bool,
 }
 
 /// Decides on the SQL text of a Query or Parse before it is forwarded.

@@ -146,6 +146,16 @@ pub async fn negotiate(tcp: TcpStream, shared: &Shared) -> Opening {
                 return Opening::Cancel;
             }
             Packet::Startup(startup) => {
+                if let Some(dup) = startup.duplicate_parameter() {
+                    return refuse(
+                        stream,
+                        PgError::fatal(
+                            SqlState::PROTOCOL_VIOLATION,
+                            format!("pgwarden: startup parameter \"{dup}\" given more than once"),
+                        ),
+                    )
+                    .await;
+                }
                 if shared.config.tls.mode == ClientTlsMode::Require && !stream.is_tls() {
                     return refuse(
                         stream,

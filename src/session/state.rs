@@ -90,6 +90,9 @@ pub struct SessionState {
     pending_ready: u32,
     /// Extended-protocol messages forwarded since the last Sync.
     unsynced: bool,
+    /// Something that runs SQL (Query, Execute, FunctionCall) was forwarded and not all of it
+    /// has been answered by ReadyForQuery.
+    executed: bool,
     /// Bytes of the current client frame still to stream through.
     client_streaming: usize,
     /// Bytes of the current server frame still to stream through.
@@ -115,6 +118,7 @@ impl SessionState {
             links,
             pending_ready: 0,
             unsynced: false,
+            executed: false,
             client_streaming: 0,
             server_streaming: 0,
             expect_sasl_initial: false,
@@ -216,10 +220,7 @@ impl SessionState {
                 .get(..4)
                 .map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
                 .ok_or_else(|| protocol_violation("invalid FunctionCall message"))?;
-            let view = View {
-                params: &self.params,
-                tx: self.tx,
-            };
+            let view = self.view();
             return Ok(match gate.check_function_call(oid, &view) {
                 Verdict::Forward => None,
                 Verdict::Refuse(error) => {
@@ -242,10 +243,7 @@ impl SessionState {
             }
             _ => return Ok(None),
         };
-        let view = View {
-            params: &self.params,
-            tx: self.tx,
-        };
+        let view = self.view();
         match gate.check(text, &view) {
             Verdict::Forward => Ok(None),
             Verdict::Refuse(error) => {
@@ -258,7 +256,18 @@ impl SessionState {
         }
     }
 
+    fn view(&self) -> View<'_> {
+        View {
+            params: &self.params,
+            tx: self.tx,
+            settled: self.phase == Phase::Ready && self.pending_ready == 0 && !self.executed,
+        }
+    }
+
     fn note_client_message(&mut self, tag: u8) {
+        if matches!(tag, b'Q' | b'F' | b'E') {
+            self.executed = true;
+        }
         match tag {
             b'Q' | b'F' => self.pending_ready += 1,
             b'S' => {
@@ -366,6 +375,9 @@ impl SessionState {
                     self.tx = tx;
                 }
                 self.pending_ready = self.pending_ready.saturating_sub(1);
+                if self.pending_ready == 0 {
+                    self.executed = false;
+                }
                 self.refusals.on_ready();
                 self.phase = Phase::Ready;
             }

@@ -204,41 +204,76 @@ fn is_pg_space(c: char) -> bool {
 const SWITCHES_WITH_ARG: &str = "BcCDdfhkNprStvW-";
 
 /// The `name=value` settings among backend switches (`-c name=value`, `-cname=value`,
-/// `--name=value`), with `-` in names turned into `_` as PostgreSQL's `ParseLongOption` does.
-/// Names are lower-cased (GUC names are case-insensitive).
+/// `--name=value`), read the way PostgreSQL's getopt reads them: flags may be clustered
+/// (`-bc role=x` is `-b` then `-c role=x`), a flag that takes an argument takes the rest of
+/// the word or the next word. Names get `-` turned into `_` as `ParseLongOption` does, and are
+/// lower-cased (GUC names are case-insensitive).
 pub fn parse_option_settings(words: &[String]) -> Vec<(String, String)> {
     let mut out = Vec::new();
     let mut i = 0;
     while i < words.len() {
         let w = &words[i];
         i += 1;
-        let mut chars = w.chars();
-        if chars.next() != Some('-') {
-            continue;
-        }
-        let Some(flag) = chars.next() else { continue };
-        if !SWITCHES_WITH_ARG.contains(flag) {
-            continue;
-        }
-        let inline = chars.as_str();
-        let arg = if !inline.is_empty() {
-            inline.to_owned()
-        } else if i < words.len() {
-            i += 1;
-            words[i - 1].clone()
-        } else {
+        let Some(flags) = w.strip_prefix('-') else {
             continue;
         };
-        if flag == 'c' || flag == '-' {
-            if let Some((name, value)) = arg.split_once('=') {
-                out.push((
-                    name.replace('-', "_").to_ascii_lowercase(),
-                    value.to_owned(),
-                ));
+        let mut chars = flags.char_indices();
+        while let Some((at, flag)) = chars.next() {
+            if !SWITCHES_WITH_ARG.contains(flag) {
+                continue;
             }
+            let inline = &flags[at + flag.len_utf8()..];
+            let arg = if !inline.is_empty() {
+                inline.to_owned()
+            } else if i < words.len() {
+                i += 1;
+                words[i - 1].clone()
+            } else {
+                break;
+            };
+            if flag == 'c' || flag == '-' {
+                if let Some((name, value)) = arg.split_once('=') {
+                    out.push((
+                        name.replace('-', "_").to_ascii_lowercase(),
+                        value.to_owned(),
+                    ));
+                }
+            }
+            break;
         }
     }
     out
+}
+
+/// Startup parameters that are not settings: who, where, what kind of connection.
+pub fn is_connection_parameter(name: &str) -> bool {
+    matches!(name, "user" | "database" | "options" | "replication") || name.starts_with("_pq_.")
+}
+
+impl Startup {
+    /// The first parameter name that appears twice (PostgreSQL would use the last value,
+    /// which a reader of the first would not see).
+    pub fn duplicate_parameter(&self) -> Option<&str> {
+        self.params
+            .iter()
+            .enumerate()
+            .find(|(i, (k, _))| self.params[..*i].iter().any(|(k2, _)| k2 == k))
+            .map(|(_, (k, _))| k.as_str())
+    }
+
+    /// Every setting the server will apply from this packet: top-level parameters that are
+    /// not connection parameters (`application_name`, `client_encoding`, `role`…), then the
+    /// `-c` settings of `options`.
+    pub fn all_settings(&self) -> Vec<(String, String)> {
+        let mut out: Vec<(String, String)> = self
+            .params
+            .iter()
+            .filter(|(k, _)| !is_connection_parameter(k))
+            .map(|(k, v)| (k.to_ascii_lowercase(), v.clone()))
+            .collect();
+        out.extend(self.option_settings());
+        out
+    }
 }
 
 #[cfg(test)]
@@ -338,6 +373,41 @@ mod tests {
                 ("role".into(), "x".into()),
                 ("statement_timeout".into(), "5".into()),
                 ("pgwarden.ticket".into(), "CHG-1".into()),
+            ]
+        );
+    }
+
+    #[test]
+    fn clustered_switches_are_read_like_getopt() {
+        let w = split_options("-bc role=admin -nc search_path=x -ec work_mem=1");
+        assert_eq!(
+            parse_option_settings(&w),
+            vec![
+                ("role".into(), "admin".into()),
+                ("search_path".into(), "x".into()),
+                ("work_mem".into(), "1".into()),
+            ]
+        );
+    }
+
+    #[test]
+    fn duplicates_and_top_level_settings() {
+        let s = Startup {
+            major: 3,
+            minor: 0,
+            params: vec![
+                ("user".into(), "a".into()),
+                ("role".into(), "admin".into()),
+                ("options".into(), "-c work_mem=1".into()),
+                ("user".into(), "b".into()),
+            ],
+        };
+        assert_eq!(s.duplicate_parameter(), Some("user"));
+        assert_eq!(
+            s.all_settings(),
+            vec![
+                ("role".into(), "admin".into()),
+                ("work_mem".into(), "1".into())
             ]
         );
     }

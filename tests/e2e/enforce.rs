@@ -430,33 +430,112 @@ tags = ["FUNCTION CALL"]
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_client_encoding_that_can_hide_a_quote_is_refused() {
+async fn startup_settings_are_all_decided() {
     // In SJIS the byte 0x5c (backslash) can be the second byte of a character, so a reader
     // that does not decode SJIS exactly can see a string end where the server does not.
+    // Every top-level startup parameter is a setting PostgreSQL applies; options flags may be
+    // clustered the getopt way; a repeated parameter is ambiguous.
+    let proxy = pack().await;
+    let cases: [(&[(&str, &str)], &str); 5] = [
+        (&[("client_encoding", "SJIS")], "42501"),
+        (&[("role", "pg_read_server_files")], "42501"),
+        (&[("standard_conforming_strings", "off")], "42501"),
+        (&[("options", "-bc role=pg_read_server_files")], "42501"),
+        (&[("database", "postgres")], "08P01"),
+    ];
+    for (extra, code) in cases {
+        let mut params = vec![("user", PG_USER), ("database", PG_DB)];
+        params.extend_from_slice(extra);
+        let mut s = TcpStream::connect(proxy.addr).await.unwrap();
+        s.write_all(&raw::startup_message(0x0003_0000, &params))
+            .await
+            .unwrap();
+        let e = within(BOUND, "refused", raw::read_error_then_eof(&mut s))
+            .await
+            .expect("refused");
+        assert_eq!(e.sqlstate().as_deref(), Some(code), "{extra:?}: {e:?}");
+        assert_eq!(e.field(b'V').as_deref(), Some("FATAL"));
+    }
+    proxy.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fast_path_calls_other_than_large_objects_are_refused() {
     let proxy = pack().await;
     let mut s = TcpStream::connect(proxy.addr).await.unwrap();
-    s.write_all(&raw::startup_message(
-        0x0003_0000,
-        &[
-            ("user", PG_USER),
-            ("database", PG_DB),
-            ("client_encoding", "SJIS"),
-        ],
-    ))
-    .await
-    .unwrap();
-    within(BOUND, "login", raw::read_until(&mut s, b'Z'))
-        .await
-        .unwrap();
-    s.write_all(&raw::query("SELECT 1")).await.unwrap();
+    within(BOUND, "login", login(&mut s, PG_USER, PG_DB)).await;
+    // FunctionCall of set_config (OID 2078) with three text arguments.
+    let mut body = 2078u32.to_be_bytes().to_vec();
+    body.extend(1i16.to_be_bytes());
+    body.extend(0i16.to_be_bytes());
+    body.extend(3i16.to_be_bytes());
+    for a in ["standard_conforming_strings", "off", "false"] {
+        body.extend((a.len() as i32).to_be_bytes());
+        body.extend(a.as_bytes());
+    }
+    body.extend(0i16.to_be_bytes());
+    s.write_all(&msg(b'F', &body)).await.unwrap();
     let e = within(BOUND, "refusal", raw::read_until(&mut s, b'E'))
         .await
         .unwrap();
-    assert_eq!(e.sqlstate().as_deref(), Some("42501"));
+    assert_eq!(e.sqlstate().as_deref(), Some("42501"), "{e:?}");
+    within(BOUND, "ready", raw::read_until(&mut s, b'Z'))
+        .await
+        .unwrap();
+    s.write_all(&raw::query("SHOW standard_conforming_strings"))
+        .await
+        .unwrap();
+    let row = within(BOUND, "row", raw::read_until(&mut s, b'D'))
+        .await
+        .unwrap();
+    assert!(row.body.ends_with(b"on"), "{row:?}");
+    proxy.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelined_text_is_read_both_ways_until_the_session_settles() {
+    // A function changes standard_conforming_strings; the payload right behind it in the same
+    // write is read by the server with the new setting. pgwarden reads it both ways.
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("drop.toml"),
+        "[[rule]]\nid = \"test.drop\"\ndescription = \"d\"\naction = \"block\"\nmessage = \"no drops\"\n[rule.match]\ntags = [\"DROP TABLE\"]\n",
+    )
+    .unwrap();
+    let d = dir.path().to_path_buf();
+    let proxy = Proxy::start_with(|c| c.policies = d.clone()).await;
+    let t = table(1).await;
+    let mut s = TcpStream::connect(proxy.addr).await.unwrap();
+    within(BOUND, "login", login(&mut s, PG_USER, PG_DB)).await;
+    s.write_all(&raw::query(
+        "CREATE FUNCTION pg_temp.nonconforming() RETURNS void LANGUAGE sql AS $$ SET standard_conforming_strings = off $$",
+    ))
+    .await
+    .unwrap();
+    within(BOUND, "created", raw::read_until(&mut s, b'Z'))
+        .await
+        .unwrap();
+    let mut bytes = raw::query("SELECT pg_temp.nonconforming()");
+    bytes.extend(raw::query(&format!("SELECT 'a\\''; DROP TABLE {t}; --'")));
+    s.write_all(&bytes).await.unwrap();
+    let mut codes = Vec::new();
+    within(BOUND, "both answers", async {
+        let mut zs = 0;
+        while zs < 2 {
+            let m = read_msg(&mut s).await.unwrap();
+            if m.tag == b'E' {
+                codes.push(m.sqlstate().unwrap());
+            }
+            zs += (m.tag == b'Z') as i32;
+        }
+    })
+    .await;
+    assert_eq!(codes, vec!["42501"]);
     assert!(
-        e.field(b'M').unwrap().contains("sec.parser-state-change"),
-        "{e:?}"
+        exists(&t).await,
+        "the DROP hidden behind the setting change ran"
     );
+    drop_direct(&t).await;
     proxy.stop().await;
 }
 
