@@ -144,7 +144,11 @@ impl PolicyGate {
                     }
                     // DEALLOCATE ALL forgets everything; after DEALLOCATE name the entry is
                     // stale but harmless: the server refuses to EXECUTE it.
-                    ("DEALLOCATE", _) if s.text.to_ascii_lowercase().contains(" all") => {
+                    ("DEALLOCATE", _)
+                        if s.text.split_whitespace().nth(1).is_some_and(|w| {
+                            w.trim_end_matches(';').eq_ignore_ascii_case("all")
+                        }) =>
+                    {
                         self.prepared.clear();
                     }
                     _ => {}

@@ -56,67 +56,83 @@ const UNDEFINED_FUNCTION: &str = "42883";
 
 #[derive(Debug)]
 struct Pending {
-    /// The SQLSTATE and a piece of the message the server's answer to the stand-in carries.
+    /// The SQLSTATE and a piece of the message the server's answer to the stand-in carries
+    /// (the marker itself, without the quotes a translated message may change).
     code: &'static str,
-    needle: String,
+    needle: Option<String>,
     error: PgError,
-    /// ReadyForQuery messages still to come before the batch holding the marker ends.
-    ready_left: u32,
+    /// The ReadyForQuery (counted from the session's start) that ends this refusal's batch.
+    until_ready: u64,
 }
 
-/// Refusals whose server-side error has not come back yet.
+/// Refusals whose server-side error has not come back yet, in the order they were made.
 #[derive(Debug, Default)]
 pub struct Refusals {
     pending: VecDeque<Pending>,
-    count: u64,
+    readies: u64,
+}
+
+/// An unguessable marker: a client cannot make one of its own errors look like a refusal.
+fn marker() -> String {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(0x7067_7761_7264_656e);
+    format!("pgwarden_refused_{:016x}", h.finish())
 }
 
 impl Refusals {
     /// Records a refusal and returns the marker text to send in its place. `pending_ready`
     /// is the number of ReadyForQuery messages the server owes before this statement's batch.
     pub fn refuse(&mut self, error: PgError, pending_ready: u32) -> String {
-        self.count += 1;
-        let marker = format!("pgwarden_refused_{}", self.count);
-        self.pending.push_back(Pending {
-            code: SYNTAX_ERROR,
-            needle: format!("\"{marker}\""),
-            error,
-            ready_left: pending_ready + 1,
-        });
+        let marker = marker();
+        self.push(SYNTAX_ERROR, Some(marker.clone()), error, pending_ready);
         marker
     }
 
     /// Records a refused FunctionCall; the stand-in is [`function_call_frame`] (OID 0).
     pub fn refuse_function_call(&mut self, error: PgError, pending_ready: u32) {
+        self.push(UNDEFINED_FUNCTION, None, error, pending_ready);
+    }
+
+    fn push(
+        &mut self,
+        code: &'static str,
+        needle: Option<String>,
+        error: PgError,
+        pending_ready: u32,
+    ) {
         self.pending.push_back(Pending {
-            code: UNDEFINED_FUNCTION,
-            needle: "OID 0 ".into(),
+            code,
+            needle,
             error,
-            ready_left: pending_ready + 1,
+            until_ready: self.readies + u64::from(pending_ready) + 1,
         });
     }
 
-    /// A ReadyForQuery arrived: batches end; refusals whose marker never ran (an earlier
+    /// A ReadyForQuery arrived: batches end; refusals whose stand-in never ran (an earlier
     /// error in the batch skipped it, as PostgreSQL would have skipped the statement) expire.
+    /// Entries are in batch order, so this only looks at the front.
     pub fn on_ready(&mut self) {
-        for p in &mut self.pending {
-            p.ready_left = p.ready_left.saturating_sub(1);
-        }
-        while self.pending.front().is_some_and(|p| p.ready_left == 0) {
+        self.readies += 1;
+        while self
+            .pending
+            .front()
+            .is_some_and(|p| p.until_ready <= self.readies)
+        {
             self.pending.pop_front();
         }
     }
 
-    /// If this ErrorResponse is the server's answer to a marker, the frame to send instead.
+    /// If this ErrorResponse is the server's answer to a stand-in, the frame to send instead.
     pub fn substitute(&mut self, body: &[u8]) -> Option<Vec<u8>> {
         if self.pending.is_empty() {
             return None;
         }
         let f = read::error_fields(body)?;
-        let i = self
-            .pending
-            .iter()
-            .position(|p| p.ready_left == 1 && f.code == p.code && f.message.contains(&p.needle))?;
+        // The answer belongs to the oldest refusal of its kind: stand-ins run in order.
+        let i = self.pending.iter().position(|p| {
+            p.code == f.code && p.needle.as_deref().is_none_or(|n| f.message.contains(n))
+        })?;
         let p = self.pending.remove(i)?;
         Some(p.error.to_bytes().to_vec())
     }
@@ -175,21 +191,24 @@ mod tests {
     }
 
     #[test]
-    fn substitutes_only_its_own_marker_in_its_batch() {
+    fn substitutes_only_its_own_marker() {
         let mut r = Refusals::default();
         let m = r.refuse(err("no"), 1);
-        // A genuine syntax error in the earlier batch is left alone.
+        // A genuine syntax error is left alone.
         assert!(r
             .substitute(b"SERROR\0VERROR\0C42601\0Msyntax error at or near \"x\"\0\0")
             .is_none());
-        assert!(
-            r.substitute(&syntax_error(&m)).is_none(),
-            "not its batch yet"
-        );
         r.on_ready();
-        let out = r.substitute(&syntax_error(&m)).unwrap();
+        // Translated messages quote differently: the bare marker is enough.
+        let german = format!("SFEHLER\0VERROR\0C42601\0MSyntaxfehler bei \u{bb}{m}\u{ab}\0\0");
+        let out = r.substitute(german.as_bytes()).unwrap();
         assert!(String::from_utf8_lossy(&out).contains("no"));
         assert!(r.is_empty());
+        assert_ne!(
+            r.refuse(err("a"), 0),
+            r.refuse(err("b"), 0),
+            "markers are unique"
+        );
     }
 
     #[test]

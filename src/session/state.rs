@@ -74,6 +74,10 @@ pub struct Links {
     pub upstream_tls: bool,
 }
 
+/// Query, Parse and FunctionCall frames are held whole to be inspected: this is the most
+/// pgwarden holds (the inspector's text limit plus room for a Parse's parameter types).
+pub const MAX_INSPECTED_FRAME: usize = crate::sql::MAX_TEXT_BYTES + 64 * 1024;
+
 /// Frames bigger than this are streamed through instead of being held whole, when their type
 /// allows it.
 const READ_LIMIT: usize = 64 * 1024;
@@ -193,6 +197,18 @@ impl SessionState {
                 self.note_client_message(h.tag);
                 self.client_streaming = frame_len;
                 continue;
+            }
+            if matches!(h.tag, b'Q' | b'P' | b'F') && frame_len > MAX_INSPECTED_FRAME {
+                // Statements are inspected whole, so they are held whole: past the limit
+                // the session ends rather than buffering up to PostgreSQL's 1 GB.
+                return Err(PgError::fatal(
+                    SqlState::PROGRAM_LIMIT_EXCEEDED,
+                    format!(
+                        "pgwarden: a {} message of {frame_len} bytes exceeds pgwarden's limit of {MAX_INSPECTED_FRAME} bytes for statements it inspects",
+                        h.tag as char
+                    ),
+                )
+                .with_hint("Send large data as parameters (Bind) or with COPY, which pgwarden streams."));
             }
             if cin.len() < frame_len {
                 return Ok(());

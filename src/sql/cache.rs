@@ -45,6 +45,10 @@ impl InspectCache {
     }
 
     pub fn inspect_with_source(&self, text: &str, read_as: ReadAs) -> (Arc<Inspection>, Source) {
+        if text.len() > super::MAX_TEXT_BYTES {
+            // Refused without hashing, scanning or keeping the text.
+            return (Arc::new(inspect(text, read_as)), Source::Inspected);
+        }
         let exact = &self.exact[read_as.standard_conforming_strings as usize];
         if let Some(hit) = exact.get(text) {
             return (hit.clone(), Source::Exact);

@@ -5,7 +5,9 @@
 use pg_query::protobuf::Token;
 use serde_json::Value;
 
-/// `SELECT a FROM t WHERE id = 42 AND s = 'x'` → `SELECT a FROM t WHERE id = ? AND s = ?`.
+/// `SELECT a FROM t WHERE id = 42 AND s = 'x'` → `SELECT a FROM t WHERE id = \0 AND s = \0`.
+/// The placeholder is NUL, which no Query or Parse text can contain, so the key of one text
+/// never equals the key of a text whose own characters differ (`a -1 b` vs `a -? b`).
 /// `None` when the text does not scan (it will not parse either).
 pub fn key(text: &str) -> Option<String> {
     let scan = pg_query::scan(text).ok()?;
@@ -24,7 +26,7 @@ pub fn key(text: &str) -> Option<String> {
         if literal {
             let (s, e) = (t.start as usize, t.end as usize);
             out.push_str(text.get(last..s)?);
-            out.push('?');
+            out.push('\0');
             last = e;
         }
     }
@@ -112,12 +114,17 @@ mod tests {
     fn literals_become_placeholders() {
         assert_eq!(
             key("SELECT abalance FROM pgbench_accounts WHERE aid = 123;").unwrap(),
-            "SELECT abalance FROM pgbench_accounts WHERE aid = ?;"
+            "SELECT abalance FROM pgbench_accounts WHERE aid = \0;"
         );
         assert_eq!(
             key("SELECT 'a''b', 1.5, E'x', x'ff'").unwrap(),
-            "SELECT ?, ?, ?, ?"
+            "SELECT \0, \0, \0, \0"
         );
+    }
+
+    #[test]
+    fn keys_of_different_texts_differ() {
+        assert_ne!(key("SELECT a -1 b FROM t"), key("SELECT a -? b FROM t"));
     }
 
     #[test]

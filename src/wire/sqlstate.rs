@@ -17,6 +17,8 @@ impl SqlState {
     pub const INSUFFICIENT_PRIVILEGE: SqlState = SqlState("42501");
     /// 53300: too many client connections.
     pub const TOO_MANY_CONNECTIONS: SqlState = SqlState("53300");
+    /// 54000: a statement too large for pgwarden to inspect.
+    pub const PROGRAM_LIMIT_EXCEEDED: SqlState = SqlState("54000");
     /// 57P01: the proxy is shutting down.
     pub const ADMIN_SHUTDOWN: SqlState = SqlState("57P01");
     /// 57014: what PostgreSQL raises when authentication times out.
