@@ -20,6 +20,16 @@ pub const TICKET_SETTING: &str = "pgwarden.ticket";
 
 pub struct PolicyGate {
     version_checked: bool,
+    /// Creations forwarded whose batch has not ended: (ReadyForQuery number ending it, names).
+    pending_created: std::collections::VecDeque<(u64, Vec<String>)>,
+    /// Created inside the open transaction: kept if it commits, dropped if it rolls back.
+    txn_created: Vec<String>,
+    /// Created and committed in this session.
+    created: std::collections::HashSet<String>,
+    /// A ROLLBACK was forwarded in the open transaction.
+    rolling_back: bool,
+    last_tx: TxStatus,
+    readies: u64,
     shared: Arc<Shared>,
     base: SessionContext,
     ticket: Option<String>,
@@ -31,6 +41,12 @@ impl PolicyGate {
         let ticket = base.ticket.clone();
         PolicyGate {
             version_checked: false,
+            pending_created: Default::default(),
+            txn_created: Vec::new(),
+            created: Default::default(),
+            rolling_back: false,
+            last_tx: TxStatus::Idle,
+            readies: 0,
             shared,
             base,
             ticket,
@@ -82,6 +98,7 @@ impl PolicyGate {
             params: &params,
             tx: TxStatus::Idle,
             settled: true,
+            pending_ready: 0,
         };
         for (name, value) in settings {
             let named = !name.is_empty()
@@ -108,13 +125,30 @@ impl PolicyGate {
                 e.severity = Severity::Fatal;
                 return Err(e);
             }
-            self.remember(&ins);
+            self.remember(&ins, 0);
         }
         Ok(())
     }
 
-    /// Session facts from a statement that was let through.
-    fn remember(&mut self, ins: &Arc<Inspection>) {
+    fn forget_created(&mut self, names: &[String]) {
+        self.created.retain(|c| !names.contains(c));
+        self.txn_created.retain(|c| !names.contains(c));
+        for (_, p) in &mut self.pending_created {
+            p.retain(|c| !names.contains(c));
+        }
+        self.publish_created();
+    }
+
+    /// What decisions see: committed creations and those of the open transaction.
+    fn publish_created(&mut self) {
+        let mut all = self.created.clone();
+        all.extend(self.txn_created.iter().cloned());
+        self.base.created = Arc::new(all);
+    }
+
+    /// Session facts from a statement that was let through. Creations count only once their
+    /// batch ends without an error ([`Gate::on_ready`]).
+    fn remember(&mut self, ins: &Arc<Inspection>, pending_ready: u32) {
         for s in &ins.statements {
             for op in &s.ops {
                 if let Some(set) = &op.set {
@@ -131,12 +165,23 @@ impl PolicyGate {
                         _ => {}
                     }
                 }
-                if matches!(
-                    op.tag.as_str(),
-                    "CREATE TABLE" | "CREATE TABLE AS" | "SELECT INTO" | "CREATE MATERIALIZED VIEW"
-                ) {
-                    let created = Arc::make_mut(&mut self.base.created);
-                    created.extend(op.objects.iter().cloned());
+                match op.tag.as_str() {
+                    // IF NOT EXISTS may have created nothing: the name may be an old table.
+                    "CREATE TABLE"
+                    | "CREATE TABLE AS"
+                    | "SELECT INTO"
+                    | "CREATE MATERIALIZED VIEW"
+                        if !op.has(crate::sql::Flag::IfNotExists) =>
+                    {
+                        let until = self.readies + u64::from(pending_ready) + 1;
+                        self.pending_created.push_back((until, op.objects.clone()));
+                    }
+                    // Once dropped, the name may well resolve to an older table next time.
+                    "DROP TABLE" | "DROP MATERIALIZED VIEW" => {
+                        self.forget_created(&op.objects);
+                    }
+                    "ROLLBACK" | "ABORT" => self.rolling_back = true,
+                    _ => {}
                 }
                 match (op.tag.as_str(), &op.prepared_name) {
                     ("PREPARE", Some(name)) => {
@@ -185,13 +230,50 @@ impl PolicyGate {
         if d.action.refuses() {
             Verdict::Refuse(refusal(&d, self.ticket.as_deref(), &ins))
         } else {
-            self.remember(&ins);
+            self.remember(&ins, view.pending_ready);
             Verdict::Forward
         }
     }
 }
 
 impl Gate for PolicyGate {
+    fn on_ready(&mut self, failed: bool, tx: TxStatus) {
+        self.readies += 1;
+        if self.pending_created.is_empty() && self.txn_created.is_empty() {
+            // The common case: nothing was created; nothing to publish.
+            self.last_tx = tx;
+            if tx == TxStatus::Idle {
+                self.rolling_back = false;
+            }
+            return;
+        }
+        while let Some((until, names)) = self.pending_created.pop_front() {
+            if until > self.readies {
+                self.pending_created.push_front((until, names));
+                break;
+            }
+            if !failed {
+                if tx == TxStatus::Idle {
+                    self.created.extend(names);
+                } else {
+                    self.txn_created.extend(names);
+                }
+            }
+        }
+        if tx == TxStatus::Idle && self.last_tx != TxStatus::Idle {
+            // The transaction ended: committed unless rolled back or failed.
+            let txn = std::mem::take(&mut self.txn_created);
+            if !self.rolling_back && self.last_tx == TxStatus::InBlock && !failed {
+                self.created.extend(txn);
+            }
+        }
+        if tx == TxStatus::Idle {
+            self.rolling_back = false;
+        }
+        self.last_tx = tx;
+        self.publish_created();
+    }
+
     fn check_function_call(&mut self, oid: u32, view: &View<'_>) -> Verdict {
         // The fast-path protocol names functions by OID and its arguments are binary: only
         // the large-object functions libpq's lo_* API uses (fixed OIDs of built-ins) are

@@ -28,6 +28,8 @@ pub struct View<'a> {
     /// the session not ready yet): settings like standard_conforming_strings may then differ
     /// from what the last ParameterStatus said.
     pub settled: bool,
+    /// ReadyForQuery messages the server owes before the batch this text belongs to.
+    pub pending_ready: u32,
 }
 
 /// Decides on the SQL text of a Query or Parse before it is forwarded.
@@ -38,6 +40,10 @@ pub trait Gate {
     fn check_function_call(&mut self, _oid: u32, _view: &View<'_>) -> Verdict {
         Verdict::Forward
     }
+
+    /// A batch ended (ReadyForQuery): whether an error was raised in it, and the
+    /// transaction state after it. Effects of statements take hold here, not when forwarded.
+    fn on_ready(&mut self, _failed: bool, _tx: TxStatus) {}
 }
 
 /// A gate that lets everything through (bare proxy, tests).

@@ -111,6 +111,11 @@ pub struct SessionState {
     pub new_cancel_key: Option<CancelKey>,
     /// Statements refused whose stand-in error has not come back from the server yet.
     refusals: Refusals,
+    /// An ErrorResponse arrived since the last ReadyForQuery.
+    batch_error: bool,
+    /// Batches that ended (failed?, transaction state after), for the gate: drained by the
+    /// relay after each call to `server_frames`.
+    pub ready_events: Vec<(bool, TxStatus)>,
 }
 
 impl SessionState {
@@ -130,6 +135,8 @@ impl SessionState {
             client_terminated: false,
             new_cancel_key: None,
             refusals: Refusals::default(),
+            batch_error: false,
+            ready_events: Vec::new(),
         }
     }
 
@@ -277,6 +284,7 @@ impl SessionState {
             params: &self.params,
             tx: self.tx,
             settled: self.phase == Phase::Ready && self.pending_ready == 0 && !self.executed,
+            pending_ready: self.pending_ready,
         }
     }
 
@@ -395,6 +403,10 @@ impl SessionState {
                     self.executed = false;
                 }
                 self.refusals.on_ready();
+                if self.phase == Phase::Ready {
+                    self.ready_events.push((self.batch_error, self.tx));
+                }
+                self.batch_error = false;
                 self.phase = Phase::Ready;
             }
             b'K' => self.new_cancel_key = read::backend_key_data(body),
@@ -408,8 +420,11 @@ impl SessionState {
                 Some(AuthRequest::Sasl(_)) => self.expect_sasl_initial = true,
                 _ => {}
             },
-            b'E' if read::error_fields(body).is_some_and(|f| f.is_fatal()) => {
-                self.server_sent_fatal = true;
+            b'E' => {
+                self.batch_error = true;
+                if read::error_fields(body).is_some_and(|f| f.is_fatal()) {
+                    self.server_sent_fatal = true;
+                }
             }
             _ => {}
         }

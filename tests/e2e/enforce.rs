@@ -574,3 +574,46 @@ async fn objects_created_in_the_session_are_exempt() {
     drop_direct(&old).await;
     proxy.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn creation_counts_only_when_it_happened() {
+    let proxy = pack().await;
+    let old = table(1).await;
+    let c = via(&proxy).await;
+    let refused = |r: Result<(), tokio_postgres::Error>| matches!(&r, Err(e) if sqlstate(e).as_deref() == Some("42501"));
+    // IF NOT EXISTS on an existing table created nothing.
+    c.batch_execute(&format!("CREATE TABLE IF NOT EXISTS {old} (id int)"))
+        .await
+        .unwrap();
+    assert!(refused(c.batch_execute(&format!("DROP TABLE {old}")).await));
+    // A CREATE that failed created nothing.
+    assert!(c
+        .batch_execute(&format!("CREATE TABLE {old} (id int)"))
+        .await
+        .is_err());
+    assert!(refused(c.batch_execute(&format!("DROP TABLE {old}")).await));
+    // A creation rolled back created nothing.
+    let gone = unique("rolled_back");
+    c.batch_execute(&format!("BEGIN; CREATE TABLE {gone} (id int); ROLLBACK"))
+        .await
+        .unwrap();
+    // A temporary table shadowing an old one: the first DROP removes the temporary table,
+    // the second would drop the old one and is refused.
+    c.batch_execute(&format!("CREATE TEMP TABLE {old} (id int)"))
+        .await
+        .unwrap();
+    c.batch_execute(&format!("DROP TABLE {old}")).await.unwrap();
+    assert!(refused(c.batch_execute(&format!("DROP TABLE {old}")).await));
+    assert!(exists(&old).await);
+    // A creation committed in a transaction is exempt afterwards.
+    let fresh = unique("committed");
+    c.batch_execute(&format!("BEGIN; CREATE TABLE {fresh} (id int)"))
+        .await
+        .unwrap();
+    c.batch_execute("COMMIT").await.unwrap();
+    c.batch_execute(&format!("DROP TABLE {fresh}"))
+        .await
+        .unwrap();
+    drop_direct(&old).await;
+    proxy.stop().await;
+}
