@@ -192,10 +192,6 @@ mod tests {
         }
     }
 
-    fn syntax_error(marker: &str) -> Vec<u8> {
-        format!("SERROR\0VERROR\0C42601\0Msyntax error at or near \"{marker}\"\0\0").into_bytes()
-    }
-
     #[test]
     fn substitutes_only_its_own_marker() {
         let mut r = Refusals::default();

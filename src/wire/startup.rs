@@ -217,8 +217,7 @@ pub fn parse_option_settings(words: &[String]) -> Vec<(String, String)> {
         let Some(flags) = w.strip_prefix('-') else {
             continue;
         };
-        let mut chars = flags.char_indices();
-        while let Some((at, flag)) = chars.next() {
+        for (at, flag) in flags.char_indices() {
             if !SWITCHES_WITH_ARG.contains(flag) {
                 continue;
             }
