@@ -154,7 +154,8 @@ impl PolicyGate {
                 if let Some(set) = &op.set {
                     match set.name.as_str() {
                         TICKET_SETTING => self.ticket = set.value.clone().filter(|v| !v.is_empty()),
-                        "lock_timeout" => {
+                        // SET LOCAL lasts until the transaction ends: not the session's setting.
+                        "lock_timeout" if !set.local => {
                             self.base.lock_timeout_set =
                                 set.value.as_deref().is_some_and(nonzero_duration)
                         }
@@ -181,6 +182,16 @@ impl PolicyGate {
                         self.forget_created(&op.objects);
                     }
                     "ROLLBACK" | "ABORT" => self.rolling_back = true,
+                    // DISCARD ALL resets settings and forgets prepared statements.
+                    "DISCARD"
+                        if s.text.split_whitespace().nth(1).is_some_and(|w| {
+                            w.trim_end_matches(';').eq_ignore_ascii_case("all")
+                        }) =>
+                    {
+                        self.ticket = None;
+                        self.base.lock_timeout_set = false;
+                        self.prepared.clear();
+                    }
                     _ => {}
                 }
                 match (op.tag.as_str(), &op.prepared_name) {
