@@ -11,6 +11,8 @@
 #   PG_HOST [127.0.0.1]    PG_PORT [5432]   PG_DB [test]   PG_USER [postgres]
 #   SCALE [10]             pgbench -i scale;  SKIP_INIT=1 reuses existing pgbench tables
 #   PGWARDEN_BIN           use this binary instead of `cargo build --release`
+#   PGWARDEN_POLICIES      policy directory for pgwarden (default: the shipped pack, policies/);
+#                          an empty directory measures the bare proxy
 #   PGWARDEN_LOG [info]    pgwarden's log filter
 #   RESULTS_TSV            also keep the raw per-run results here
 #
@@ -128,7 +130,7 @@ else
     PGWARDEN_BIN=$TARGET_DIR/release/pgwarden
 fi
 "$PGWARDEN_BIN" serve --listen "127.0.0.1:$PGWARDEN_PORT" --upstream "$PG_HOST:$PG_PORT" \
-    </dev/null >"$WORK/pgwarden.log" 2>&1 &
+    --policies "${PGWARDEN_POLICIES:-$REPO/policies}" </dev/null >"$WORK/pgwarden.log" 2>&1 &
 PGWARDEN_PID=$!
 wait_ready "$PGWARDEN_PORT" pgwarden "$PGWARDEN_PID"
 log "pgwarden pid $PGWARDEN_PID on 127.0.0.1:$PGWARDEN_PORT"
