@@ -158,6 +158,15 @@ impl Policy {
         }
     }
 
+    /// True when no rule's statement conditions hold for `ins`: whatever the session, the
+    /// decision is to allow with no match (the hot path of a busy proxy).
+    pub fn matches_nothing(&self, ins: &Inspection) -> bool {
+        ins.memo
+            .get_or(&self.version, || self.statement_matches(ins))
+            .1
+            .is_empty()
+    }
+
     /// Decides on every statement of `ins` in `session`. Pure (the memo only caches).
     pub fn decide(&self, ins: &Inspection, session: &SessionContext, mode: Mode) -> Decision {
         // Statement conditions do not depend on the session: computed once per inspection

@@ -236,6 +236,17 @@ impl PolicyGate {
     }
 
     fn enforce(&mut self, ins: Arc<Inspection>, view: &View<'_>) -> Verdict {
+        let quiet = self.shared.policy.load().matches_nothing(&ins)
+            && !ins
+                .statements
+                .iter()
+                .flat_map(|s| &s.ops)
+                .any(|o| o.tag == "EXECUTE");
+        if quiet {
+            // No rule can match whoever sends it: skip building the session context.
+            self.remember(&ins, view.pending_ready);
+            return Verdict::Forward;
+        }
         let d = self.decide(&ins, view);
         report(&d, &ins);
         if d.action.refuses() {
