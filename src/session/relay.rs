@@ -3,7 +3,6 @@
 //! to be framed and checked, and writes what is ready. It also ends the session in the ways
 //! a proxy must: client or server gone, protocol violation, login timeout, shutdown.
 
-use std::future::pending;
 use std::io;
 use std::time::Duration;
 
@@ -109,6 +108,14 @@ where
     let mut cancel_guard: Option<CancelGuard> = None;
     let (mut c_flush, mut s_flush) = (false, false);
     let mut drain_deadline: Option<Instant> = None;
+    // Built once, not on every turn of the loop: select! evaluates every branch's future
+    // each time, and a timer or notification made per turn costs more than the framing.
+    let cancelled = ctx.shared.shutdown.cancelled();
+    tokio::pin!(cancelled);
+    let startup_timer = sleep_until(ctx.startup_deadline);
+    tokio::pin!(startup_timer);
+    let drain_timer = sleep_until(ctx.startup_deadline);
+    tokio::pin!(drain_timer);
     let grace = ctx.shared.config.shutdown_grace;
 
     let mut end = st
@@ -184,19 +191,21 @@ where
                 }
                 Err(e) => end = Some(End::ClientIo(e.kind())),
             },
-            _ = ctx.shared.shutdown.cancelled(), if drain_deadline.is_none() => {
+            _ = &mut cancelled, if drain_deadline.is_none() => {
                 if st.is_idle() || st.phase != Phase::Ready {
                     end = Some(shutdown(&st, &cin, &mut c2s, &mut s2c));
                 } else {
                     tracing::info!(grace = ?grace, "shutdown: waiting for the transaction to end");
-                    drain_deadline = Some(Instant::now() + grace);
+                    let d = Instant::now() + grace;
+                    drain_deadline = Some(d);
+                    drain_timer.as_mut().reset(d);
                 }
             },
-            _ = until(drain_deadline) => {
+            _ = &mut drain_timer, if drain_deadline.is_some() => {
                 tracing::info!("shutdown: grace period over, closing a busy session");
                 end = Some(shutdown(&st, &cin, &mut c2s, &mut s2c));
             },
-            _ = sleep_until(ctx.startup_deadline), if startup_pending => {
+            _ = &mut startup_timer, if startup_pending => {
                 if st.at_server_frame_boundary() {
                     PgError::fatal(SqlState::QUERY_CANCELED, "pgwarden: canceling authentication due to timeout")
                         .encode(&mut s2c);
@@ -219,13 +228,6 @@ async fn drain<W: AsyncWrite + Unpin>(w: &mut W, buf: &[u8]) -> Out {
         Out::Flushed(w.flush().await)
     } else {
         Out::Wrote(w.write(buf).await)
-    }
-}
-
-async fn until(deadline: Option<Instant>) {
-    match deadline {
-        Some(d) => sleep_until(d).await,
-        None => pending().await,
     }
 }
 
