@@ -6,6 +6,7 @@ mod support;
 
 mod auth;
 mod clients;
+mod corpus;
 mod enforce;
 mod hostile;
 mod lifecycle;
