@@ -10,7 +10,7 @@ use sha2::{Digest, Sha256};
 use toml_edit::{ImDocument, Item, Table};
 
 use super::matcher::{Globs, SessionMatcher, StatementMatcher, Window};
-use super::raw::{RawFile, RawMatch, RawRule, RawSession, RawWindow};
+use super::raw::{RawMatch, RawRule, RawSession, RawWindow};
 use super::{Action, Policy, Rule, Severity};
 use crate::sql::{Class, CopyTarget, Flag, Nesting, WhereState};
 
@@ -244,8 +244,6 @@ fn read_file(file: &Path, text: &str, errors: &mut Vec<PolicyError>) -> Vec<(Raw
             }
         }
     }
-    // An empty file is fine; a file with only comments too.
-    let _ = RawFile::default();
     out
 }
 

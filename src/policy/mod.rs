@@ -139,6 +139,16 @@ pub struct Decision {
 }
 
 impl Decision {
+    /// Allow, with no rule matched.
+    pub fn allow(policy_version: &str) -> Decision {
+        Decision {
+            action: Action::Allow,
+            strictest: Action::Allow,
+            matches: Vec::new(),
+            policy_version: policy_version.to_owned(),
+        }
+    }
+
     /// The match that decides the enforced action (the first of the strictest).
     pub fn deciding(&self) -> Option<&RuleMatch> {
         self.matches

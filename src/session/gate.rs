@@ -56,6 +56,16 @@ impl PolicyGate {
 
     /// Decides on an inspection in this session.
     pub fn decide(&self, ins: &Inspection, view: &View<'_>) -> Decision {
+        let policy = self.shared.policy.load();
+        let executes = ins
+            .statements
+            .iter()
+            .flat_map(|s| &s.ops)
+            .any(|o| o.tag == "EXECUTE");
+        if !executes && policy.matches_nothing(ins) {
+            // No rule can match whoever sends it: the hot path skips the session context.
+            return Decision::allow(&policy.version);
+        }
         let mut ctx = self.base.clone();
         ctx.role = view.params.effective_role().map(str::to_owned);
         ctx.in_transaction = view.tx != TxStatus::Idle;
@@ -72,7 +82,6 @@ impl PolicyGate {
             .cloned()
             .or_else(|| self.ticket.clone());
         ctx.now = jiff::Timestamp::now();
-        let policy = self.shared.policy.load();
         let mode = self.shared.config.mode;
         let mut d = policy.decide(ins, &ctx, mode);
         // EXECUTE runs what PREPARE defined: its facts are decided again, now.
@@ -236,17 +245,6 @@ impl PolicyGate {
     }
 
     fn enforce(&mut self, ins: Arc<Inspection>, view: &View<'_>) -> Verdict {
-        let quiet = self.shared.policy.load().matches_nothing(&ins)
-            && !ins
-                .statements
-                .iter()
-                .flat_map(|s| &s.ops)
-                .any(|o| o.tag == "EXECUTE");
-        if quiet {
-            // No rule can match whoever sends it: skip building the session context.
-            self.remember(&ins, view.pending_ready);
-            return Verdict::Forward;
-        }
         let d = self.decide(&ins, view);
         report(&d, &ins);
         if d.action.refuses() {

@@ -32,6 +32,17 @@ async fn error_for(proxy: &Proxy, bytes: &[u8]) -> raw::Msg {
         .expect("an ErrorResponse")
 }
 
+/// The server process behind a raw session (a one-column text DataRow).
+async fn backend_pid(s: &mut TcpStream) -> i32 {
+    s.write_all(&query("SELECT pg_backend_pid()"))
+        .await
+        .unwrap();
+    let row = read_until(s, b'D').await.unwrap();
+    let pid = String::from_utf8_lossy(&row.body[6..]).parse().unwrap();
+    read_until(s, b'Z').await.unwrap();
+    pid
+}
+
 async fn logged_in(proxy: &Proxy) -> TcpStream {
     let mut s = raw_conn(proxy).await;
     within(BOUND, "login", login(&mut s, PG_USER, PG_DB)).await;
@@ -261,12 +272,7 @@ async fn upstream_that_drops_the_link_gives_a_fatal_not_a_hang() {
 async fn server_fatal_while_idle_reaches_the_client() {
     let proxy = Proxy::start().await;
     let mut s = logged_in(&proxy).await;
-    s.write_all(&query("SELECT pg_backend_pid()"))
-        .await
-        .unwrap();
-    let row = read_until(&mut s, b'D').await.unwrap();
-    let pid: i32 = String::from_utf8_lossy(&row.body[6..]).parse().unwrap();
-    read_until(&mut s, b'Z').await.unwrap();
+    let pid = backend_pid(&mut s).await;
     let d = direct().await;
     d.execute("SELECT pg_terminate_backend($1)", &[&pid])
         .await
@@ -284,12 +290,7 @@ async fn server_fatal_while_idle_reaches_the_client() {
 async fn client_gone_closes_the_upstream() {
     let proxy = Proxy::start().await;
     let mut s = logged_in(&proxy).await;
-    s.write_all(&query("SELECT pg_backend_pid()"))
-        .await
-        .unwrap();
-    let row = read_until(&mut s, b'D').await.unwrap();
-    let pid: i32 = String::from_utf8_lossy(&row.body[6..]).parse().unwrap();
-    read_until(&mut s, b'Z').await.unwrap();
+    let pid = backend_pid(&mut s).await;
     // Leave in the middle of a transaction, without Terminate.
     s.write_all(&query("BEGIN")).await.unwrap();
     read_until(&mut s, b'Z').await.unwrap();
