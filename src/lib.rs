@@ -28,6 +28,7 @@
 //! - [`net`]: one stream type over TCP, Unix sockets and TLS.
 
 pub mod cancel;
+pub mod catalog;
 pub mod commands;
 pub mod config;
 pub mod net;

@@ -11,7 +11,7 @@ use std::time::Duration;
 pub use parse::{ConfigError, ConfigErrors};
 
 /// The validated configuration of `pgwarden serve`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Config {
     /// Address clients connect to.
     pub listen: SocketAddr,
@@ -31,6 +31,8 @@ pub struct Config {
     pub environment: String,
     /// `enforce`, or `monitor` (decide and report, refuse nothing).
     pub mode: crate::policy::Mode,
+    /// The optional catalog connection for live facts (table sizes, planner estimates…).
+    pub catalog: Option<crate::catalog::client::CatalogConfig>,
 }
 
 /// TLS between clients and pgwarden.
@@ -127,6 +129,7 @@ impl Default for Config {
             policies: PathBuf::from("policies"),
             environment: "production".into(),
             mode: crate::policy::Mode::Enforce,
+            catalog: None,
         }
     }
 }

@@ -172,6 +172,11 @@ pub(super) fn apply_toml(cfg: &mut Config, file: &Path, text: &str, errors: &mut
                     apply_upstream(cfg, &mut cx, t);
                 }
             }
+            "catalog" => {
+                if let Some(t) = table(&mut cx, item, key) {
+                    apply_catalog(cfg, &mut cx, item, t);
+                }
+            }
             _ => unknown(&mut cx, kspan, key),
         }
     }
@@ -234,6 +239,86 @@ fn apply_upstream(cfg: &mut Config, cx: &mut Ctx<'_>, t: &Table) {
                 }
             }
             _ => unknown(cx, t.key(key).and_then(|k| k.span()), &full),
+        }
+    }
+}
+
+fn apply_catalog(cfg: &mut Config, cx: &mut Ctx<'_>, whole: &Item, t: &Table) {
+    let mut c = crate::catalog::client::CatalogConfig::default();
+    let mut dsn = false;
+    for (key, item) in t.iter() {
+        let full = format!("catalog.{key}");
+        match key {
+            "dsn" => {
+                if let Some(v) = string(cx, item, &full) {
+                    match v.parse::<tokio_postgres::Config>() {
+                        Ok(_) => {
+                            c.dsn = v;
+                            dsn = true;
+                        }
+                        Err(e) => cx.err(item, &full, format!("not a connection string: {e}")),
+                    }
+                }
+            }
+            "ttl" => c.ttl = duration(cx, item, &full).unwrap_or(c.ttl),
+            "timeout" => c.timeout = duration(cx, item, &full).unwrap_or(c.timeout),
+            "large_rows" => {
+                if let Some(n) = integer(cx, item, &full, 0, i64::MAX) {
+                    c.thresholds.large_rows = n as f64;
+                }
+            }
+            "large_write_rows" => {
+                if let Some(n) = integer(cx, item, &full, 0, i64::MAX) {
+                    c.thresholds.large_write_rows = n as f64;
+                }
+            }
+            "large_bytes" => {
+                if let Some(n) = bytes(cx, item, &full) {
+                    c.thresholds.large_bytes = n;
+                }
+            }
+            "admin_roles" => match item.as_array() {
+                Some(a) if a.iter().all(|v| v.as_str().is_some()) => {
+                    c.admin_roles = a.iter().filter_map(|v| v.as_str().map(str::to_owned)).collect()
+                }
+                _ => cx.err(item, &full, "expected an array of role names"),
+            },
+            _ => unknown(cx, t.key(key).and_then(|k| k.span()), &full),
+        }
+    }
+    if dsn {
+        cfg.catalog = Some(c);
+    } else {
+        cx.err(whole, "catalog.dsn", "the [catalog] section needs dsn (e.g. \"host=127.0.0.1 user=pgwarden\")");
+    }
+}
+
+/// A size: an integer of bytes, or a string like "1GiB", "512MB", "100kB" (units of 1024).
+fn bytes(cx: &mut Ctx<'_>, item: &Item, key: &str) -> Option<u64> {
+    if let Some(n) = item.as_integer() {
+        if n >= 0 {
+            return Some(n as u64);
+        }
+    }
+    let s = item.as_str().unwrap_or("").trim().to_owned();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let mult: Option<u64> = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => Some(1),
+        "kb" | "kib" => Some(1 << 10),
+        "mb" | "mib" => Some(1 << 20),
+        "gb" | "gib" => Some(1 << 30),
+        "tb" | "tib" => Some(1 << 40),
+        _ => None,
+    };
+    match (num.parse::<u64>().ok(), mult) {
+        (Some(n), Some(m)) => n.checked_mul(m).or_else(|| {
+            cx.err(item, key, "too large");
+            None
+        }),
+        _ => {
+            cx.err(item, key, "expected a size in bytes, or a string like \"1GiB\", \"512MB\"");
+            None
         }
     }
 }

@@ -139,10 +139,14 @@ pub fn compile_sources(
         return Err(PolicyErrors(errors));
     }
     let digest = hasher.finalize();
+    let needs = rules
+        .iter()
+        .fold(crate::catalog::Needs::default(), |n, r| n.union(r.needs));
     Ok(Policy {
         version: hex::encode(&digest[..8]),
         environment: environment.to_owned(),
         rules,
+        needs,
     })
 }
 
@@ -282,9 +286,24 @@ fn compile_rule(
             Severity::Medium
         }),
     };
+    let mut small_action = raw.small_action.as_deref().map(|a| {
+        Action::parse(a).unwrap_or_else(|| {
+            err(format!("small_action {a:?} is not a valid action"));
+            Action::Block
+        })
+    });
     let mut monitor = raw.monitor;
     let mut enabled = raw.enabled;
     for (env, o) in &raw.environments {
+        if let Some(a) = &o.small_action {
+            match Action::parse(a) {
+                Some(a) if env == environment => small_action = Some(a),
+                Some(_) => {}
+                None => err(format!(
+                    "environments.{env}.small_action {a:?} is not a valid action"
+                )),
+            }
+        }
         if let Some(a) = &o.action {
             match Action::parse(a) {
                 Some(a) if env == environment => action = a,
@@ -304,7 +323,20 @@ fn compile_rule(
     if errors.len() > before || !enabled {
         return None;
     }
+    // A small table never gets a stricter action than a large one.
+    let small_action = small_action.map(|a| a.min(action));
+    let patterns = raw
+        .when
+        .attributes
+        .iter()
+        .chain(raw.when.not_attributes.iter())
+        .flatten()
+        .map(String::as_str)
+        .chain(raw.when.expr.as_deref());
+    let needs = crate::catalog::Needs::from_patterns(patterns, small_action.is_some());
     Some(Rule {
+        small_action,
+        needs,
         id: raw.id,
         description: raw.description,
         severity,

@@ -87,6 +87,10 @@ pub struct Rule {
     pub description: String,
     pub severity: Severity,
     pub action: Action,
+    /// Size gating: the action when every table the statement locks is known to be small.
+    pub small_action: Option<Action>,
+    /// The live-catalog facts this rule reads.
+    pub needs: crate::catalog::Needs,
     pub message: String,
     pub hint: Option<String>,
     pub monitor: bool,
@@ -111,6 +115,8 @@ pub struct Policy {
     pub version: String,
     pub environment: String,
     pub rules: Vec<Rule>,
+    /// The live-catalog facts any rule reads (nothing else is asked).
+    pub needs: crate::catalog::Needs,
 }
 
 /// One rule that matched one statement.
@@ -165,6 +171,7 @@ impl Policy {
             version: "empty".into(),
             environment: environment.into(),
             rules: Vec::new(),
+            needs: Default::default(),
         }
     }
 
@@ -189,9 +196,13 @@ impl Policy {
             let r = &self.rules[rule as usize];
             let facts = ins.statements.get(stmt as usize);
             if r.session.matches(session) && r.statement.session_part_matches(facts, session) {
+                let action = match r.small_action {
+                    Some(small) if facts.is_some_and(all_small) => small,
+                    _ => r.action,
+                };
                 matches.push(RuleMatch {
                     rule: r.id.clone(),
-                    action: r.action,
+                    action,
                     severity: r.severity,
                     monitor: r.monitor || mode == Mode::Monitor,
                     statement: stmt as usize,
@@ -238,6 +249,14 @@ impl Policy {
         }
         out
     }
+}
+
+/// True when the live catalog found every table the statement locks small (`size:small`
+/// and no `size:large`): size-gated rules then take their `small_action`. Without catalog
+/// answers there is no size attribute, and every table counts as large.
+fn all_small(s: &crate::sql::Statement) -> bool {
+    let has = |w: &str| s.ops.iter().any(|o| o.attributes.iter().any(|a| a == w));
+    has("size:small") && !has("size:large")
 }
 
 #[cfg(test)]

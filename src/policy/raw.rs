@@ -21,6 +21,10 @@ pub struct RawRule {
     #[serde(default)]
     pub severity: Option<String>,
     pub action: String,
+    /// Size gating: the action when every table the statement locks is known to be small
+    /// (the live catalog says so); `action` applies to large or unknown ones.
+    #[serde(default)]
+    pub small_action: Option<String>,
     pub message: String,
     #[serde(default)]
     pub hint: Option<String>,
@@ -49,6 +53,8 @@ fn yes() -> bool {
 pub struct RawEnvironment {
     #[serde(default)]
     pub action: Option<String>,
+    #[serde(default)]
+    pub small_action: Option<String>,
     #[serde(default)]
     pub monitor: Option<bool>,
     #[serde(default)]

@@ -124,6 +124,7 @@ impl PolicyGate {
                         reason: format!("startup option {name:?} is not a setting name"),
                     }),
                     literal_sensitive: true,
+                    notes: Vec::new(),
                     memo: Default::default(),
                 })
             };
@@ -305,6 +306,7 @@ impl Gate for PolicyGate {
                     reason: format!("FunctionCall of OID {oid}: only the large-object functions are allowed over the fast-path protocol; call functions with SELECT"),
                 }),
                 literal_sensitive: true,
+                notes: Vec::new(),
                 memo: Default::default(),
             };
             return self.enforce(Arc::new(ins), view);
@@ -325,6 +327,7 @@ impl Gate for PolicyGate {
             }],
             unparsed: None,
             literal_sensitive: false,
+            notes: Vec::new(),
             memo: Default::default(),
         };
         self.enforce(Arc::new(ins), view)
@@ -388,6 +391,7 @@ fn unreadable(reason: &str) -> Inspection {
             reason: reason.to_owned(),
         }),
         literal_sensitive: true,
+        notes: Vec::new(),
         memo: Default::default(),
     }
 }

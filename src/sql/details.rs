@@ -13,7 +13,7 @@ use pg_query::protobuf::{
 };
 use serde_json::Value;
 
-use super::facts::{Facts, Flag};
+use super::facts::{Facts, Flag, Lookup};
 use super::walk::{
     bool_field, const_text, int_field, name_of, node_body, node_kind, object_type_words, range_var,
     role_name, roles_in, str_field,
@@ -356,7 +356,25 @@ fn alter_table(b: &Value, f: &mut Facts) {
                 if let Some(cd) = def.and_then(|d| node_body(d, "ColumnDef")) {
                     if let Some(t) = cd.get("type_name").and_then(type_word) {
                         attr(f, format!("column_type:{t}"));
+                        // USING recomputes every value: a rewrite whatever the types.
+                        let using = cd.get("raw_default").is_some_and(|d| !d.is_null());
+                        let collate = cd.get("coll_clause").is_some_and(|d| !d.is_null());
+                        if let (false, false, Some(table)) = (using, collate, f.objects.first()) {
+                            f.lookups.push(Lookup::TypeChange {
+                                table: table.clone(),
+                                column: str_field(cmd, "name").to_owned(),
+                                new_type: t,
+                            });
+                        }
                     }
+                }
+            }
+            Ok(AlterTableType::AtSetNotNull) => {
+                if let Some(table) = f.objects.first() {
+                    f.lookups.push(Lookup::NotNullProof {
+                        table: table.clone(),
+                        column: str_field(cmd, "name").to_owned(),
+                    });
                 }
             }
             Ok(AlterTableType::AtColumnDefault) if def.is_none() => attr(f, "drop_default"),
@@ -547,6 +565,12 @@ fn constraint(con: &Value, f: &mut Facts, existing: bool) {
     }
     if t == ConstrType::ConstrForeign && str_field(con, "fk_del_action") == "c" {
         attr(f, "on_delete_cascade");
+    }
+    if t == ConstrType::ConstrForeign && existing {
+        // Validating the key locks and scans against the referenced table too.
+        if let Some(name) = range_var(con.get("pktable")) {
+            f.lookups.push(Lookup::Relation { name });
+        }
     }
     if !existing {
         return;

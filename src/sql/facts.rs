@@ -194,6 +194,31 @@ pub struct Facts {
     /// field of their own (`constraint:foreign_key`, `lock_mode:access exclusive`,
     /// `role_attribute:superuser`, `language:c`, `security_definer`…). Matched with globs.
     pub attributes: Vec<String>,
+    /// Questions only the live catalog can answer about this operation, beyond the sizes of
+    /// its target objects (see `crate::catalog`).
+    pub lookups: Vec<Lookup>,
+}
+
+/// A question for the live catalog that a statement's text raises.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Lookup {
+    /// A table whose size counts (a target, a foreign key's referenced table).
+    Relation { name: String },
+    /// An index whose table's size counts (DROP INDEX, REINDEX INDEX).
+    Index { name: String },
+    /// SET NOT NULL: does a validated `CHECK (column IS NOT NULL)` already prove it?
+    NotNullProof { table: String, column: String },
+    /// ALTER COLUMN TYPE without USING: is the change from the current type binary-coercible?
+    TypeChange {
+        table: String,
+        column: String,
+        new_type: String,
+    },
+    /// A role switched to or granted: its attributes and memberships.
+    Role { name: String },
+    /// An extension created or updated: is it trusted?
+    Extension { name: String },
 }
 
 impl Facts {
@@ -212,6 +237,7 @@ impl Facts {
             dynamic_sql: false,
             prepared_name: None,
             attributes: Vec::new(),
+            lookups: Vec::new(),
         }
     }
 
@@ -258,6 +284,9 @@ pub struct Inspection {
     /// that differ only in literals.
     #[serde(skip)]
     pub literal_sensitive: bool,
+    /// What the live catalog could not answer, for the refusal's DETAIL (see `catalog`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub notes: Vec<String>,
     /// Which rules of which policy version matched which statement, on statement facts alone:
     /// computed once per cached inspection and policy, so a cache hit decides in nanoseconds.
     #[serde(skip)]

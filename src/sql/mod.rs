@@ -21,7 +21,8 @@ mod walk;
 use std::panic::AssertUnwindSafe;
 
 pub use facts::{
-    Class, CopyFacts, CopyTarget, Facts, Flag, Inspection, Nesting, SetFacts, Statement, Unparsed,
+    Class, CopyFacts, CopyTarget, Facts, Flag, Inspection, Lookup, Nesting, SetFacts, Statement,
+    Unparsed,
     WhereState,
 };
 
@@ -67,6 +68,7 @@ fn unparsed(reason: String) -> Inspection {
         statements: Vec::new(),
         unparsed: Some(Unparsed { reason }),
         literal_sensitive: true,
+        notes: Vec::new(),
         memo: Default::default(),
     }
 }
@@ -170,6 +172,7 @@ fn inspect_at(text: &str, read_as: ReadAs, depth: usize) -> Inspection {
         statements,
         unparsed: None,
         literal_sensitive: normalize::literal_sensitive(&tree),
+        notes: Vec::new(),
         memo: Default::default(),
     }
 }

@@ -484,6 +484,13 @@ fn stmt_facts(kind: &str, b: &Value, nesting: Nesting) -> Facts {
             f.tag = "INSERT".into();
             f.class = Class::Write;
             rel(&mut f, "relation");
+            // INSERT ... SELECT (not VALUES, not DEFAULT VALUES) may write any number of rows.
+            let query = b
+                .get("select_stmt")
+                .and_then(|q| node_body(q, "SelectStmt"));
+            if query.is_some_and(|q| q.get("values_lists").is_none_or(|v| v.as_array().is_none_or(Vec::is_empty))) {
+                f.attributes.push("insert_select".into());
+            }
         }
         "UpdateStmt" | "DeleteStmt" => {
             f.tag = if kind == "UpdateStmt" {

@@ -1,0 +1,404 @@
+//! The catalog connection: pgwarden's own PostgreSQL sessions (one per database, opened on
+//! first use, from the `[catalog]` DSN and credentials, never a client's) that answer
+//! [`Question`]s from the system catalogs, and the planner's estimate from `EXPLAIN` (never
+//! run: the sessions are read-only, and EXPLAIN without ANALYZE only plans). Answers are
+//! cached with a TTL; a lookup that fails or outlives the timeout is answered
+//! [`Answer::Failed`] (never cached), which the policy treats the strict way.
+
+use std::collections::HashMap;
+use std::str::FromStr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use dashmap::DashMap;
+use tokio::time::{timeout, Instant};
+use tokio_postgres::{Client, NoTls};
+
+use super::{Answer, Answers, Question, RelationSize, Thresholds};
+use crate::sql::Lookup;
+
+/// The `[catalog]` section of the configuration.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CatalogConfig {
+    /// libpq-style connection string (`host=... port=... user=... password=...`); the
+    /// database is the client session's.
+    pub dsn: String,
+    /// How long an answer is reused.
+    pub ttl: Duration,
+    /// How long a statement may wait for its answers before they count as failed.
+    pub timeout: Duration,
+    pub thresholds: Thresholds,
+    /// Roles (besides superuser-like attributes and the powerful predefined roles) whose
+    /// members count as privileged.
+    pub admin_roles: Vec<String>,
+}
+
+impl Default for CatalogConfig {
+    fn default() -> Self {
+        CatalogConfig {
+            dsn: String::new(),
+            ttl: Duration::from_secs(60),
+            timeout: Duration::from_secs(2),
+            thresholds: Thresholds::default(),
+            admin_roles: Vec::new(),
+        }
+    }
+}
+
+/// Predefined roles whose members can read or write server files, run programs or signal
+/// other backends, or read and write every table.
+const POWERFUL_ROLES: &[&str] = &[
+    "pg_read_server_files",
+    "pg_write_server_files",
+    "pg_execute_server_program",
+    "pg_signal_backend",
+    "pg_read_all_data",
+    "pg_write_all_data",
+];
+
+/// Bound on cached answers (estimates are keyed by statement text).
+const MAX_CACHED: usize = 50_000;
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum Key {
+    Lookup(Lookup),
+    Estimate(String),
+}
+
+pub struct Catalog {
+    pub settings: CatalogConfig,
+    base: tokio_postgres::Config,
+    conns: tokio::sync::Mutex<HashMap<String, Arc<Client>>>,
+    cache: DashMap<(String, Key), (Instant, Answer)>,
+    serial: AtomicU64,
+}
+
+impl Catalog {
+    /// Checks the DSN; connections are opened on first use.
+    pub fn new(settings: CatalogConfig) -> Result<Catalog, String> {
+        let base = tokio_postgres::Config::from_str(&settings.dsn)
+            .map_err(|e| format!("invalid catalog dsn: {e}"))?;
+        Ok(Catalog {
+            settings,
+            base,
+            conns: Default::default(),
+            cache: DashMap::new(),
+            serial: AtomicU64::new(0),
+        })
+    }
+
+    fn key(q: &Question, texts: &[String]) -> Option<Key> {
+        Some(match q {
+            Question::Lookup(l) => Key::Lookup(l.clone()),
+            Question::Estimate(i) => Key::Estimate(texts.get(*i)?.clone()),
+        })
+    }
+
+    fn cached_one(&self, db: &str, q: &Question, texts: &[String]) -> Option<Answer> {
+        let k = (db.to_owned(), Self::key(q, texts)?);
+        let e = self.cache.get(&k)?;
+        (e.0.elapsed() < self.settings.ttl).then(|| e.1.clone())
+    }
+
+    /// All answers from the cache, or `None` when some must be fetched.
+    pub fn cached(&self, db: &str, qs: &[Question], texts: &[String]) -> Option<Answers> {
+        qs.iter()
+            .map(|q| self.cached_one(db, q, texts).map(|a| (q.clone(), a)))
+            .collect()
+    }
+
+    /// Answers every question, from the cache or the database `db`, within the timeout.
+    pub async fn fetch(&self, db: &str, qs: &[Question], texts: &[String]) -> Answers {
+        let mut out = Answers::new();
+        let mut todo = Vec::new();
+        for q in qs {
+            match self.cached_one(db, q, texts) {
+                Some(a) => {
+                    out.insert(q.clone(), a);
+                }
+                None => todo.push(q.clone()),
+            }
+        }
+        if todo.is_empty() {
+            return out;
+        }
+        let work = async {
+            let client = self.client(db).await?;
+            let asks = todo.iter().map(|q| self.ask(&client, q, texts));
+            Ok::<_, String>(futures_util::future::join_all(asks).await)
+        };
+        let answers = match timeout(self.settings.timeout, work).await {
+            Ok(Ok(a)) => a,
+            Ok(Err(e)) => vec![Answer::Failed(e); todo.len()],
+            Err(_) => vec![
+                Answer::Failed(format!(
+                    "no answer within {}",
+                    humantime::format_duration(self.settings.timeout)
+                ));
+                todo.len()
+            ],
+        };
+        for (q, a) in todo.into_iter().zip(answers) {
+            if let Answer::Failed(e) = &a {
+                tracing::warn!(database = db, question = ?q, error = %e, "catalog lookup failed: counted the strict way");
+            } else if let Some(k) = Self::key(&q, texts) {
+                self.remember((db.to_owned(), k), a.clone());
+            }
+            out.insert(q, a);
+        }
+        out
+    }
+
+    fn remember(&self, k: (String, Key), a: Answer) {
+        if self.cache.len() >= MAX_CACHED {
+            let ttl = self.settings.ttl;
+            self.cache.retain(|_, v| v.0.elapsed() < ttl);
+            if self.cache.len() >= MAX_CACHED {
+                self.cache.clear();
+            }
+        }
+        self.cache.insert(k, (Instant::now(), a));
+    }
+
+    /// The open session to `db`, (re)connecting when there is none.
+    async fn client(&self, db: &str) -> Result<Arc<Client>, String> {
+        let mut conns = self.conns.lock().await;
+        if let Some(c) = conns.get(db).filter(|c| !c.is_closed()) {
+            return Ok(c.clone());
+        }
+        let ms = self.settings.timeout.as_millis().max(1);
+        let mut cfg = self.base.clone();
+        cfg.dbname(db)
+            .application_name("pgwarden-catalog")
+            .connect_timeout(self.settings.timeout)
+            .options(format!(
+                "-c default_transaction_read_only=on -c statement_timeout={ms} -c lock_timeout={} -c plan_cache_mode=force_generic_plan",
+                (ms / 4).max(1)
+            ));
+        let (client, conn) = cfg
+            .connect(NoTls)
+            .await
+            .map_err(|e| format!("cannot connect to the catalog database {db:?}: {e}"))?;
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::info!(error = %e, "catalog connection closed");
+            }
+        });
+        let client = Arc::new(client);
+        conns.insert(db.to_owned(), client.clone());
+        Ok(client)
+    }
+
+    async fn ask(&self, c: &Client, q: &Question, texts: &[String]) -> Answer {
+        let r = match q {
+            Question::Lookup(Lookup::Relation { name }) => relation(c, name, false).await,
+            Question::Lookup(Lookup::Index { name }) => relation(c, name, true).await,
+            Question::Lookup(Lookup::NotNullProof { table, column }) => {
+                not_null_proof(c, table, column).await
+            }
+            Question::Lookup(Lookup::TypeChange { table, column, .. }) => {
+                column_type(c, table, column).await
+            }
+            Question::Lookup(Lookup::Role { name }) => role(c, name, &self.settings.admin_roles).await,
+            Question::Lookup(Lookup::Extension { name }) => extension(c, name).await,
+            Question::Estimate(i) => match texts.get(*i) {
+                Some(t) => estimate(c, t, self.serial.fetch_add(1, Ordering::Relaxed)).await,
+                None => Ok(Answer::Failed("the statement's text could not be isolated".into())),
+            },
+        };
+        r.unwrap_or_else(|e| Answer::Failed(e.to_string()))
+    }
+}
+
+/// `schema.name` or `name` (an unqualified name matches it in every non-temporary schema:
+/// the largest reading counts, not the client's search_path).
+fn split(name: &str) -> (Option<&str>, &str) {
+    match name.rsplit_once('.') {
+        Some((s, n)) => (Some(s.rsplit('.').next().unwrap_or(s)), n),
+        None => (None, name),
+    }
+}
+
+/// Matches `c.relname` / `n.nspname` against `$1` (schema or NULL) and `$2` (name).
+const NAME_MATCH: &str = "c.relname = $2 AND CASE WHEN $1::text IS NULL THEN n.nspname !~ '^pg_(temp|toast)' ELSE n.nspname = $1 END";
+
+async fn relation(c: &Client, name: &str, index: bool) -> Result<Answer, tokio_postgres::Error> {
+    let (schema, rel) = split(name);
+    let sql = format!(
+        "WITH RECURSIVE target AS (
+            SELECT CASE WHEN $3 THEN x.indrelid ELSE c.oid END AS oid
+            FROM pg_catalog.pg_class c
+            JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+            LEFT JOIN pg_catalog.pg_index x ON x.indexrelid = c.oid
+            WHERE {NAME_MATCH}
+              AND CASE WHEN $3 THEN c.relkind IN ('i', 'I') ELSE c.relkind IN ('r', 'p', 'm', 'f', 't') END
+        ), tree AS (
+            SELECT oid FROM target
+            UNION
+            SELECT i.inhrelid FROM pg_catalog.pg_inherits i JOIN tree ON i.inhparent = tree.oid
+        ), sized AS (
+            SELECT c.relkind,
+                   CASE WHEN c.relkind = 'p' THEN 0
+                        WHEN c.reltuples >= 0 THEN c.reltuples::float8
+                        -- never vacuumed nor analyzed: an upper bound from the file size
+                        -- (a heap tuple takes at least 28 bytes)
+                        ELSE pg_catalog.pg_relation_size(c.oid) / 28.0 END AS rows,
+                   CASE WHEN c.relkind = 'p' THEN 0
+                        WHEN c.reltuples >= 0 THEN c.relpages::int8 * current_setting('block_size')::int8
+                        ELSE pg_catalog.pg_relation_size(c.oid) END
+                   + coalesce((SELECT t.relpages::int8 FROM pg_catalog.pg_class t WHERE t.oid = c.reltoastrelid), 0)
+                     * current_setting('block_size')::int8
+                   + coalesce((SELECT sum(ic.relpages)::int8 FROM pg_catalog.pg_index x
+                               JOIN pg_catalog.pg_class ic ON ic.oid = x.indexrelid
+                               WHERE x.indrelid = c.oid), 0) * current_setting('block_size')::int8 AS bytes
+            FROM tree JOIN pg_catalog.pg_class c ON c.oid = tree.oid
+        )
+        SELECT count(*)::int8, coalesce(sum(rows), 0)::float8, coalesce(sum(bytes), 0)::int8,
+               coalesce(bool_or(relkind = 'p'), false)
+        FROM sized"
+    );
+    let row = c.query_one(&sql, &[&schema, &rel, &index]).await?;
+    let found: i64 = row.get(0);
+    if found == 0 {
+        return Ok(Answer::NotFound);
+    }
+    Ok(Answer::Relation(RelationSize {
+        rows: row.get(1),
+        bytes: row.get::<_, i64>(2).max(0) as u64,
+        partitioned: row.get(3),
+    }))
+}
+
+async fn not_null_proof(c: &Client, table: &str, column: &str) -> Result<Answer, tokio_postgres::Error> {
+    let (schema, rel) = split(table);
+    let sql = format!(
+        "SELECT count(*)::int8, coalesce(bool_and(a.attnotnull OR EXISTS (
+                SELECT 1 FROM pg_catalog.pg_constraint k
+                WHERE k.conrelid = c.oid AND k.contype = 'c' AND k.convalidated
+                  AND pg_catalog.pg_get_constraintdef(k.oid)
+                      = 'CHECK ((' || pg_catalog.quote_ident($3) || ' IS NOT NULL))')), false)
+         FROM pg_catalog.pg_class c
+         JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+         JOIN pg_catalog.pg_attribute a ON a.attrelid = c.oid AND a.attname = $3 AND NOT a.attisdropped
+         WHERE {NAME_MATCH} AND c.relkind IN ('r', 'p')"
+    );
+    let row = c.query_one(&sql, &[&schema, &rel, &column]).await?;
+    if row.get::<_, i64>(0) == 0 {
+        return Ok(Answer::NotFound);
+    }
+    Ok(Answer::Yes(row.get(1)))
+}
+
+async fn column_type(c: &Client, table: &str, column: &str) -> Result<Answer, tokio_postgres::Error> {
+    let (schema, rel) = split(table);
+    let sql = format!(
+        "SELECT DISTINCT pg_catalog.format_type(a.atttypid, a.atttypmod)
+         FROM pg_catalog.pg_class c
+         JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+         JOIN pg_catalog.pg_attribute a ON a.attrelid = c.oid AND a.attname = $3
+              AND NOT a.attisdropped AND a.attnum > 0
+         WHERE {NAME_MATCH} AND c.relkind IN ('r', 'p', 'm', 'f')"
+    );
+    let rows = c.query(&sql, &[&schema, &rel, &column]).await?;
+    Ok(match rows.as_slice() {
+        [] => Answer::NotFound,
+        [one] => Answer::ColumnType(one.get(0)),
+        _ => Answer::Failed(format!("{table}.{column} names columns of different types in several schemas")),
+    })
+}
+
+async fn role(c: &Client, name: &str, admin_roles: &[String]) -> Result<Answer, tokio_postgres::Error> {
+    let mut named: Vec<String> = POWERFUL_ROLES.iter().map(|s| s.to_string()).collect();
+    named.extend(admin_roles.iter().cloned());
+    let row = c
+        .query_opt(
+            "SELECT r.rolsuper OR r.rolcreaterole OR r.rolreplication OR r.rolbypassrls
+                 OR r.rolname = ANY($2)
+                 OR EXISTS (SELECT 1 FROM pg_catalog.pg_roles p
+                            WHERE (p.rolsuper OR p.rolcreaterole OR p.rolreplication OR p.rolbypassrls
+                                   OR p.rolname = ANY($2))
+                              AND p.oid <> r.oid AND pg_catalog.pg_has_role(r.oid, p.oid, 'MEMBER'))
+             FROM pg_catalog.pg_roles r WHERE r.rolname = $1",
+            &[&name, &named],
+        )
+        .await?;
+    Ok(match row {
+        None => Answer::NotFound,
+        Some(r) => Answer::Role { privileged: r.get(0) },
+    })
+}
+
+async fn extension(c: &Client, name: &str) -> Result<Answer, tokio_postgres::Error> {
+    let row = c
+        .query_one(
+            "SELECT bool_or(trusted OR NOT superuser)
+             FROM pg_catalog.pg_available_extension_versions WHERE name = $1",
+            &[&name],
+        )
+        .await?;
+    Ok(match row.get::<_, Option<bool>>(0) {
+        None => Answer::NotFound,
+        Some(trusted) => Answer::Extension { trusted },
+    })
+}
+
+/// The planner's estimate of the rows a statement writes: EXPLAIN, never executed. A text
+/// with parameters (`$1`, from Parse) is PREPAREd and explained with its generic plan.
+async fn estimate(c: &Client, text: &str, serial: u64) -> Result<Answer, tokio_postgres::Error> {
+    let explain = format!("EXPLAIN (FORMAT JSON) {text}");
+    let stmt = c.prepare(&explain).await?;
+    let plan: serde_json::Value = if stmt.params().is_empty() {
+        c.query_one(&stmt, &[]).await?.get(0)
+    } else {
+        let name = format!("pgwarden_estimate_{serial}");
+        c.execute(format!("PREPARE {name} AS {text}").as_str(), &[]).await?;
+        let result = async {
+            let nulls = vec!["NULL"; stmt.params().len()].join(", ");
+            let row = c
+                .query_one(format!("EXPLAIN (FORMAT JSON) EXECUTE {name}({nulls})").as_str(), &[])
+                .await?;
+            Ok::<serde_json::Value, tokio_postgres::Error>(row.get(0))
+        }
+        .await;
+        let _ = c.execute(format!("DEALLOCATE {name}").as_str(), &[]).await;
+        result?
+    };
+    Ok(match rows_written(&plan) {
+        Some(n) => Answer::Estimate(n),
+        None => Answer::Failed("the plan has no row estimate".into()),
+    })
+}
+
+/// Rows fed to the plan's ModifyTable nodes (the largest), else the largest row estimate of
+/// any node.
+pub fn rows_written(plan: &serde_json::Value) -> Option<f64> {
+    fn walk(v: &serde_json::Value, modify: &mut Option<f64>, any: &mut Option<f64>) {
+        match v {
+            serde_json::Value::Array(a) => a.iter().for_each(|x| walk(x, modify, any)),
+            serde_json::Value::Object(m) => {
+                let rows = m.get("Plan Rows").and_then(serde_json::Value::as_f64);
+                if let Some(r) = rows {
+                    *any = Some(any.map_or(r, |a: f64| a.max(r)));
+                }
+                if m.get("Node Type").and_then(serde_json::Value::as_str) == Some("ModifyTable") {
+                    let fed = m
+                        .get("Plans")
+                        .and_then(serde_json::Value::as_array)
+                        .and_then(|p| p.first())
+                        .and_then(|p| p.get("Plan Rows"))
+                        .and_then(serde_json::Value::as_f64)
+                        .or(rows);
+                    if let Some(r) = fed {
+                        *modify = Some(modify.map_or(r, |a: f64| a.max(r)));
+                    }
+                }
+                m.values().for_each(|x| walk(x, modify, any));
+            }
+            _ => {}
+        }
+    }
+    let (mut modify, mut any) = (None, None);
+    walk(plan, &mut modify, &mut any);
+    modify.or(any)
+}

@@ -1,0 +1,382 @@
+//! Live-catalog facts: what a statement's text cannot say but the database can — how big a
+//! table is, whether a validated check already proves a column NOT NULL, whether a type
+//! change is binary-coercible, whether a role is privileged, whether an extension is trusted,
+//! how many rows a write will touch. [`questions`] lists what to ask for one inspection,
+//! [`enrich`] turns the answers into operation attributes (`size:large`, `size:small`,
+//! `catalog:not_null_proven`, `catalog:binary_coercible`, `role:privileged`,
+//! `extension:untrusted`, `estimate:large`, `catalog:failed`…) that rules match like any
+//! other. Both are pure, so `pgwarden check`, `pgwarden policy test` and the wire decide
+//! alike; [`client`] asks a real server.
+
+pub mod client;
+mod types;
+
+use std::collections::{HashMap, HashSet};
+
+use serde::Deserialize;
+
+pub use client::Catalog;
+pub use types::binary_coercible;
+
+use crate::sql::{Facts, Inspection, Lookup};
+
+/// When a relation or a write counts as large. Defaults from the policy catalogue.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Thresholds {
+    /// Estimated rows (`reltuples`, summed over partitions) from which a table is large.
+    pub large_rows: f64,
+    /// Total size (heap, TOAST, indexes) from which a table is large.
+    pub large_bytes: u64,
+    /// Planner-estimated rows from which a write is large (`dml.large-write`).
+    pub large_write_rows: f64,
+}
+
+impl Default for Thresholds {
+    fn default() -> Self {
+        Thresholds {
+            large_rows: 100_000.0,
+            large_bytes: 1 << 30,
+            large_write_rows: 10_000.0,
+        }
+    }
+}
+
+/// Which kinds of catalog facts the loaded policy's rules use: nothing is asked that no rule
+/// would look at.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Needs {
+    pub sizes: bool,
+    pub proofs: bool,
+    pub roles: bool,
+    pub extensions: bool,
+    pub estimates: bool,
+}
+
+impl Needs {
+    pub fn any(self) -> bool {
+        self.sizes || self.proofs || self.roles || self.extensions || self.estimates
+    }
+
+    /// What a rule needs, from the attribute patterns (and CEL expression) it matches on and
+    /// whether it is gated on size.
+    pub fn from_patterns<'a>(patterns: impl IntoIterator<Item = &'a str>, size_gated: bool) -> Needs {
+        let mut n = Needs {
+            sizes: size_gated,
+            ..Needs::default()
+        };
+        for p in patterns {
+            let p = p.to_ascii_lowercase();
+            n.sizes |= p.contains("size:");
+            n.proofs |= p.contains("catalog:");
+            n.roles |= p.contains("role:");
+            n.extensions |= p.contains("extension:");
+            n.estimates |= p.contains("estimate:");
+        }
+        n
+    }
+
+    pub fn union(self, o: Needs) -> Needs {
+        Needs {
+            sizes: self.sizes || o.sizes,
+            proofs: self.proofs || o.proofs,
+            roles: self.roles || o.roles,
+            extensions: self.extensions || o.extensions,
+            estimates: self.estimates || o.estimates,
+        }
+    }
+}
+
+/// One question for the catalog.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Question {
+    Lookup(Lookup),
+    /// The planner's row estimate for the statement with this index in the inspected text.
+    Estimate(usize),
+}
+
+/// Size facts of a table (summed over its partitions).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RelationSize {
+    /// Estimated rows.
+    pub rows: f64,
+    /// Heap, TOAST and index bytes.
+    #[serde(default)]
+    pub bytes: u64,
+    #[serde(default)]
+    pub partitioned: bool,
+}
+
+/// What the catalog said.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Answer {
+    Relation(RelationSize),
+    /// No such object (the statement will likely fail; a size is unknown, so it counts large).
+    NotFound,
+    /// The lookup failed or timed out: unknown, so treated the strict way, and reported.
+    Failed(String),
+    /// A NOT NULL proof exists (or the question's yes/no answer).
+    Yes(bool),
+    /// A column's current type, as `format_type` prints it.
+    ColumnType(String),
+    /// A role: whether it is privileged (superuser-like attributes or memberships).
+    Role { privileged: bool },
+    /// An extension: whether a non-superuser may install it.
+    Extension { trusted: bool },
+    /// The planner's estimate of rows written.
+    Estimate(f64),
+}
+
+pub type Answers = HashMap<Question, Answer>;
+
+/// Statement tags whose target relations' size gates locking rules.
+const SIZED_TAGS: &[&str] = &[
+    "CREATE INDEX",
+    "DROP INDEX",
+    "ALTER TABLE",
+    "ALTER MATERIALIZED VIEW",
+    "VACUUM",
+    "CLUSTER",
+    "REINDEX",
+    "REFRESH MATERIALIZED VIEW",
+    "LOCK TABLE",
+];
+
+/// Tags of writes whose planner estimate `dml.large-write` reads.
+fn writes(op: &Facts) -> bool {
+    matches!(op.tag.as_str(), "UPDATE" | "DELETE" | "MERGE")
+        || (op.tag == "INSERT" && op.attributes.iter().any(|a| a == "insert_select"))
+}
+
+fn is_index_target(op: &Facts) -> bool {
+    op.tag == "DROP INDEX" || (op.tag == "REINDEX" && op.attributes.iter().any(|a| a == "reindex:index"))
+}
+
+/// The size questions of one operation: its targets not created in this session, and any
+/// further relations it names (a foreign key's referenced table).
+fn size_lookups(op: &Facts, created: &HashSet<String>) -> Vec<Lookup> {
+    let mut out = Vec::new();
+    if !SIZED_TAGS.contains(&op.tag.as_str()) {
+        return out;
+    }
+    for o in &op.objects {
+        if created.contains(o) {
+            continue;
+        }
+        out.push(if is_index_target(op) {
+            Lookup::Index { name: o.clone() }
+        } else {
+            Lookup::Relation { name: o.clone() }
+        });
+    }
+    for l in &op.lookups {
+        if let Lookup::Relation { name } = l {
+            if !created.contains(name) {
+                out.push(l.clone());
+            }
+        }
+    }
+    out
+}
+
+/// The catalog questions an inspection raises under `needs`, in a stable order.
+pub fn questions(ins: &Inspection, needs: Needs, created: &HashSet<String>) -> Vec<Question> {
+    let mut out = Vec::new();
+    if !needs.any() || ins.unparsed.is_some() {
+        return out;
+    }
+    for (i, s) in ins.statements.iter().enumerate() {
+        let mut estimate = false;
+        for op in &s.ops {
+            if needs.sizes {
+                out.extend(size_lookups(op, created).into_iter().map(Question::Lookup));
+            }
+            if needs.proofs {
+                for l in &op.lookups {
+                    if matches!(l, Lookup::NotNullProof { table, .. } | Lookup::TypeChange { table, .. } if !created.contains(table))
+                    {
+                        out.push(Question::Lookup(l.clone()));
+                    }
+                }
+            }
+            if needs.roles {
+                for r in role_targets(op) {
+                    out.push(Question::Lookup(Lookup::Role { name: r }));
+                }
+            }
+            if needs.extensions && matches!(op.tag.as_str(), "CREATE EXTENSION" | "ALTER EXTENSION") {
+                for e in &op.objects {
+                    out.push(Question::Lookup(Lookup::Extension { name: e.clone() }));
+                }
+            }
+            estimate |= needs.estimates
+                && writes(op)
+                && op.objects.iter().any(|o| !created.contains(o));
+        }
+        if estimate {
+            out.push(Question::Estimate(i));
+        }
+    }
+    out.sort();
+    out.dedup();
+    out
+}
+
+/// Roles an operation switches to or grants.
+fn role_targets(op: &Facts) -> Vec<String> {
+    if let Some(set) = &op.set {
+        if matches!(set.name.as_str(), "role" | "session_authorization") {
+            return set
+                .value
+                .iter()
+                .filter(|v| !v.eq_ignore_ascii_case("none") && !v.eq_ignore_ascii_case("default"))
+                .cloned()
+                .collect();
+        }
+        return Vec::new();
+    }
+    if op.tag == "GRANT ROLE" {
+        return op.objects.clone();
+    }
+    Vec::new()
+}
+
+fn attr(op: &mut Facts, word: &str) {
+    if !op.attributes.iter().any(|a| a == word) {
+        op.attributes.push(word.to_owned());
+    }
+}
+
+/// How big a relation answer is, for size gating.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Size {
+    Small,
+    Large,
+}
+
+fn classify(a: Option<&Answer>, th: &Thresholds) -> (Size, Option<String>) {
+    match a {
+        Some(Answer::Relation(r)) => {
+            if r.rows >= th.large_rows || r.bytes >= th.large_bytes {
+                (Size::Large, None)
+            } else {
+                (Size::Small, None)
+            }
+        }
+        Some(Answer::NotFound) => (Size::Large, Some("not found in the catalog".into())),
+        Some(Answer::Failed(e)) => (Size::Large, Some(format!("catalog lookup failed: {e}"))),
+        // Not asked (no catalog connection): every table counts as large.
+        _ => (Size::Large, None),
+    }
+}
+
+/// The inspection with the answers folded in as operation attributes, and notes for the
+/// refusal's DETAIL on lookups that failed. Operations the catalog was not asked about are
+/// left as they are (without a catalog, nothing is `size:small`: every table counts large).
+pub fn enrich(ins: &Inspection, answers: &Answers, created: &HashSet<String>, th: &Thresholds) -> Inspection {
+    let mut out = ins.clone();
+    for (i, s) in out.statements.iter_mut().enumerate() {
+        let estimate = answers.get(&Question::Estimate(i));
+        for op in &mut s.ops {
+            let mut sizes = Vec::new();
+            for l in size_lookups(op, created) {
+                let (size, note) = classify(answers.get(&Question::Lookup(l.clone())), th);
+                if let Some(Answer::Relation(r)) = answers.get(&Question::Lookup(l.clone())) {
+                    if r.partitioned {
+                        attr(op, "partitioned");
+                    }
+                }
+                if let Some(n) = note {
+                    out.notes.push(format!("{}: {n}; counted as large.", lookup_name(&l)));
+                    attr(op, "catalog:failed");
+                }
+                if answers.contains_key(&Question::Lookup(l)) {
+                    sizes.push(size);
+                } else {
+                    sizes.push(Size::Large);
+                }
+            }
+            let asked = size_lookups(op, created)
+                .into_iter()
+                .all(|l| answers.contains_key(&Question::Lookup(l)));
+            if !sizes.is_empty() && asked {
+                attr(op, if sizes.contains(&Size::Large) { "size:large" } else { "size:small" });
+            }
+            for l in op.lookups.clone() {
+                match (&l, answers.get(&Question::Lookup(l.clone()))) {
+                    (Lookup::NotNullProof { .. }, Some(Answer::Yes(true))) => {
+                        attr(op, "catalog:not_null_proven")
+                    }
+                    (Lookup::TypeChange { new_type, .. }, Some(Answer::ColumnType(cur)))
+                        if binary_coercible(cur, new_type) =>
+                    {
+                        attr(op, "catalog:binary_coercible")
+                    }
+                    (_, Some(Answer::Failed(e))) => {
+                        out.notes.push(format!("{}: catalog lookup failed: {e}.", lookup_name(&l)));
+                        attr(op, "catalog:failed");
+                    }
+                    _ => {}
+                }
+            }
+            for r in role_targets(op) {
+                match answers.get(&Question::Lookup(Lookup::Role { name: r.clone() })) {
+                    Some(Answer::Role { privileged: true }) => attr(op, "role:privileged"),
+                    Some(Answer::Failed(e)) => {
+                        out.notes.push(format!("role {r}: catalog lookup failed: {e}; counted as privileged."));
+                        attr(op, "role:privileged");
+                        attr(op, "catalog:failed");
+                    }
+                    _ => {}
+                }
+            }
+            if matches!(op.tag.as_str(), "CREATE EXTENSION" | "ALTER EXTENSION") {
+                for e in op.objects.clone() {
+                    match answers.get(&Question::Lookup(Lookup::Extension { name: e.clone() })) {
+                        Some(Answer::Extension { trusted: false }) => attr(op, "extension:untrusted"),
+                        Some(Answer::Failed(err)) => {
+                            out.notes.push(format!("extension {e}: catalog lookup failed: {err}; counted as untrusted."));
+                            attr(op, "extension:untrusted");
+                            attr(op, "catalog:failed");
+                        }
+                        _ => {}
+                    }
+                }
+            }
+            if writes(op) {
+                match estimate {
+                    Some(Answer::Estimate(rows)) if *rows >= th.large_write_rows => {
+                        attr(op, "estimate:large")
+                    }
+                    Some(Answer::Estimate(_)) => attr(op, "estimate:small"),
+                    Some(Answer::Failed(e)) => {
+                        attr(op, "estimate:large");
+                        attr(op, "catalog:failed");
+                        let n = format!("statement {}: planner estimate failed: {e}; counted as large.", i + 1);
+                        if !out.notes.contains(&n) {
+                            out.notes.push(n);
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+    out.notes.dedup();
+    out.memo = Default::default();
+    out
+}
+
+fn lookup_name(l: &Lookup) -> String {
+    match l {
+        Lookup::Relation { name } => format!("table {name}"),
+        Lookup::Index { name } => format!("index {name}"),
+        Lookup::NotNullProof { table, column } => format!("column {table}.{column}"),
+        Lookup::TypeChange { table, column, .. } => format!("column {table}.{column}"),
+        Lookup::Role { name } => format!("role {name}"),
+        Lookup::Extension { name } => format!("extension {name}"),
+    }
+}
+
+#[cfg(test)]
+mod tests;
