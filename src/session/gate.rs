@@ -6,8 +6,9 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use super::refusal::{Gate, Verdict, View};
+use super::refusal::{Gate, Work, Verdict, View};
 use super::Shared;
+use crate::catalog::{self, Answers, Question};
 use crate::policy::testcases::encoding_readable;
 use crate::policy::{Action, Decision, SessionContext};
 use crate::sql::{Inspection, ReadAs, Unparsed};
@@ -34,6 +35,8 @@ pub struct PolicyGate {
     base: SessionContext,
     ticket: Option<String>,
     prepared: HashMap<String, Arc<Inspection>>,
+    /// Catalog answers fetched for the statement text being decided (see [`Self::with_catalog`]).
+    supplied: Arc<std::sync::Mutex<Option<(String, Answers)>>>,
 }
 
 impl PolicyGate {
@@ -51,7 +54,60 @@ impl PolicyGate {
             base,
             ticket,
             prepared: HashMap::new(),
+            supplied: Default::default(),
         }
+    }
+
+    /// The inspection with live-catalog facts folded in, when a catalog is configured and
+    /// the policy reads facts this text raises questions about. `Err`: the answers are not
+    /// at hand; the work that fetches them (into `supplied`) must complete first.
+    fn with_catalog(&self, ins: Arc<Inspection>, text: &str) -> Result<Arc<Inspection>, Work> {
+        let Some(cat) = self.shared.catalog.clone() else {
+            return Ok(ins);
+        };
+        let needs = self.shared.policy.load().needs;
+        let qs = catalog::questions(&ins, needs, &self.base.created);
+        if qs.is_empty() {
+            return Ok(ins);
+        }
+        let texts = if qs.iter().any(|q| matches!(q, Question::Estimate(_))) {
+            statement_texts(text, ins.statements.len())
+        } else {
+            Vec::new()
+        };
+        let mut answers = match &*self.supplied.lock().unwrap_or_else(|e| e.into_inner()) {
+            Some((t, a)) if t == text => a.clone(),
+            _ => Answers::new(),
+        };
+        let missing: Vec<Question> = qs
+            .into_iter()
+            .filter(|q| !answers.contains_key(q))
+            .collect();
+        if !missing.is_empty() {
+            let db = &self.base.database;
+            match cat.cached(db, &missing, &texts) {
+                Some(a) => answers.extend(a),
+                None => {
+                    let slot = self.supplied.clone();
+                    let key = text.to_owned();
+                    let db = db.clone();
+                    return Err(Box::pin(async move {
+                        let a = cat.fetch(&db, &missing, &texts).await;
+                        let mut s = slot.lock().unwrap_or_else(|e| e.into_inner());
+                        match &mut *s {
+                            Some((k, prev)) if *k == key => prev.extend(a),
+                            other => *other = Some((key, a)),
+                        }
+                    }));
+                }
+            }
+        }
+        Ok(Arc::new(catalog::enrich(
+            &ins,
+            &answers,
+            &self.base.created,
+            &cat.settings.thresholds,
+        )))
     }
 
     /// Decides on an inspection in this session.
@@ -101,7 +157,10 @@ impl PolicyGate {
 
     /// Decides on the `-c name=value` settings of the startup packet as SET statements
     /// (a `-c role=admin` is an identity switch like SET ROLE). Refusal is a FATAL.
-    pub fn check_startup_settings(&mut self, settings: &[(String, String)]) -> Result<(), PgError> {
+    pub async fn check_startup_settings(
+        &mut self,
+        settings: &[(String, String)],
+    ) -> Result<(), PgError> {
         let params = super::state::ServerParams::default();
         let view = View {
             params: &params,
@@ -128,6 +187,13 @@ impl PolicyGate {
                     memo: Default::default(),
                 })
             };
+            let ins = loop {
+                match self.with_catalog(ins.clone(), &sql) {
+                    Ok(i) => break i,
+                    Err(fetch) => fetch.await,
+                }
+            };
+            self.supplied.lock().unwrap_or_else(|e| e.into_inner()).take();
             let d = self.decide(&ins, &view);
             report(&d, &ins);
             if d.action.refuses() {
@@ -334,6 +400,17 @@ impl Gate for PolicyGate {
     }
 
     fn check(&mut self, text: &[u8], view: &View<'_>) -> Verdict {
+        let v = self.check_text(text, view);
+        if !matches!(v, Verdict::Wait(_)) && self.shared.catalog.is_some() {
+            // Decided: answers fetched for it are not reused for a later text.
+            self.supplied.lock().unwrap_or_else(|e| e.into_inner()).take();
+        }
+        v
+    }
+}
+
+impl PolicyGate {
+    fn check_text(&mut self, text: &[u8], view: &View<'_>) -> Verdict {
         self.check_server_version(view);
         let Ok(text) = std::str::from_utf8(text) else {
             return self.enforce(
@@ -349,7 +426,10 @@ impl Gate for PolicyGate {
                     standard_conforming_strings: scs,
                 },
             );
-            return self.enforce(ins, view);
+            return match self.with_catalog(ins, text) {
+                Ok(ins) => self.enforce(ins, view),
+                Err(fetch) => Verdict::Wait(fetch),
+            };
         }
         // Something forwarded before may change how the server reads this text by the time
         // it runs (standard_conforming_strings through a function, say): read it both ways
@@ -373,6 +453,10 @@ impl Gate for PolicyGate {
                 standard_conforming_strings: false,
             },
         );
+        let (on, off) = match (self.with_catalog(on, text), self.with_catalog(off, text)) {
+            (Ok(on), Ok(off)) => (on, off),
+            (Err(fetch), _) | (_, Err(fetch)) => return Verdict::Wait(fetch),
+        };
         let (first, second) = if scs { (on, off) } else { (off, on) };
         let d2 = self.decide(&second, view);
         if d2.action.refuses() && !self.decide(&first, view).action.refuses() {
@@ -380,6 +464,17 @@ impl Gate for PolicyGate {
             return Verdict::Refuse(refusal(&d2, self.ticket.as_deref(), &second));
         }
         self.enforce(first, view)
+    }
+}
+
+/// The text of each statement of `text`, for planner estimates; empty when the split does
+/// not match the inspection (the estimate then fails, and counts as large).
+pub fn statement_texts(text: &str, statements: usize) -> Vec<String> {
+    match pg_query::split_with_parser(text) {
+        Ok(parts) if parts.len() == statements => {
+            parts.into_iter().map(|p| p.trim().to_owned()).collect()
+        }
+        _ => Vec::new(),
     }
 }
 
@@ -469,6 +564,9 @@ pub fn refusal(d: &Decision, ticket: Option<&str>, ins: &Inspection) -> PgError 
     }
     if let Some(u) = &ins.unparsed {
         detail.push_str(&format!(" {}", u.reason));
+    }
+    for n in &ins.notes {
+        detail.push_str(&format!(" {n}"));
     }
     let way = match m.action {
         Action::RequireTicket => match ticket {

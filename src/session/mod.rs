@@ -37,6 +37,8 @@ pub struct Shared {
     /// The running policy; replaced whole on reload.
     pub policy: arc_swap::ArcSwap<Policy>,
     pub cache: InspectCache,
+    /// The live catalog, when `[catalog]` is configured.
+    pub catalog: Option<Arc<crate::catalog::Catalog>>,
     next_id: AtomicU64,
 }
 
@@ -48,7 +50,14 @@ impl Shared {
         shutdown: CancellationToken,
         policy: Policy,
     ) -> Self {
+        let catalog = config.catalog.clone().and_then(|c| {
+            crate::catalog::Catalog::new(c)
+                .map_err(|e| tracing::error!(error = %e, "catalog connection not configured"))
+                .ok()
+                .map(Arc::new)
+        });
         Shared {
+            catalog,
             policy: arc_swap::ArcSwap::from_pointee(policy),
             cache: InspectCache::default(),
             upstream: Arc::new(config.upstream.clone()),
@@ -133,7 +142,7 @@ async fn serve(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr, id: u64) {
     let mut gate = gate::PolicyGate::new(shared.clone(), base);
     // Settings in the startup packet (`role=...`, `options=-c role=...`) are decided like SET
     // statements.
-    if let Err(refusal) = gate.check_startup_settings(&startup.all_settings()) {
+    if let Err(refusal) = gate.check_startup_settings(&startup.all_settings()).await {
         let _ = client.write_all(&refusal.to_bytes()).await;
         let _ = client.shutdown().await;
         return;

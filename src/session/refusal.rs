@@ -12,11 +12,26 @@ use crate::wire::read::{self, TxStatus};
 
 use super::state::ServerParams;
 
+/// Work a gate needs done before it can decide (a live-catalog lookup): the session stops
+/// reading the client's messages (the server's keep flowing) until it completes, then asks
+/// the gate again about the same message.
+pub type Work = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
+
 /// What the session lets through.
-#[derive(Debug)]
 pub enum Verdict {
     Forward,
     Refuse(PgError),
+    Wait(Work),
+}
+
+impl std::fmt::Debug for Verdict {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Verdict::Forward => f.write_str("Forward"),
+            Verdict::Refuse(e) => f.debug_tuple("Refuse").field(e).finish(),
+            Verdict::Wait(_) => f.write_str("Wait"),
+        }
+    }
 }
 
 /// The session's view offered to a gate.

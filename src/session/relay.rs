@@ -10,7 +10,7 @@ use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::time::{sleep_until, timeout, Instant};
 
-use super::refusal::Gate;
+use super::refusal::{Gate, Work};
 use super::state::{Links, Phase, SessionState};
 use super::Shared;
 use crate::cancel::{CancelGuard, CancelTarget};
@@ -118,10 +118,15 @@ where
     tokio::pin!(drain_timer);
     let grace = ctx.shared.config.shutdown_grace;
 
-    let mut end = st
-        .client_frames(&mut cin, &mut c2s, gate)
-        .err()
-        .map(|fatal| client_violation(&st, fatal, &mut s2c));
+    // A gate's lookup in progress: client messages wait (the server's keep flowing).
+    let mut waiting: Option<Work> = None;
+    let mut end = match st.client_frames(&mut cin, &mut c2s, gate) {
+        Ok(w) => {
+            waiting = w;
+            None
+        }
+        Err(fatal) => Some(client_violation(&st, fatal, &mut s2c)),
+    };
 
     loop {
         if let Some(end) = end.take() {
@@ -182,13 +187,19 @@ where
                     end = Some(End::ServerIo(e.kind()));
                 }
             },
-            r = io.cr.read_buf(&mut cin), if c2s.len() < HIGH_WATER && !st.client_terminated => match r {
-                Ok(0) => end = Some(End::ClientClosed),
-                Ok(_) => {
-                    if let Err(fatal) = st.client_frames(&mut cin, &mut c2s, gate) {
-                        end = Some(client_violation(&st, fatal, &mut s2c));
-                    }
+            () = wait_for(&mut waiting), if waiting.is_some() => {
+                waiting = None;
+                match st.client_frames(&mut cin, &mut c2s, gate) {
+                    Ok(w) => waiting = w,
+                    Err(fatal) => end = Some(client_violation(&st, fatal, &mut s2c)),
                 }
+            },
+            r = io.cr.read_buf(&mut cin), if c2s.len() < HIGH_WATER && !st.client_terminated && waiting.is_none() => match r {
+                Ok(0) => end = Some(End::ClientClosed),
+                Ok(_) => match st.client_frames(&mut cin, &mut c2s, gate) {
+                    Ok(w) => waiting = w,
+                    Err(fatal) => end = Some(client_violation(&st, fatal, &mut s2c)),
+                },
                 Err(e) => end = Some(End::ClientIo(e.kind())),
             },
             _ = &mut cancelled, if drain_deadline.is_none() => {
@@ -228,6 +239,14 @@ async fn drain<W: AsyncWrite + Unpin>(w: &mut W, buf: &[u8]) -> Out {
         Out::Flushed(w.flush().await)
     } else {
         Out::Wrote(w.write(buf).await)
+    }
+}
+
+/// Completes the gate's pending work (a branch enabled only while there is some).
+async fn wait_for(p: &mut Option<Work>) {
+    match p {
+        Some(p) => p.as_mut().await,
+        None => std::future::pending().await,
     }
 }
 

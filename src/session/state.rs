@@ -11,7 +11,7 @@
 use bytes::{Buf, BytesMut};
 
 use super::refusal::{
-    function_call_frame, parse_frame, query_frame, Gate, Refusals, Verdict, View,
+    function_call_frame, parse_frame, query_frame, Gate, Refusals, Work, Verdict, View,
 };
 use crate::wire::frame::{parse_header, read_cstr, FrameError, Limits, HEADER_LEN};
 use crate::wire::messages::PgError;
@@ -118,6 +118,15 @@ pub struct SessionState {
     pub ready_events: Vec<(bool, TxStatus)>,
 }
 
+/// What becomes of one gated client frame.
+enum Gated {
+    Forward,
+    /// Refused: this frame goes to the server in its place.
+    StandIn(Vec<u8>),
+    /// Not decided yet: the frame waits in the input buffer.
+    Wait(Work),
+}
+
 impl SessionState {
     pub fn new(links: Links) -> Self {
         SessionState {
@@ -171,17 +180,20 @@ impl SessionState {
     /// Moves every complete (or streamable) client frame from `cin` to `out`, asking `gate`
     /// about the SQL of each Query and Parse. An error is the FATAL to send the client before
     /// closing the session.
+    ///
+    /// `Ok(Some(pending))`: the gate needs `pending` done before it can decide on the next
+    /// frame, which stays in `cin`; call again once it has completed.
     pub fn client_frames(
         &mut self,
         cin: &mut BytesMut,
         out: &mut BytesMut,
         gate: &mut dyn Gate,
-    ) -> Result<(), PgError> {
+    ) -> Result<Option<Work>, PgError> {
         loop {
             if self.client_streaming > 0 {
                 let n = self.client_streaming.min(cin.len());
                 if n == 0 {
-                    return Ok(());
+                    return Ok(None);
                 }
                 out.extend_from_slice(&cin[..n]);
                 cin.advance(n);
@@ -191,11 +203,11 @@ impl SessionState {
             if self.client_terminated {
                 // Nothing after Terminate is forwarded.
                 cin.clear();
-                return Ok(());
+                return Ok(None);
             }
             let h = match parse_header(cin, self.client_limits()) {
                 Ok(Some(h)) => h,
-                Ok(None) => return Ok(()),
+                Ok(None) => return Ok(None),
                 Err(e) => return Err(client_frame_error(e, self.phase)),
             };
             let frame_len = h.frame_len();
@@ -218,10 +230,15 @@ impl SessionState {
                 .with_hint("Send large data as parameters (Bind) or with COPY, which pgwarden streams."));
             }
             if cin.len() < frame_len {
-                return Ok(());
+                return Ok(None);
             }
             self.check_client_frame(h.tag, &cin[HEADER_LEN..frame_len])?;
-            let stand_in = self.gate_frame(h.tag, &cin[HEADER_LEN..frame_len], gate)?;
+            let outcome = self.gate_frame(h.tag, &cin[HEADER_LEN..frame_len], gate)?;
+            let stand_in = match outcome {
+                Gated::Forward => None,
+                Gated::StandIn(f) => Some(f),
+                Gated::Wait(p) => return Ok(Some(p)),
+            };
             self.note_client_message(h.tag);
             match stand_in {
                 Some(f) => out.extend_from_slice(&f),
@@ -231,13 +248,8 @@ impl SessionState {
         }
     }
 
-    /// Asks the gate about a Query or Parse; on refusal returns the stand-in frame to send.
-    fn gate_frame(
-        &mut self,
-        tag: u8,
-        body: &[u8],
-        gate: &mut dyn Gate,
-    ) -> Result<Option<Vec<u8>>, PgError> {
+    /// Asks the gate about a Query, Parse or FunctionCall.
+    fn gate_frame(&mut self, tag: u8, body: &[u8], gate: &mut dyn Gate) -> Result<Gated, PgError> {
         if tag == b'F' {
             let oid = body
                 .get(..4)
@@ -245,11 +257,12 @@ impl SessionState {
                 .ok_or_else(|| protocol_violation("invalid FunctionCall message"))?;
             let view = self.view();
             return Ok(match gate.check_function_call(oid, &view) {
-                Verdict::Forward => None,
+                Verdict::Forward => Gated::Forward,
+                Verdict::Wait(p) => Gated::Wait(p),
                 Verdict::Refuse(error) => {
                     self.refusals
                         .refuse_function_call(error, self.pending_ready);
-                    Some(function_call_frame())
+                    Gated::StandIn(function_call_frame())
                 }
             });
         }
@@ -264,14 +277,15 @@ impl SessionState {
                     .ok_or_else(|| protocol_violation("invalid Parse message"))?;
                 (Some(name), text)
             }
-            _ => return Ok(None),
+            _ => return Ok(Gated::Forward),
         };
         let view = self.view();
         match gate.check(text, &view) {
-            Verdict::Forward => Ok(None),
+            Verdict::Forward => Ok(Gated::Forward),
+            Verdict::Wait(p) => Ok(Gated::Wait(p)),
             Verdict::Refuse(error) => {
                 let marker = self.refusals.refuse(error, self.pending_ready);
-                Ok(Some(match name {
+                Ok(Gated::StandIn(match name {
                     None => query_frame(&marker),
                     Some(n) => parse_frame(n, &marker),
                 }))
@@ -516,7 +530,7 @@ mod tests {
         let mut out = BytesMut::new();
         let err = s
             .client_frames(&mut cin, &mut out, &mut OpenGate)
-            .unwrap_err();
+            .err().expect("a fatal error");
         assert_eq!(err.code, SqlState::PROTOCOL_VIOLATION);
         assert!(out.is_empty());
     }
@@ -631,7 +645,7 @@ mod tests {
         let mut cin = BytesMut::from(&msg(b'Q', b"SELECT 1\0")[..]);
         let e = s
             .client_frames(&mut cin, &mut BytesMut::new(), &mut OpenGate)
-            .unwrap_err();
+            .err().expect("a fatal error");
         assert!(e.message.contains("expected password response"));
     }
 }
