@@ -186,6 +186,7 @@ pub fn questions(ins: &Inspection, needs: Needs, created: &HashSet<String>) -> V
         return out;
     }
     for (i, s) in ins.statements.iter().enumerate() {
+        let created = &with_earlier(ins, i, created);
         let mut estimate = false;
         for op in &s.ops {
             if needs.sizes {
@@ -220,6 +221,13 @@ pub fn questions(ins: &Inspection, needs: Needs, created: &HashSet<String>) -> V
     out.sort();
     out.dedup();
     out
+}
+
+/// `created` and the tables statements before statement `i` create.
+fn with_earlier(ins: &Inspection, i: usize, created: &HashSet<String>) -> HashSet<String> {
+    let mut all = created.clone();
+    all.extend(ins.created_before(i));
+    all
 }
 
 /// Roles an operation switches to or grants.
@@ -276,6 +284,7 @@ fn classify(a: Option<&Answer>, th: &Thresholds) -> (Size, Option<String>) {
 pub fn enrich(ins: &Inspection, answers: &Answers, created: &HashSet<String>, th: &Thresholds) -> Inspection {
     let mut out = ins.clone();
     for (i, s) in out.statements.iter_mut().enumerate() {
+        let created = &with_earlier(ins, i, created);
         let estimate = answers.get(&Question::Estimate(i));
         for op in &mut s.ops {
             let mut sizes = Vec::new();

@@ -192,9 +192,24 @@ impl Policy {
             .memo
             .get_or(&self.version, || self.statement_matches(ins));
         let mut matches = Vec::new();
+        let mut local: Option<(u32, SessionContext)> = None;
         for &(stmt, rule) in &memo.1 {
             let r = &self.rules[rule as usize];
             let facts = ins.statements.get(stmt as usize);
+            // Tables created earlier in the same text count as created in this session.
+            let session = match ins.created_before(stmt as usize) {
+                c if c.is_empty() => session,
+                c => {
+                    if local.as_ref().is_none_or(|(i, _)| *i != stmt) {
+                        let mut s = session.clone();
+                        let mut all = (*s.created).clone();
+                        all.extend(c);
+                        s.created = std::sync::Arc::new(all);
+                        local = Some((stmt, s));
+                    }
+                    &local.as_ref().expect("set above").1
+                }
+            };
             if r.session.matches(session) && r.statement.session_part_matches(facts, session) {
                 let action = match r.small_action {
                     Some(small) if facts.is_some_and(all_small) => small,

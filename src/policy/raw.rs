@@ -166,4 +166,33 @@ pub struct RawCase {
     pub standard_conforming_strings: Option<bool>,
     /// RFC 3339 instant the case is decided at (for time windows).
     pub at: Option<String>,
+    /// What the live catalog answers (absent: no catalog connection, every table large).
+    pub catalog: Option<RawCatalog>,
+}
+
+/// A test case's live-catalog answers (see `crate::catalog`).
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawCatalog {
+    /// Tables by name as written in the SQL (an index's name stands for its table).
+    #[serde(default)]
+    pub relations: BTreeMap<String, crate::catalog::RelationSize>,
+    /// Every lookup fails (catalog down or timing out).
+    #[serde(default)]
+    pub failed: bool,
+    /// `table.column` with a validated `CHECK (column IS NOT NULL)` (or already NOT NULL).
+    #[serde(default)]
+    pub not_null_proven: Vec<String>,
+    /// `table.column` = current type as `format_type` prints it.
+    #[serde(default)]
+    pub column_types: BTreeMap<String, String>,
+    /// Roles with superuser-like attributes or memberships.
+    #[serde(default)]
+    pub privileged_roles: Vec<String>,
+    /// Extensions only a superuser may install.
+    #[serde(default)]
+    pub untrusted_extensions: Vec<String>,
+    /// Planner row estimates, one per statement of the case's SQL.
+    #[serde(default)]
+    pub estimates: Vec<f64>,
 }

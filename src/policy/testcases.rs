@@ -5,7 +5,9 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use super::raw::{RawCase, RawTestFile};
+use super::raw::{RawCase, RawCatalog, RawTestFile};
+use crate::catalog::{self, Answer, Answers, Question, Thresholds};
+use crate::sql::Lookup;
 use super::{compile, Action, Mode, Policy, PolicyError, PolicyErrors, SessionContext};
 use crate::sql::{self, ReadAs};
 
@@ -129,7 +131,12 @@ fn run_case(policy: &Policy, file: &Path, c: &RawCase) -> CaseResult {
     let read_as = ReadAs {
         standard_conforming_strings: c.standard_conforming_strings.unwrap_or(true),
     };
-    let ins = sql::inspect(&c.sql, read_as);
+    let mut ins = sql::inspect(&c.sql, read_as);
+    if let Some(cat) = &c.catalog {
+        let qs = catalog::questions(&ins, policy.needs, &session.created);
+        let answers = case_answers(cat, &qs);
+        ins = catalog::enrich(&ins, &answers, &session.created, &Thresholds::default());
+    }
     let d = policy.decide(&ins, &session, Mode::Enforce);
     let mut got_rules: Vec<&str> = d.matches.iter().map(|m| m.rule.as_str()).collect();
     got_rules.sort();
@@ -160,4 +167,44 @@ fn run_case(policy: &Policy, file: &Path, c: &RawCase) -> CaseResult {
             problems.join("; ")
         },
     }
+}
+
+/// The answers a case's `[case.catalog]` gives to `qs`, as the live catalog would.
+pub fn case_answers(cat: &RawCatalog, qs: &[Question]) -> Answers {
+    qs.iter()
+        .map(|q| {
+            let a = if cat.failed {
+                Answer::Failed("the test case's catalog fails".into())
+            } else {
+                match q {
+                    Question::Lookup(Lookup::Relation { name } | Lookup::Index { name }) => {
+                        match cat.relations.get(name) {
+                            Some(r) => Answer::Relation(r.clone()),
+                            None => Answer::NotFound,
+                        }
+                    }
+                    Question::Lookup(Lookup::NotNullProof { table, column }) => Answer::Yes(
+                        cat.not_null_proven.contains(&format!("{table}.{column}")),
+                    ),
+                    Question::Lookup(Lookup::TypeChange { table, column, .. }) => {
+                        match cat.column_types.get(&format!("{table}.{column}")) {
+                            Some(t) => Answer::ColumnType(t.clone()),
+                            None => Answer::NotFound,
+                        }
+                    }
+                    Question::Lookup(Lookup::Role { name }) => Answer::Role {
+                        privileged: cat.privileged_roles.contains(name),
+                    },
+                    Question::Lookup(Lookup::Extension { name }) => Answer::Extension {
+                        trusted: !cat.untrusted_extensions.contains(name),
+                    },
+                    Question::Estimate(i) => match cat.estimates.get(*i) {
+                        Some(n) => Answer::Estimate(*n),
+                        None => Answer::Failed("the test case gives no estimate".into()),
+                    },
+                }
+            };
+            (q.clone(), a)
+        })
+        .collect()
 }

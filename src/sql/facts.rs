@@ -293,6 +293,27 @@ pub struct Inspection {
     pub memo: Memo,
 }
 
+impl Inspection {
+    /// Tables that statements before statement `i` of this text create: if statement `i`
+    /// runs at all, they exist and were created in this session (an error in a
+    /// multi-statement Query skips the rest). IF NOT EXISTS may have created nothing.
+    pub fn created_before(&self, i: usize) -> Vec<String> {
+        let mut out = Vec::new();
+        for s in self.statements.iter().take(i) {
+            for op in &s.ops {
+                if matches!(
+                    op.tag.as_str(),
+                    "CREATE TABLE" | "CREATE TABLE AS" | "SELECT INTO" | "CREATE MATERIALIZED VIEW"
+                ) && !op.has(Flag::IfNotExists)
+                {
+                    out.extend(op.objects.iter().cloned());
+                }
+            }
+        }
+        out
+    }
+}
+
 /// Per-inspection memo of statement-level rule matches (see [`Inspection::memo`]).
 #[derive(Default)]
 pub struct Memo(arc_swap::ArcSwapOption<(String, Vec<(u32, u32)>)>);
