@@ -77,6 +77,13 @@ struct CheckArgs {
     user: String,
     #[arg(long, value_enum, default_value = "text")]
     format: Format,
+    /// Live catalog to read table sizes and planner estimates from, as the proxy's
+    /// `[catalog]` connection would (e.g. a staging database): "host=... user=... dbname=...".
+    #[arg(long, value_name = "DSN")]
+    catalog: Option<String>,
+    /// Configuration file whose `[catalog]` thresholds (and dsn, unless --catalog) apply.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
     /// SQL files; `-` reads standard input.
     #[arg(required = true, value_name = "FILE")]
     files: Vec<String>,
@@ -122,9 +129,20 @@ fn main() -> anyhow::Result<()> {
         .init();
     let code = match cli.command {
         Command::Serve(args) => return serve(args),
-        Command::Check(a) => {
-            commands::check::run(&a.policies, &a.environment, &a.user, a.format, &a.files)
-        }
+        Command::Check(a) => match check_catalog(&a) {
+            Ok(live) => commands::check::run(
+                &a.policies,
+                &a.environment,
+                &a.user,
+                a.format,
+                &a.files,
+                live.as_ref(),
+            ),
+            Err(e) => {
+                eprintln!("pgwarden: {e}");
+                commands::EXIT_ERROR
+            }
+        },
         Command::Explain(a) => commands::explain::run(&a.policies, &a.environment, &a.user, &a.sql),
         Command::Policy { command } => match command {
             PolicyCommand::Validate { dir, environment } => {
@@ -134,6 +152,28 @@ fn main() -> anyhow::Result<()> {
         },
     };
     std::process::exit(code);
+}
+
+/// The live catalog `check` reads from: `--catalog`, else the config file's `[catalog]`.
+fn check_catalog(a: &CheckArgs) -> Result<Option<commands::check::LiveCatalog>, String> {
+    let settings = match &a.config {
+        Some(f) => {
+            Config::load(Some(f), &Overrides::default())
+                .map_err(|e| e.to_string())?
+                .catalog
+        }
+        None => None,
+    };
+    let dsn = a
+        .catalog
+        .clone()
+        .or_else(|| settings.as_ref().map(|s| s.dsn.clone()));
+    match dsn {
+        None => Ok(None),
+        Some(dsn) => {
+            commands::check::LiveCatalog::new(settings.unwrap_or_default(), &dsn, None).map(Some)
+        }
+    }
 }
 
 fn serve(args: ServeArgs) -> anyhow::Result<()> {

@@ -200,11 +200,15 @@ impl Catalog {
             Question::Lookup(Lookup::TypeChange { table, column, .. }) => {
                 column_type(c, table, column).await
             }
-            Question::Lookup(Lookup::Role { name }) => role(c, name, &self.settings.admin_roles).await,
+            Question::Lookup(Lookup::Role { name }) => {
+                role(c, name, &self.settings.admin_roles).await
+            }
             Question::Lookup(Lookup::Extension { name }) => extension(c, name).await,
             Question::Estimate(i) => match texts.get(*i) {
                 Some(t) => estimate(c, t, self.serial.fetch_add(1, Ordering::Relaxed)).await,
-                None => Ok(Answer::Failed("the statement's text could not be isolated".into())),
+                None => Ok(Answer::Failed(
+                    "the statement's text could not be isolated".into(),
+                )),
             },
         };
         r.unwrap_or_else(|e| Answer::Failed(e.to_string()))
@@ -270,7 +274,11 @@ async fn relation(c: &Client, name: &str, index: bool) -> Result<Answer, tokio_p
     }))
 }
 
-async fn not_null_proof(c: &Client, table: &str, column: &str) -> Result<Answer, tokio_postgres::Error> {
+async fn not_null_proof(
+    c: &Client,
+    table: &str,
+    column: &str,
+) -> Result<Answer, tokio_postgres::Error> {
     let (schema, rel) = split(table);
     let sql = format!(
         "SELECT count(*)::int8, coalesce(bool_and(a.attnotnull OR EXISTS (
@@ -290,7 +298,11 @@ async fn not_null_proof(c: &Client, table: &str, column: &str) -> Result<Answer,
     Ok(Answer::Yes(row.get(1)))
 }
 
-async fn column_type(c: &Client, table: &str, column: &str) -> Result<Answer, tokio_postgres::Error> {
+async fn column_type(
+    c: &Client,
+    table: &str,
+    column: &str,
+) -> Result<Answer, tokio_postgres::Error> {
     let (schema, rel) = split(table);
     let sql = format!(
         "SELECT DISTINCT pg_catalog.format_type(a.atttypid, a.atttypmod)
@@ -304,11 +316,17 @@ async fn column_type(c: &Client, table: &str, column: &str) -> Result<Answer, to
     Ok(match rows.as_slice() {
         [] => Answer::NotFound,
         [one] => Answer::ColumnType(one.get(0)),
-        _ => Answer::Failed(format!("{table}.{column} names columns of different types in several schemas")),
+        _ => Answer::Failed(format!(
+            "{table}.{column} names columns of different types in several schemas"
+        )),
     })
 }
 
-async fn role(c: &Client, name: &str, admin_roles: &[String]) -> Result<Answer, tokio_postgres::Error> {
+async fn role(
+    c: &Client,
+    name: &str,
+    admin_roles: &[String],
+) -> Result<Answer, tokio_postgres::Error> {
     let mut named: Vec<String> = POWERFUL_ROLES.iter().map(|s| s.to_string()).collect();
     named.extend(admin_roles.iter().cloned());
     let row = c
@@ -325,7 +343,9 @@ async fn role(c: &Client, name: &str, admin_roles: &[String]) -> Result<Answer, 
         .await?;
     Ok(match row {
         None => Answer::NotFound,
-        Some(r) => Answer::Role { privileged: r.get(0) },
+        Some(r) => Answer::Role {
+            privileged: r.get(0),
+        },
     })
 }
 
@@ -352,11 +372,15 @@ async fn estimate(c: &Client, text: &str, serial: u64) -> Result<Answer, tokio_p
         c.query_one(&stmt, &[]).await?.get(0)
     } else {
         let name = format!("pgwarden_estimate_{serial}");
-        c.execute(format!("PREPARE {name} AS {text}").as_str(), &[]).await?;
+        c.execute(format!("PREPARE {name} AS {text}").as_str(), &[])
+            .await?;
         let result = async {
             let nulls = vec!["NULL"; stmt.params().len()].join(", ");
             let row = c
-                .query_one(format!("EXPLAIN (FORMAT JSON) EXECUTE {name}({nulls})").as_str(), &[])
+                .query_one(
+                    format!("EXPLAIN (FORMAT JSON) EXECUTE {name}({nulls})").as_str(),
+                    &[],
+                )
                 .await?;
             Ok::<serde_json::Value, tokio_postgres::Error>(row.get(0))
         }

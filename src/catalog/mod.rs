@@ -59,7 +59,10 @@ impl Needs {
 
     /// What a rule needs, from the attribute patterns (and CEL expression) it matches on and
     /// whether it is gated on size.
-    pub fn from_patterns<'a>(patterns: impl IntoIterator<Item = &'a str>, size_gated: bool) -> Needs {
+    pub fn from_patterns<'a>(
+        patterns: impl IntoIterator<Item = &'a str>,
+        size_gated: bool,
+    ) -> Needs {
         let mut n = Needs {
             sizes: size_gated,
             ..Needs::default()
@@ -120,9 +123,13 @@ pub enum Answer {
     /// A column's current type, as `format_type` prints it.
     ColumnType(String),
     /// A role: whether it is privileged (superuser-like attributes or memberships).
-    Role { privileged: bool },
+    Role {
+        privileged: bool,
+    },
     /// An extension: whether a non-superuser may install it.
-    Extension { trusted: bool },
+    Extension {
+        trusted: bool,
+    },
     /// The planner's estimate of rows written.
     Estimate(f64),
 }
@@ -149,7 +156,8 @@ fn writes(op: &Facts) -> bool {
 }
 
 fn is_index_target(op: &Facts) -> bool {
-    op.tag == "DROP INDEX" || (op.tag == "REINDEX" && op.attributes.iter().any(|a| a == "reindex:index"))
+    op.tag == "DROP INDEX"
+        || (op.tag == "REINDEX" && op.attributes.iter().any(|a| a == "reindex:index"))
 }
 
 /// The size questions of one operation: its targets not created in this session, and any
@@ -205,14 +213,14 @@ pub fn questions(ins: &Inspection, needs: Needs, created: &HashSet<String>) -> V
                     out.push(Question::Lookup(Lookup::Role { name: r }));
                 }
             }
-            if needs.extensions && matches!(op.tag.as_str(), "CREATE EXTENSION" | "ALTER EXTENSION") {
+            if needs.extensions && matches!(op.tag.as_str(), "CREATE EXTENSION" | "ALTER EXTENSION")
+            {
                 for e in &op.objects {
                     out.push(Question::Lookup(Lookup::Extension { name: e.clone() }));
                 }
             }
-            estimate |= needs.estimates
-                && writes(op)
-                && op.objects.iter().any(|o| !created.contains(o));
+            estimate |=
+                needs.estimates && writes(op) && op.objects.iter().any(|o| !created.contains(o));
         }
         if estimate {
             out.push(Question::Estimate(i));
@@ -281,7 +289,12 @@ fn classify(a: Option<&Answer>, th: &Thresholds) -> (Size, Option<String>) {
 /// The inspection with the answers folded in as operation attributes, and notes for the
 /// refusal's DETAIL on lookups that failed. Operations the catalog was not asked about are
 /// left as they are (without a catalog, nothing is `size:small`: every table counts large).
-pub fn enrich(ins: &Inspection, answers: &Answers, created: &HashSet<String>, th: &Thresholds) -> Inspection {
+pub fn enrich(
+    ins: &Inspection,
+    answers: &Answers,
+    created: &HashSet<String>,
+    th: &Thresholds,
+) -> Inspection {
     let mut out = ins.clone();
     for (i, s) in out.statements.iter_mut().enumerate() {
         let created = &with_earlier(ins, i, created);
@@ -296,7 +309,8 @@ pub fn enrich(ins: &Inspection, answers: &Answers, created: &HashSet<String>, th
                     }
                 }
                 if let Some(n) = note {
-                    out.notes.push(format!("{}: {n}; counted as large.", lookup_name(&l)));
+                    out.notes
+                        .push(format!("{}: {n}; counted as large.", lookup_name(&l)));
                     attr(op, "catalog:failed");
                 }
                 if answers.contains_key(&Question::Lookup(l)) {
@@ -309,7 +323,14 @@ pub fn enrich(ins: &Inspection, answers: &Answers, created: &HashSet<String>, th
                 .into_iter()
                 .all(|l| answers.contains_key(&Question::Lookup(l)));
             if !sizes.is_empty() && asked {
-                attr(op, if sizes.contains(&Size::Large) { "size:large" } else { "size:small" });
+                attr(
+                    op,
+                    if sizes.contains(&Size::Large) {
+                        "size:large"
+                    } else {
+                        "size:small"
+                    },
+                );
             }
             for l in op.lookups.clone() {
                 match (&l, answers.get(&Question::Lookup(l.clone()))) {
@@ -322,7 +343,8 @@ pub fn enrich(ins: &Inspection, answers: &Answers, created: &HashSet<String>, th
                         attr(op, "catalog:binary_coercible")
                     }
                     (_, Some(Answer::Failed(e))) => {
-                        out.notes.push(format!("{}: catalog lookup failed: {e}.", lookup_name(&l)));
+                        out.notes
+                            .push(format!("{}: catalog lookup failed: {e}.", lookup_name(&l)));
                         attr(op, "catalog:failed");
                     }
                     _ => {}
@@ -332,7 +354,9 @@ pub fn enrich(ins: &Inspection, answers: &Answers, created: &HashSet<String>, th
                 match answers.get(&Question::Lookup(Lookup::Role { name: r.clone() })) {
                     Some(Answer::Role { privileged: true }) => attr(op, "role:privileged"),
                     Some(Answer::Failed(e)) => {
-                        out.notes.push(format!("role {r}: catalog lookup failed: {e}; counted as privileged."));
+                        out.notes.push(format!(
+                            "role {r}: catalog lookup failed: {e}; counted as privileged."
+                        ));
                         attr(op, "role:privileged");
                         attr(op, "catalog:failed");
                     }
@@ -342,7 +366,9 @@ pub fn enrich(ins: &Inspection, answers: &Answers, created: &HashSet<String>, th
             if matches!(op.tag.as_str(), "CREATE EXTENSION" | "ALTER EXTENSION") {
                 for e in op.objects.clone() {
                     match answers.get(&Question::Lookup(Lookup::Extension { name: e.clone() })) {
-                        Some(Answer::Extension { trusted: false }) => attr(op, "extension:untrusted"),
+                        Some(Answer::Extension { trusted: false }) => {
+                            attr(op, "extension:untrusted")
+                        }
                         Some(Answer::Failed(err)) => {
                             out.notes.push(format!("extension {e}: catalog lookup failed: {err}; counted as untrusted."));
                             attr(op, "extension:untrusted");
@@ -361,7 +387,10 @@ pub fn enrich(ins: &Inspection, answers: &Answers, created: &HashSet<String>, th
                     Some(Answer::Failed(e)) => {
                         attr(op, "estimate:large");
                         attr(op, "catalog:failed");
-                        let n = format!("statement {}: planner estimate failed: {e}; counted as large.", i + 1);
+                        let n = format!(
+                            "statement {}: planner estimate failed: {e}; counted as large.",
+                            i + 1
+                        );
                         if !out.notes.contains(&n) {
                             out.notes.push(n);
                         }

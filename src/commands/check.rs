@@ -7,6 +7,8 @@ use std::path::Path;
 use serde_json::json;
 
 use super::{line_at, load_or_report, EXIT_ERROR, EXIT_OK, EXIT_REFUSED};
+use crate::catalog::client::CatalogConfig;
+use crate::catalog::Catalog;
 use crate::policy::{Action, Decision, Mode, Policy, SessionContext};
 use crate::sql::{self, ReadAs};
 
@@ -23,20 +25,128 @@ pub struct FileResult {
     pub text: String,
     pub decision: Decision,
     pub statements: Vec<usize>,
+    /// Lookups that failed, and rules decided as if every table were large (no catalog).
+    pub notes: Vec<String>,
 }
 
-/// Decides on `text` as a session of `user` would see it on the wire.
-pub fn decide_text(policy: &Policy, text: &str, user: &str) -> (Decision, Vec<usize>) {
-    let ins = sql::inspect(text, ReadAs::default());
+/// A live catalog for `check --catalog`: the same facts the proxy would use.
+pub struct LiveCatalog {
+    pub catalog: Catalog,
+    pub database: String,
+    pub runtime: tokio::runtime::Runtime,
+}
+
+impl LiveCatalog {
+    /// Connects lazily to `dsn`'s database (or `database`) with `[catalog]` settings `settings`.
+    pub fn new(
+        mut settings: CatalogConfig,
+        dsn: &str,
+        database: Option<&str>,
+    ) -> Result<LiveCatalog, String> {
+        let parsed: tokio_postgres::Config =
+            dsn.parse().map_err(|e| format!("invalid --catalog: {e}"))?;
+        let database = database
+            .map(str::to_owned)
+            .or_else(|| parsed.get_dbname().map(str::to_owned))
+            .or_else(|| parsed.get_user().map(str::to_owned))
+            .unwrap_or_else(|| "postgres".into());
+        settings.dsn = dsn.to_owned();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| e.to_string())?;
+        Ok(LiveCatalog {
+            catalog: Catalog::new(settings)?,
+            database,
+            runtime,
+        })
+    }
+}
+
+/// Decides on `text` as a session of `user` would see it on the wire, with live-catalog
+/// facts when `catalog` is given.
+pub fn decide_text(
+    policy: &Policy,
+    text: &str,
+    user: &str,
+    catalog: Option<&LiveCatalog>,
+) -> (Decision, Vec<usize>, Vec<String>) {
+    let mut ins = sql::inspect(text, ReadAs::default());
     let session = SessionContext {
         user: user.to_owned(),
         ..SessionContext::default()
     };
     let locations = ins.statements.iter().map(|s| s.location).collect();
-    (policy.decide(&ins, &session, Mode::Enforce), locations)
+    let mut notes = Vec::new();
+    if let Some(live) = catalog {
+        let qs = crate::catalog::questions(&ins, policy.needs, &session.created);
+        {
+            if !qs.is_empty() {
+                let texts = crate::session::gate::statement_texts(text, ins.statements.len());
+                let answers =
+                    live.runtime
+                        .block_on(live.catalog.fetch(&live.database, &qs, &texts));
+                ins = crate::catalog::enrich(
+                    &ins,
+                    &answers,
+                    &session.created,
+                    &live.catalog.settings.thresholds,
+                );
+                notes.extend(ins.notes.iter().cloned());
+            }
+        }
+    }
+    let d = policy.decide(&ins, &session, Mode::Enforce);
+    if catalog.is_none() {
+        let mut assumed: Vec<&str> = d
+            .matches
+            .iter()
+            .filter(|m| {
+                policy
+                    .rules
+                    .iter()
+                    .any(|r| r.id == m.rule && r.small_action.is_some())
+            })
+            .map(|m| m.rule.as_str())
+            .collect();
+        assumed.dedup();
+        if !assumed.is_empty() {
+            notes.push(format!(
+                "decided as if every table were large (no --catalog to read sizes from): {}",
+                assumed.join(", ")
+            ));
+        }
+        if policy.needs.estimates {
+            let writes = ins
+                .statements
+                .iter()
+                .flat_map(|s| &s.ops)
+                .any(|o| matches!(o.tag.as_str(), "UPDATE" | "DELETE" | "MERGE" | "INSERT"));
+            if writes {
+                let rules: Vec<&str> = policy
+                    .rules
+                    .iter()
+                    .filter(|r| r.needs.estimates)
+                    .map(|r| r.id.as_str())
+                    .collect();
+                notes.push(format!(
+                    "not evaluated without --catalog (they need the planner's row estimate): {}",
+                    rules.join(", ")
+                ));
+            }
+        }
+    }
+    (d, locations, notes)
 }
 
-pub fn run(policies: &Path, env: &str, user: &str, format: Format, files: &[String]) -> i32 {
+pub fn run(
+    policies: &Path,
+    env: &str,
+    user: &str,
+    format: Format,
+    files: &[String],
+    catalog: Option<&LiveCatalog>,
+) -> i32 {
     let Some(policy) = load_or_report(policies, env) else {
         return EXIT_ERROR;
     };
@@ -58,12 +168,13 @@ pub fn run(policies: &Path, env: &str, user: &str, format: Format, files: &[Stri
                 }
             }
         };
-        let (decision, statements) = decide_text(&policy, &text, user);
+        let (decision, statements, notes) = decide_text(&policy, &text, user, catalog);
         results.push(FileResult {
             path: f.clone(),
             text,
             decision,
             statements,
+            notes,
         });
     }
     match format {
@@ -104,6 +215,9 @@ fn print_text(results: &[FileResult]) {
                 println!("    hint: {h}");
             }
         }
+        for n in &r.notes {
+            println!("{}: note: {n}", r.path);
+        }
         println!("{}: {}", r.path, r.decision.action.name());
     }
 }
@@ -115,6 +229,7 @@ fn json_report(results: &[FileResult], policy: &Policy) -> serde_json::Value {
         "files": results.iter().map(|r| json!({
             "path": r.path,
             "action": r.decision.action,
+            "notes": r.notes,
             "matches": r.decision.matches.iter().map(|m| json!({
                 "rule": m.rule,
                 "action": m.action,

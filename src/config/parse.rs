@@ -279,7 +279,10 @@ fn apply_catalog(cfg: &mut Config, cx: &mut Ctx<'_>, whole: &Item, t: &Table) {
             }
             "admin_roles" => match item.as_array() {
                 Some(a) if a.iter().all(|v| v.as_str().is_some()) => {
-                    c.admin_roles = a.iter().filter_map(|v| v.as_str().map(str::to_owned)).collect()
+                    c.admin_roles = a
+                        .iter()
+                        .filter_map(|v| v.as_str().map(str::to_owned))
+                        .collect()
                 }
                 _ => cx.err(item, &full, "expected an array of role names"),
             },
@@ -289,7 +292,11 @@ fn apply_catalog(cfg: &mut Config, cx: &mut Ctx<'_>, whole: &Item, t: &Table) {
     if dsn {
         cfg.catalog = Some(c);
     } else {
-        cx.err(whole, "catalog.dsn", "the [catalog] section needs dsn (e.g. \"host=127.0.0.1 user=pgwarden\")");
+        cx.err(
+            whole,
+            "catalog.dsn",
+            "the [catalog] section needs dsn (e.g. \"host=127.0.0.1 user=pgwarden\")",
+        );
     }
 }
 
@@ -317,7 +324,11 @@ fn bytes(cx: &mut Ctx<'_>, item: &Item, key: &str) -> Option<u64> {
             None
         }),
         _ => {
-            cx.err(item, key, "expected a size in bytes, or a string like \"1GiB\", \"512MB\"");
+            cx.err(
+                item,
+                key,
+                "expected a size in bytes, or a string like \"1GiB\", \"512MB\"",
+            );
             None
         }
     }

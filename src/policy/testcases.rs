@@ -6,9 +6,9 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use super::raw::{RawCase, RawCatalog, RawTestFile};
+use super::{compile, Action, Mode, Policy, PolicyError, PolicyErrors, SessionContext};
 use crate::catalog::{self, Answer, Answers, Question, Thresholds};
 use crate::sql::Lookup;
-use super::{compile, Action, Mode, Policy, PolicyError, PolicyErrors, SessionContext};
 use crate::sql::{self, ReadAs};
 
 /// The outcome of one case.
@@ -183,9 +183,9 @@ pub fn case_answers(cat: &RawCatalog, qs: &[Question]) -> Answers {
                             None => Answer::NotFound,
                         }
                     }
-                    Question::Lookup(Lookup::NotNullProof { table, column }) => Answer::Yes(
-                        cat.not_null_proven.contains(&format!("{table}.{column}")),
-                    ),
+                    Question::Lookup(Lookup::NotNullProof { table, column }) => {
+                        Answer::Yes(cat.not_null_proven.contains(&format!("{table}.{column}")))
+                    }
                     Question::Lookup(Lookup::TypeChange { table, column, .. }) => {
                         match cat.column_types.get(&format!("{table}.{column}")) {
                             Some(t) => Answer::ColumnType(t.clone()),

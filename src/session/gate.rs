@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use super::refusal::{Gate, Work, Verdict, View};
+use super::refusal::{Gate, Verdict, View, Work};
 use super::Shared;
 use crate::catalog::{self, Answers, Question};
 use crate::policy::testcases::encoding_readable;
@@ -193,7 +193,10 @@ impl PolicyGate {
                     Err(fetch) => fetch.await,
                 }
             };
-            self.supplied.lock().unwrap_or_else(|e| e.into_inner()).take();
+            self.supplied
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .take();
             let d = self.decide(&ins, &view);
             report(&d, &ins);
             if d.action.refuses() {
@@ -403,7 +406,10 @@ impl Gate for PolicyGate {
         let v = self.check_text(text, view);
         if !matches!(v, Verdict::Wait(_)) && self.shared.catalog.is_some() {
             // Decided: answers fetched for it are not reused for a later text.
-            self.supplied.lock().unwrap_or_else(|e| e.into_inner()).take();
+            self.supplied
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .take();
         }
         v
     }

@@ -11,7 +11,7 @@
 use bytes::{Buf, BytesMut};
 
 use super::refusal::{
-    function_call_frame, parse_frame, query_frame, Gate, Refusals, Work, Verdict, View,
+    function_call_frame, parse_frame, query_frame, Gate, Refusals, Verdict, View, Work,
 };
 use crate::wire::frame::{parse_header, read_cstr, FrameError, Limits, HEADER_LEN};
 use crate::wire::messages::PgError;
@@ -530,7 +530,8 @@ mod tests {
         let mut out = BytesMut::new();
         let err = s
             .client_frames(&mut cin, &mut out, &mut OpenGate)
-            .err().expect("a fatal error");
+            .err()
+            .expect("a fatal error");
         assert_eq!(err.code, SqlState::PROTOCOL_VIOLATION);
         assert!(out.is_empty());
     }
@@ -645,7 +646,8 @@ mod tests {
         let mut cin = BytesMut::from(&msg(b'Q', b"SELECT 1\0")[..]);
         let e = s
             .client_frames(&mut cin, &mut BytesMut::new(), &mut OpenGate)
-            .err().expect("a fatal error");
+            .err()
+            .expect("a fatal error");
         assert!(e.message.contains("expected password response"));
     }
 }

@@ -22,8 +22,7 @@ use std::panic::AssertUnwindSafe;
 
 pub use facts::{
     Class, CopyFacts, CopyTarget, Facts, Flag, Inspection, Lookup, Nesting, SetFacts, Statement,
-    Unparsed,
-    WhereState,
+    Unparsed, WhereState,
 };
 
 /// The PostgreSQL major version whose grammar pg_query carries.

@@ -488,7 +488,10 @@ fn stmt_facts(kind: &str, b: &Value, nesting: Nesting) -> Facts {
             let query = b
                 .get("select_stmt")
                 .and_then(|q| node_body(q, "SelectStmt"));
-            if query.is_some_and(|q| q.get("values_lists").is_none_or(|v| v.as_array().is_none_or(Vec::is_empty))) {
+            if query.is_some_and(|q| {
+                q.get("values_lists")
+                    .is_none_or(|v| v.as_array().is_none_or(Vec::is_empty))
+            }) {
                 f.attributes.push("insert_select".into());
             }
         }
