@@ -1,1 +1,240 @@
+use std::collections::HashSet;
 
+use super::client::rows_written;
+use super::*;
+use crate::sql::{inspect, ReadAs};
+
+const ALL: Needs = Needs {
+    sizes: true,
+    proofs: true,
+    roles: true,
+    extensions: true,
+    estimates: true,
+};
+
+fn ins(sql: &str) -> Inspection {
+    inspect(sql, ReadAs::default())
+}
+
+fn rel(name: &str) -> Question {
+    Question::Lookup(Lookup::Relation { name: name.into() })
+}
+
+fn size(rows: f64) -> Answer {
+    Answer::Relation(RelationSize {
+        rows,
+        bytes: 0,
+        partitioned: false,
+    })
+}
+
+fn attrs(i: &Inspection, stmt: usize) -> Vec<String> {
+    i.statements[stmt].ops[0].attributes.clone()
+}
+
+#[test]
+fn questions_follow_what_the_policy_reads() {
+    let i = ins("CREATE INDEX ON s.orders (a)");
+    assert_eq!(questions(&i, ALL, &HashSet::new()), vec![rel("s.orders")]);
+    assert!(questions(&i, Needs::default(), &HashSet::new()).is_empty());
+    let only_roles = Needs {
+        roles: true,
+        ..Needs::default()
+    };
+    assert!(questions(&i, only_roles, &HashSet::new()).is_empty());
+    // Reads and plain inserts raise none: the hot path never waits for the catalog.
+    assert!(questions(&ins("SELECT * FROM orders"), ALL, &HashSet::new()).is_empty());
+    assert!(questions(&ins("INSERT INTO t VALUES (1)"), ALL, &HashSet::new()).is_empty());
+    assert_eq!(
+        questions(&ins("INSERT INTO t SELECT * FROM u"), ALL, &HashSet::new()),
+        vec![Question::Estimate(0)]
+    );
+}
+
+#[test]
+fn foreign_keys_ask_about_both_tables_and_indexes_about_their_table() {
+    let q = questions(
+        &ins("ALTER TABLE a ADD CONSTRAINT f FOREIGN KEY (x) REFERENCES public.b (id)"),
+        ALL,
+        &HashSet::new(),
+    );
+    assert_eq!(q, vec![rel("a"), rel("public.b")]);
+    let q = questions(&ins("DROP INDEX i"), ALL, &HashSet::new());
+    assert_eq!(
+        q,
+        vec![Question::Lookup(Lookup::Index { name: "i".into() })]
+    );
+    let q = questions(&ins("REINDEX INDEX i"), ALL, &HashSet::new());
+    assert_eq!(
+        q,
+        vec![Question::Lookup(Lookup::Index { name: "i".into() })]
+    );
+}
+
+#[test]
+fn created_tables_are_not_asked_about() {
+    let created: HashSet<String> = ["t".to_string()].into();
+    assert!(questions(&ins("CREATE INDEX ON t (a)"), ALL, &created).is_empty());
+    // Created by an earlier statement of the same text.
+    let i = ins("CREATE TABLE n (a int); CREATE INDEX ni ON n (a); DROP INDEX ni");
+    assert!(questions(&i, ALL, &HashSet::new()).is_empty());
+    // IF NOT EXISTS may have created nothing.
+    let i = ins("CREATE TABLE IF NOT EXISTS n (a int); CREATE INDEX ON n (a)");
+    assert_eq!(questions(&i, ALL, &HashSet::new()), vec![rel("n")]);
+}
+
+#[test]
+fn sizes_become_attributes() {
+    let i = ins("CREATE INDEX ON t (a)");
+    let th = Thresholds::default();
+    let none = HashSet::new();
+    let small = enrich(&i, &[(rel("t"), size(10.0))].into(), &none, &th);
+    assert!(attrs(&small, 0).contains(&"size:small".to_string()));
+    let large = enrich(&i, &[(rel("t"), size(1e6))].into(), &none, &th);
+    assert!(attrs(&large, 0).contains(&"size:large".to_string()));
+    let bytes = Answer::Relation(RelationSize {
+        rows: 1.0,
+        bytes: 2 << 30,
+        partitioned: true,
+    });
+    let big = enrich(&i, &[(rel("t"), bytes)].into(), &none, &th);
+    assert!(attrs(&big, 0).contains(&"size:large".to_string()));
+    assert!(attrs(&big, 0).contains(&"partitioned".to_string()));
+    // No answers (no catalog): no size attribute, so size-gated rules act as on a large table.
+    let bare = enrich(&i, &Answers::new(), &none, &th);
+    assert!(!attrs(&bare, 0).iter().any(|a| a.starts_with("size:")));
+}
+
+#[test]
+fn failures_and_missing_tables_count_as_large_and_are_reported() {
+    let i = ins("ALTER TABLE t ADD CONSTRAINT f FOREIGN KEY (x) REFERENCES u (id)");
+    let th = Thresholds::default();
+    let answers: Answers = [
+        (rel("t"), size(5.0)),
+        (rel("u"), Answer::Failed("timed out".into())),
+    ]
+    .into();
+    let e = enrich(&i, &answers, &HashSet::new(), &th);
+    assert!(attrs(&e, 0).contains(&"size:large".to_string()));
+    assert!(attrs(&e, 0).contains(&"catalog:failed".to_string()));
+    assert!(e
+        .notes
+        .iter()
+        .any(|n| n.contains("table u") && n.contains("timed out")));
+    let e = enrich(
+        &ins("CREATE INDEX ON gone (a)"),
+        &[(rel("gone"), Answer::NotFound)].into(),
+        &HashSet::new(),
+        &th,
+    );
+    assert!(attrs(&e, 0).contains(&"size:large".to_string()));
+    assert!(e.notes[0].contains("not found"));
+}
+
+#[test]
+fn proofs_roles_extensions_and_estimates() {
+    let th = Thresholds::default();
+    let none = HashSet::new();
+    let i = ins("ALTER TABLE t ALTER COLUMN a SET NOT NULL");
+    let q = Question::Lookup(Lookup::NotNullProof {
+        table: "t".into(),
+        column: "a".into(),
+    });
+    let e = enrich(&i, &[(q, Answer::Yes(true))].into(), &none, &th);
+    assert!(attrs(&e, 0).contains(&"catalog:not_null_proven".to_string()));
+
+    let i = ins("ALTER TABLE t ALTER COLUMN b TYPE varchar(20)");
+    let q = Question::Lookup(Lookup::TypeChange {
+        table: "t".into(),
+        column: "b".into(),
+        new_type: "varchar(20)".into(),
+    });
+    assert!(questions(&i, ALL, &none).contains(&q));
+    let e = enrich(
+        &i,
+        &[(
+            q.clone(),
+            Answer::ColumnType("character varying(10)".into()),
+        )]
+        .into(),
+        &none,
+        &th,
+    );
+    assert!(attrs(&e, 0).contains(&"catalog:binary_coercible".to_string()));
+    let e = enrich(
+        &i,
+        &[(q, Answer::ColumnType("integer".into()))].into(),
+        &none,
+        &th,
+    );
+    assert!(!attrs(&e, 0).contains(&"catalog:binary_coercible".to_string()));
+    // USING recomputes every value: never asked, never exempt.
+    let using = ins("ALTER TABLE t ALTER COLUMN b TYPE text USING b || ''");
+    assert!(!questions(&using, ALL, &none)
+        .iter()
+        .any(|q| matches!(q, Question::Lookup(Lookup::TypeChange { .. }))));
+
+    let i = ins("SET ROLE admin");
+    let q = Question::Lookup(Lookup::Role {
+        name: "admin".into(),
+    });
+    assert_eq!(questions(&i, ALL, &none), vec![q.clone()]);
+    let e = enrich(
+        &i,
+        &[(q.clone(), Answer::Role { privileged: true })].into(),
+        &none,
+        &th,
+    );
+    assert!(attrs(&e, 0).contains(&"role:privileged".to_string()));
+    let e = enrich(&i, &[(q, Answer::Failed("down".into()))].into(), &none, &th);
+    assert!(attrs(&e, 0).contains(&"role:privileged".to_string()));
+    assert!(questions(&ins("RESET ROLE"), ALL, &none).is_empty());
+
+    let i = ins("CREATE EXTENSION plperlu");
+    let q = Question::Lookup(Lookup::Extension {
+        name: "plperlu".into(),
+    });
+    let e = enrich(
+        &i,
+        &[(q, Answer::Extension { trusted: false })].into(),
+        &none,
+        &th,
+    );
+    assert!(attrs(&e, 0).contains(&"extension:untrusted".to_string()));
+
+    let i = ins("UPDATE t SET a = 1 WHERE b > 3; DELETE FROM t WHERE id = 1");
+    let e = enrich(
+        &i,
+        &[
+            (Question::Estimate(0), Answer::Estimate(50_000.0)),
+            (Question::Estimate(1), Answer::Estimate(1.0)),
+        ]
+        .into(),
+        &none,
+        &th,
+    );
+    assert!(attrs(&e, 0).contains(&"estimate:large".to_string()));
+    assert!(attrs(&e, 1).contains(&"estimate:small".to_string()));
+}
+
+#[test]
+fn rows_written_reads_modify_table_input() {
+    let plan: serde_json::Value = serde_json::from_str(
+        r#"[{"Plan": {"Node Type": "ModifyTable", "Plan Rows": 0,
+              "Plans": [{"Node Type": "Seq Scan", "Plan Rows": 1234}]}}]"#,
+    )
+    .unwrap();
+    assert_eq!(rows_written(&plan), Some(1234.0));
+    let plan: serde_json::Value =
+        serde_json::from_str(r#"[{"Plan": {"Node Type": "Result", "Plan Rows": 7}}]"#).unwrap();
+    assert_eq!(rows_written(&plan), Some(7.0));
+    assert_eq!(rows_written(&serde_json::json!([])), None);
+}
+
+#[test]
+fn needs_come_from_rule_patterns() {
+    let n = Needs::from_patterns(["estimate:large", "role:*"], false);
+    assert!(n.estimates && n.roles && !n.sizes && !n.proofs && !n.extensions);
+    assert!(Needs::from_patterns([], true).sizes);
+    assert!(!Needs::from_patterns(["validate:*"], false).any());
+}

@@ -228,7 +228,7 @@ impl PolicyGate {
     /// Session facts from a statement that was let through. Creations count only once their
     /// batch ends without an error ([`Gate::on_ready`]).
     fn remember(&mut self, ins: &Arc<Inspection>, pending_ready: u32) {
-        for s in &ins.statements {
+        for (i, s) in ins.statements.iter().enumerate() {
             for op in &s.ops {
                 if let Some(set) = &op.set {
                     match set.name.as_str() {
@@ -256,8 +256,28 @@ impl PolicyGate {
                         let until = self.readies + u64::from(pending_ready) + 1;
                         self.pending_created.push_back((until, op.objects.clone()));
                     }
+                    // An index on a table created in this session is one too (its DROP
+                    // INDEX locks nothing anyone else uses).
+                    "CREATE INDEX" if !op.has(crate::sql::Flag::IfNotExists) => {
+                        let earlier = ins.created_before(i);
+                        let new_table = op.objects.iter().all(|o| {
+                            self.base.created.contains(o)
+                                || earlier.contains(o)
+                                || self.pending_created.iter().any(|(_, p)| p.contains(o))
+                        });
+                        let names: Vec<String> = op
+                            .attributes
+                            .iter()
+                            .filter_map(|a| a.strip_prefix("index_name:"))
+                            .map(str::to_owned)
+                            .collect();
+                        if new_table && !names.is_empty() {
+                            let until = self.readies + u64::from(pending_ready) + 1;
+                            self.pending_created.push_back((until, names));
+                        }
+                    }
                     // Once dropped, the name may well resolve to an older table next time.
-                    "DROP TABLE" | "DROP MATERIALIZED VIEW" => {
+                    "DROP TABLE" | "DROP MATERIALIZED VIEW" | "DROP INDEX" => {
                         self.forget_created(&op.objects);
                     }
                     "ROLLBACK" | "ABORT" => self.rolling_back = true,

@@ -107,7 +107,18 @@ pub(super) fn add(kind: &str, b: &Value, f: &mut Facts) {
     match kind {
         "AlterTableStmt" => alter_table(b, f),
         "CreateStmt" => create_table(b, f),
-        "IndexStmt" => long_name(f, str_field(b, "idxname")),
+        "IndexStmt" => {
+            let name = str_field(b, "idxname");
+            long_name(f, name);
+            if !name.is_empty() {
+                // The index is created in its table's schema.
+                let qualified = match f.objects.first().and_then(|t| t.rsplit_once('.')) {
+                    Some((schema, _)) => format!("{schema}.{name}"),
+                    None => name.to_owned(),
+                };
+                attr(f, format!("index_name:{qualified}"));
+            }
+        }
         "AlterDomainStmt" => alter_domain(b, f),
         "LockStmt" => lock(b, f),
         "VacuumStmt" => {

@@ -308,6 +308,17 @@ impl Inspection {
                 {
                     out.extend(op.objects.iter().cloned());
                 }
+                if op.tag == "CREATE INDEX"
+                    && !op.has(Flag::IfNotExists)
+                    && op.objects.iter().all(|o| out.contains(o))
+                {
+                    out.extend(
+                        op.attributes
+                            .iter()
+                            .filter_map(|a| a.strip_prefix("index_name:"))
+                            .map(str::to_owned),
+                    );
+                }
             }
         }
         out
