@@ -35,6 +35,12 @@ pub struct PolicyGate {
     base: SessionContext,
     ticket: Option<String>,
     prepared: HashMap<String, Arc<Inspection>>,
+    /// `SET LOCAL lock_timeout` in the open transaction: set (non-zero) or not.
+    local_lock_timeout: Option<bool>,
+    /// The role from SET ROLE (None: no role set, statements run as the session user).
+    role: Option<String>,
+    /// `SET LOCAL ROLE` in the open transaction.
+    local_role: Option<Option<String>>,
     /// Catalog answers fetched for the statement text being decided (see [`Self::with_catalog`]).
     supplied: Arc<std::sync::Mutex<Option<(String, Answers)>>>,
 }
@@ -55,6 +61,9 @@ impl PolicyGate {
             ticket,
             prepared: HashMap::new(),
             supplied: Default::default(),
+            local_lock_timeout: None,
+            role: None,
+            local_role: None,
         }
     }
 
@@ -123,7 +132,18 @@ impl PolicyGate {
             return Decision::allow(&policy.version);
         }
         let mut ctx = self.base.clone();
-        ctx.role = view.params.effective_role().map(str::to_owned);
+        // PostgreSQL 18 reports `role`; before that, what SET ROLE said is tracked here.
+        ctx.role = match view.params.role.as_deref() {
+            Some(_) => view.params.effective_role().map(str::to_owned),
+            None => self
+                .local_role
+                .clone()
+                .unwrap_or_else(|| self.role.clone())
+                .or_else(|| view.params.session_authorization.clone()),
+        };
+        ctx.lock_timeout_set = self
+            .local_lock_timeout
+            .unwrap_or(self.base.lock_timeout_set);
         ctx.in_transaction = view.tx != TxStatus::Idle;
         ctx.unreadable_encoding = view
             .params
@@ -233,14 +253,35 @@ impl PolicyGate {
                 if let Some(set) = &op.set {
                     match set.name.as_str() {
                         TICKET_SETTING => self.ticket = set.value.clone().filter(|v| !v.is_empty()),
-                        // SET LOCAL lasts until the transaction ends: not the session's setting.
-                        "lock_timeout" if !set.local => {
+                        // SET LOCAL lasts until the transaction ends.
+                        "lock_timeout" if set.local => {
+                            self.local_lock_timeout =
+                                Some(set.value.as_deref().is_some_and(nonzero_duration))
+                        }
+                        "lock_timeout" => {
                             self.base.lock_timeout_set =
                                 set.value.as_deref().is_some_and(nonzero_duration)
+                        }
+                        "role" => {
+                            let role = set
+                                .value
+                                .clone()
+                                .filter(|v| !v.eq_ignore_ascii_case("none"));
+                            if set.local {
+                                self.local_role = Some(role);
+                            } else {
+                                self.role = role;
+                            }
+                        }
+                        // A new session user drops any role set before.
+                        "session_authorization" => {
+                            self.role = None;
+                            self.local_role = None;
                         }
                         "all" if set.value.is_none() => {
                             self.ticket = None;
                             self.base.lock_timeout_set = false;
+                            self.role = None;
                         }
                         _ => {}
                     }
@@ -289,6 +330,7 @@ impl PolicyGate {
                     {
                         self.ticket = None;
                         self.base.lock_timeout_set = false;
+                        self.role = None;
                         self.prepared.clear();
                     }
                     _ => {}
@@ -349,6 +391,11 @@ impl PolicyGate {
 impl Gate for PolicyGate {
     fn on_ready(&mut self, failed: bool, tx: TxStatus) {
         self.readies += 1;
+        if tx == TxStatus::Idle {
+            // SET LOCAL ends with the transaction.
+            self.local_lock_timeout = None;
+            self.local_role = None;
+        }
         if self.pending_created.is_empty() && self.txn_created.is_empty() {
             // The common case: nothing was created; nothing to publish.
             self.last_tx = tx;

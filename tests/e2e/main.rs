@@ -13,4 +13,5 @@ mod hostile;
 mod lifecycle;
 mod protocol;
 mod reload;
+mod session_facts;
 mod tls;

@@ -1,0 +1,123 @@
+//! Session facts decisions depend on, tracked on the wire: lock_timeout (session-wide and
+//! SET LOCAL), the effective role after SET ROLE / SET LOCAL ROLE / RESET ROLE, and tables
+//! created in the session, each observed through a rule that refuses on it.
+
+use crate::support::{direct, sqlstate, unique, via, Proxy};
+
+/// A proxy whose only policy file is `rules`.
+async fn with_rules(rules: &str) -> (Proxy, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("rules.toml"), rules).unwrap();
+    let path = dir.path().to_path_buf();
+    (Proxy::start_with(|c| c.policies = path).await, dir)
+}
+
+fn refused(r: Result<(), tokio_postgres::Error>) -> bool {
+    match r {
+        Ok(()) => false,
+        Err(e) => {
+            assert_eq!(sqlstate(&e).as_deref(), Some("42501"), "{e:?}");
+            true
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lock_timeout_session_and_local() {
+    let (p, _d) = with_rules(
+        r#"
+[[rule]]
+id = "t.needs-lock-timeout"
+description = "LOCK TABLE without a lock_timeout"
+action = "block"
+message = "set a lock_timeout"
+[rule.match]
+tags = ["LOCK TABLE"]
+[rule.session]
+lock_timeout_set = false
+"#,
+    )
+    .await;
+    let t = unique("sf");
+    direct()
+        .await
+        .batch_execute(&format!("CREATE TABLE {t} (a int)"))
+        .await
+        .unwrap();
+    let c = via(&p).await;
+    let lock = format!("LOCK TABLE {t} IN SHARE MODE");
+    c.batch_execute("BEGIN").await.unwrap();
+    assert!(refused(c.batch_execute(&lock).await));
+    c.batch_execute("ROLLBACK").await.unwrap();
+    // SET LOCAL covers its own transaction only.
+    c.batch_execute("BEGIN; SET LOCAL lock_timeout = '2s'")
+        .await
+        .unwrap();
+    assert!(!refused(c.batch_execute(&lock).await));
+    c.batch_execute("COMMIT").await.unwrap();
+    c.batch_execute("BEGIN").await.unwrap();
+    assert!(refused(c.batch_execute(&lock).await));
+    c.batch_execute("ROLLBACK").await.unwrap();
+    // A session-wide setting covers every later transaction; 0 turns it off again.
+    c.batch_execute("SET lock_timeout = '2s'").await.unwrap();
+    c.batch_execute("BEGIN").await.unwrap();
+    assert!(!refused(c.batch_execute(&lock).await));
+    c.batch_execute("COMMIT; SET lock_timeout = 0; BEGIN")
+        .await
+        .unwrap();
+    assert!(refused(c.batch_execute(&lock).await));
+    c.batch_execute("ROLLBACK").await.unwrap();
+    direct()
+        .await
+        .batch_execute(&format!("DROP TABLE {t}"))
+        .await
+        .unwrap();
+    p.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn effective_role_follows_set_role() {
+    let role = unique("pgw_ro");
+    let (p, _d) = with_rules(&format!(
+        r#"
+[[rule]]
+id = "t.read-only-role"
+description = "the read-only role may not write"
+action = "block"
+message = "read-only role"
+[rule.match]
+classes = ["write"]
+[rule.session]
+roles = ["{role}"]
+"#
+    ))
+    .await;
+    let t = unique("sfr");
+    direct()
+        .await
+        .batch_execute(&format!(
+            "CREATE ROLE {role} NOLOGIN; CREATE TABLE {t} (a int); GRANT ALL ON {t} TO {role}"
+        ))
+        .await
+        .unwrap();
+    let c = via(&p).await;
+    let insert = format!("INSERT INTO {t} VALUES (1)");
+    assert!(!refused(c.batch_execute(&insert).await));
+    c.batch_execute(&format!("SET ROLE {role}")).await.unwrap();
+    assert!(refused(c.batch_execute(&insert).await));
+    c.batch_execute("RESET ROLE").await.unwrap();
+    assert!(!refused(c.batch_execute(&insert).await));
+    // SET LOCAL ROLE lasts until the transaction ends.
+    c.batch_execute(&format!("BEGIN; SET LOCAL ROLE {role}"))
+        .await
+        .unwrap();
+    assert!(refused(c.batch_execute(&insert).await));
+    c.batch_execute("ROLLBACK").await.unwrap();
+    assert!(!refused(c.batch_execute(&insert).await));
+    direct()
+        .await
+        .batch_execute(&format!("DROP TABLE {t}; DROP ROLE {role}"))
+        .await
+        .unwrap();
+    p.stop().await;
+}
