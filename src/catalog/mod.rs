@@ -18,7 +18,7 @@ use serde::Deserialize;
 pub use client::Catalog;
 pub use types::binary_coercible;
 
-use crate::sql::{Facts, Inspection, Lookup};
+use crate::sql::{Facts, Inspection, Lookup, Nesting};
 
 /// When a relation or a write counts as large. Defaults from the policy catalogue.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -219,9 +219,19 @@ pub fn questions(ins: &Inspection, needs: Needs, created: &HashSet<String>) -> V
                     out.push(Question::Lookup(Lookup::Extension { name: e.clone() }));
                 }
             }
-            estimate |=
-                needs.estimates && writes(op) && op.objects.iter().any(|o| !created.contains(o));
+            estimate |= needs.estimates
+                && writes(op)
+                && matches!(op.nesting, Nesting::TopLevel | Nesting::Cte)
+                && op.objects.iter().any(|o| !created.contains(o));
         }
+        // Only a statement that is itself a query can be EXPLAINed as written (not EXPLAIN
+        // ANALYZE, PREPARE, COPY (...), CREATE TABLE AS, DO).
+        estimate &= s.ops.first().is_some_and(|o| {
+            matches!(
+                o.tag.as_str(),
+                "UPDATE" | "DELETE" | "MERGE" | "INSERT" | "SELECT"
+            )
+        });
         if estimate {
             out.push(Question::Estimate(i));
         }

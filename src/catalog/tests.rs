@@ -49,6 +49,25 @@ fn questions_follow_what_the_policy_reads() {
         questions(&ins("INSERT INTO t SELECT * FROM u"), ALL, &HashSet::new()),
         vec![Question::Estimate(0)]
     );
+    assert_eq!(
+        questions(
+            &ins("WITH d AS (DELETE FROM t RETURNING *) SELECT count(*) FROM d"),
+            ALL,
+            &HashSet::new()
+        ),
+        vec![Question::Estimate(0)]
+    );
+    // Statements that cannot be EXPLAINed as written are not estimated.
+    for sql in [
+        "EXPLAIN ANALYZE UPDATE t SET a = 1",
+        "PREPARE p AS DELETE FROM t WHERE a > $1",
+        "COPY (DELETE FROM t RETURNING *) TO STDOUT",
+    ] {
+        assert!(
+            questions(&ins(sql), ALL, &HashSet::new()).is_empty(),
+            "{sql}"
+        );
+    }
 }
 
 #[test]
