@@ -221,15 +221,18 @@ pub fn questions(ins: &Inspection, needs: Needs, created: &HashSet<String>) -> V
             }
             estimate |= needs.estimates
                 && writes(op)
-                && matches!(op.nesting, Nesting::TopLevel | Nesting::Cte)
+                && matches!(
+                    op.nesting,
+                    Nesting::TopLevel | Nesting::Cte | Nesting::ExplainAnalyze
+                )
                 && op.objects.iter().any(|o| !created.contains(o));
         }
-        // Only a statement that is itself a query can be EXPLAINed as written (not EXPLAIN
-        // ANALYZE, PREPARE, COPY (...), CREATE TABLE AS, DO).
+        // Only a query (or the query EXPLAIN ANALYZE runs) can be explained on another
+        // connection: not PREPARE, COPY (...), CREATE TABLE AS, DO.
         estimate &= s.ops.first().is_some_and(|o| {
             matches!(
                 o.tag.as_str(),
-                "UPDATE" | "DELETE" | "MERGE" | "INSERT" | "SELECT"
+                "UPDATE" | "DELETE" | "MERGE" | "INSERT" | "SELECT" | "EXPLAIN"
             )
         });
         if estimate {

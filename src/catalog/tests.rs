@@ -58,8 +58,16 @@ fn questions_follow_what_the_policy_reads() {
         vec![Question::Estimate(0)]
     );
     // Statements that cannot be EXPLAINed as written are not estimated.
+    assert_eq!(
+        questions(
+            &ins("EXPLAIN ANALYZE UPDATE t SET a = 1"),
+            ALL,
+            &HashSet::new()
+        ),
+        vec![Question::Estimate(0)]
+    );
     for sql in [
-        "EXPLAIN ANALYZE UPDATE t SET a = 1",
+        "EXPLAIN UPDATE t SET a = 1",
         "PREPARE p AS DELETE FROM t WHERE a > $1",
         "COPY (DELETE FROM t RETURNING *) TO STDOUT",
     ] {
@@ -256,4 +264,34 @@ fn needs_come_from_rule_patterns() {
     assert!(n.estimates && n.roles && !n.sizes && !n.proofs && !n.extensions);
     assert!(Needs::from_patterns([], true).sizes);
     assert!(!Needs::from_patterns(["validate:*"], false).any());
+}
+
+#[test]
+fn explainable_texts_are_deparsed_and_unwrap_explain_analyze() {
+    use crate::sql::explainable_texts;
+    let t = explainable_texts(
+        "UPDATE t SET a = 'it''s' WHERE id = $1; EXPLAIN (ANALYZE, BUFFERS) DELETE FROM u",
+        ReadAs::default(),
+        2,
+    );
+    assert_eq!(t.len(), 2);
+    assert!(
+        t[0].starts_with("UPDATE t SET a = 'it''s' WHERE id = $1"),
+        "{t:?}"
+    );
+    assert_eq!(t[1], "DELETE FROM u");
+    // Read with standard_conforming_strings off, a backslash escapes the quote: the deparsed
+    // text says the same thing to a server reading it with the setting on.
+    let off = ReadAs {
+        standard_conforming_strings: false,
+    };
+    let t = explainable_texts(r"UPDATE t SET a = 'x\\' WHERE true", off, 1);
+    assert_eq!(
+        crate::sql::inspect(&t[0], ReadAs::default())
+            .statements
+            .len(),
+        1,
+        "{t:?}"
+    );
+    assert!(explainable_texts("SELECT 1; SELECT 2", ReadAs::default(), 1).is_empty());
 }

@@ -82,7 +82,7 @@ pub fn decide_text(
         let qs = crate::catalog::questions(&ins, policy.needs, &session.created);
         {
             if !qs.is_empty() {
-                let texts = crate::session::gate::statement_texts(text, ins.statements.len());
+                let texts = sql::explainable_texts(text, ReadAs::default(), ins.statements.len());
                 let answers =
                     live.runtime
                         .block_on(live.catalog.fetch(&live.database, &qs, &texts));

@@ -70,7 +70,12 @@ impl PolicyGate {
     /// The inspection with live-catalog facts folded in, when a catalog is configured and
     /// the policy reads facts this text raises questions about. `Err`: the answers are not
     /// at hand; the work that fetches them (into `supplied`) must complete first.
-    fn with_catalog(&self, ins: Arc<Inspection>, text: &str) -> Result<Arc<Inspection>, Work> {
+    fn with_catalog(
+        &self,
+        ins: Arc<Inspection>,
+        text: &str,
+        read_as: ReadAs,
+    ) -> Result<Arc<Inspection>, Work> {
         let Some(cat) = self.shared.catalog.clone() else {
             return Ok(ins);
         };
@@ -80,12 +85,14 @@ impl PolicyGate {
             return Ok(ins);
         }
         let texts = if qs.iter().any(|q| matches!(q, Question::Estimate(_))) {
-            statement_texts(text, ins.statements.len())
+            crate::sql::explainable_texts(text, read_as, ins.statements.len())
         } else {
             Vec::new()
         };
+        // Answers are for one reading of one text.
+        let key = format!("{}\0{text}", read_as.standard_conforming_strings);
         let mut answers = match &*self.supplied.lock().unwrap_or_else(|e| e.into_inner()) {
-            Some((t, a)) if t == text => a.clone(),
+            Some((k, a)) if *k == key => a.clone(),
             _ => Answers::new(),
         };
         let missing: Vec<Question> = qs
@@ -98,7 +105,6 @@ impl PolicyGate {
                 Some(a) => answers.extend(a),
                 None => {
                     let slot = self.supplied.clone();
-                    let key = text.to_owned();
                     let db = db.clone();
                     return Err(Box::pin(async move {
                         let a = cat.fetch(&db, &missing, &texts).await;
@@ -208,7 +214,7 @@ impl PolicyGate {
                 })
             };
             let ins = loop {
-                match self.with_catalog(ins.clone(), &sql) {
+                match self.with_catalog(ins.clone(), &sql, ReadAs::default()) {
                     Ok(i) => break i,
                     Err(fetch) => fetch.await,
                 }
@@ -499,7 +505,13 @@ impl PolicyGate {
                     standard_conforming_strings: scs,
                 },
             );
-            return match self.with_catalog(ins, text) {
+            return match self.with_catalog(
+                ins,
+                text,
+                ReadAs {
+                    standard_conforming_strings: scs,
+                },
+            ) {
                 Ok(ins) => self.enforce(ins, view),
                 Err(fetch) => Verdict::Wait(fetch),
             };
@@ -526,7 +538,13 @@ impl PolicyGate {
                 standard_conforming_strings: false,
             },
         );
-        let (on, off) = match (self.with_catalog(on, text), self.with_catalog(off, text)) {
+        let read = |scs| ReadAs {
+            standard_conforming_strings: scs,
+        };
+        let (on, off) = match (
+            self.with_catalog(on, text, read(true)),
+            self.with_catalog(off, text, read(false)),
+        ) {
             (Ok(on), Ok(off)) => (on, off),
             (Err(fetch), _) | (_, Err(fetch)) => return Verdict::Wait(fetch),
         };
@@ -537,17 +555,6 @@ impl PolicyGate {
             return Verdict::Refuse(refusal(&d2, self.ticket.as_deref(), &second));
         }
         self.enforce(first, view)
-    }
-}
-
-/// The text of each statement of `text`, for planner estimates; empty when the split does
-/// not match the inspection (the estimate then fails, and counts as large).
-pub fn statement_texts(text: &str, statements: usize) -> Vec<String> {
-    match pg_query::split_with_parser(text) {
-        Ok(parts) if parts.len() == statements => {
-            parts.into_iter().map(|p| p.trim().to_owned()).collect()
-        }
-        _ => Vec::new(),
     }
 }
 

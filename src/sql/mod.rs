@@ -176,6 +176,38 @@ fn inspect_at(text: &str, read_as: ReadAs, depth: usize) -> Inspection {
     }
 }
 
+/// For each statement of `text` (read as the server reads it), SQL the planner can be asked
+/// to EXPLAIN on another connection: the statement deparsed by PostgreSQL's own deparser (so
+/// string escapes read alike under any `standard_conforming_strings`), or for EXPLAIN ANALYZE
+/// the statement it runs. Empty when the text does not parse into `statements` statements;
+/// an entry is empty where deparsing failed (its estimate then fails, and counts as large).
+pub fn explainable_texts(text: &str, read_as: ReadAs, statements: usize) -> Vec<String> {
+    use pg_query::protobuf::node::Node as N;
+    let mut opts = pg_query::ParserOptions::DEFAULT;
+    if !read_as.standard_conforming_strings {
+        opts |= pg_query::ParserOptions::DISABLE_STANDARD_CONFORMING_STRINGS;
+    }
+    let Ok(parsed) = pg_query::parse(text, opts) else {
+        return Vec::new();
+    };
+    if parsed.protobuf.stmts.len() != statements {
+        return Vec::new();
+    }
+    parsed
+        .protobuf
+        .stmts
+        .iter()
+        .map(|raw| {
+            let mut node = raw.stmt.as_deref().and_then(|n| n.node.as_ref());
+            if let Some(N::ExplainStmt(e)) = node {
+                node = e.query.as_deref().and_then(|n| n.node.as_ref());
+            }
+            node.and_then(|n| n.deparse(pg_query::DeparseOptions::default()).ok())
+                .unwrap_or_default()
+        })
+        .collect()
+}
+
 /// `pg_catalog.format` → `format`.
 pub fn unqualified(name: &str) -> &str {
     name.rsplit('.').next().unwrap_or(name)
