@@ -55,10 +55,25 @@ const POWERFUL_ROLES: &[&str] = &[
     "pg_signal_backend",
     "pg_read_all_data",
     "pg_write_all_data",
+    "pg_create_subscription",
+    "pg_maintain",
 ];
+
+/// After the catalog could not be reached or did not answer in time, lookups fail at once
+/// for this long (counted the strict way) instead of each waiting out the timeout.
+const BACKOFF: Duration = Duration::from_secs(5);
 
 /// Bound on cached answers (estimates are keyed by statement text).
 const MAX_CACHED: usize = 50_000;
+
+/// The SQL text questions are about (estimates explain its statements).
+#[derive(Debug, Clone)]
+pub struct Source {
+    pub text: String,
+    pub read_as: crate::sql::ReadAs,
+    /// How many statements the inspection found in it.
+    pub statements: usize,
+}
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 enum Key {
@@ -72,6 +87,8 @@ pub struct Catalog {
     conns: tokio::sync::Mutex<HashMap<String, Arc<Client>>>,
     cache: DashMap<(String, Key), (Instant, Answer)>,
     serial: AtomicU64,
+    /// Until when, and why, the catalog counts as down.
+    down: std::sync::Mutex<Option<(Instant, String)>>,
 }
 
 impl Catalog {
@@ -85,35 +102,40 @@ impl Catalog {
             conns: Default::default(),
             cache: DashMap::new(),
             serial: AtomicU64::new(0),
+            down: Default::default(),
         })
     }
 
-    fn key(q: &Question, texts: &[String]) -> Option<Key> {
-        Some(match q {
+    fn key(q: &Question, source: &Source) -> Key {
+        match q {
             Question::Lookup(l) => Key::Lookup(l.clone()),
-            Question::Estimate(i) => Key::Estimate(texts.get(*i)?.clone()),
-        })
+            Question::Estimate(i) => Key::Estimate(format!(
+                "{}\0{i}\0{}",
+                source.read_as.standard_conforming_strings, source.text
+            )),
+        }
     }
 
-    fn cached_one(&self, db: &str, q: &Question, texts: &[String]) -> Option<Answer> {
-        let k = (db.to_owned(), Self::key(q, texts)?);
+    fn cached_one(&self, db: &str, q: &Question, source: &Source) -> Option<Answer> {
+        let k = (db.to_owned(), Self::key(q, source));
         let e = self.cache.get(&k)?;
         (e.0.elapsed() < self.settings.ttl).then(|| e.1.clone())
     }
 
     /// All answers from the cache, or `None` when some must be fetched.
-    pub fn cached(&self, db: &str, qs: &[Question], texts: &[String]) -> Option<Answers> {
+    pub fn cached(&self, db: &str, qs: &[Question], source: &Source) -> Option<Answers> {
         qs.iter()
-            .map(|q| self.cached_one(db, q, texts).map(|a| (q.clone(), a)))
+            .map(|q| self.cached_one(db, q, source).map(|a| (q.clone(), a)))
             .collect()
     }
 
-    /// Answers every question, from the cache or the database `db`, within the timeout.
-    pub async fn fetch(&self, db: &str, qs: &[Question], texts: &[String]) -> Answers {
+    /// Answers every question about `source`, from the cache or the database `db`, within
+    /// the timeout.
+    pub async fn fetch(&self, db: &str, qs: &[Question], source: &Source) -> Answers {
         let mut out = Answers::new();
         let mut todo = Vec::new();
         for q in qs {
-            match self.cached_one(db, q, texts) {
+            match self.cached_one(db, q, source) {
                 Some(a) => {
                     out.insert(q.clone(), a);
                 }
@@ -123,27 +145,52 @@ impl Catalog {
         if todo.is_empty() {
             return out;
         }
-        let work = async {
-            let client = self.client(db).await?;
-            let asks = todo.iter().map(|q| self.ask(&client, q, texts));
-            Ok::<_, String>(futures_util::future::join_all(asks).await)
+        let texts = if todo.iter().any(|q| matches!(q, Question::Estimate(_))) {
+            crate::sql::explainable_texts(&source.text, source.read_as, source.statements)
+        } else {
+            Vec::new()
         };
-        let answers = match timeout(self.settings.timeout, work).await {
-            Ok(Ok(a)) => a,
-            Ok(Err(e)) => vec![Answer::Failed(e); todo.len()],
-            Err(_) => vec![
-                Answer::Failed(format!(
+        let texts = &texts;
+        let down = self
+            .down
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+            .filter(|(until, _)| Instant::now() < *until);
+        let answers = if let Some((_, e)) = down {
+            // Failed moments ago: answer at once rather than make every statement wait.
+            vec![
+                Answer::Failed(format!("{e} (not retried for {}s)", BACKOFF.as_secs()));
+                todo.len()
+            ]
+        } else {
+            let work = async {
+                let client = self.client(db).await?;
+                let asks = todo.iter().map(|q| self.ask(&client, q, texts));
+                Ok::<_, String>(futures_util::future::join_all(asks).await)
+            };
+            let outage = match timeout(self.settings.timeout, work).await {
+                Ok(Ok(a)) => Ok(a),
+                Ok(Err(e)) => Err(e),
+                Err(_) => Err(format!(
                     "no answer within {}",
                     humantime::format_duration(self.settings.timeout)
-                ));
-                todo.len()
-            ],
+                )),
+            };
+            match outage {
+                Ok(a) => a,
+                Err(e) => {
+                    *self.down.lock().unwrap_or_else(|p| p.into_inner()) =
+                        Some((Instant::now() + BACKOFF, e.clone()));
+                    vec![Answer::Failed(e); todo.len()]
+                }
+            }
         };
         for (q, a) in todo.into_iter().zip(answers) {
             if let Answer::Failed(e) = &a {
                 tracing::warn!(database = db, question = ?q, error = %e, "catalog lookup failed: counted the strict way");
-            } else if let Some(k) = Self::key(&q, texts) {
-                self.remember((db.to_owned(), k), a.clone());
+            } else {
+                self.remember((db.to_owned(), Self::key(&q, source)), a.clone());
             }
             out.insert(q, a);
         }
@@ -204,7 +251,7 @@ impl Catalog {
                 role(c, name, &self.settings.admin_roles).await
             }
             Question::Lookup(Lookup::Extension { name }) => extension(c, name).await,
-            Question::Estimate(i) => match texts.get(*i) {
+            Question::Estimate(i) => match texts.get(*i).filter(|t| !t.is_empty()) {
                 Some(t) => estimate(c, t, self.serial.fetch_add(1, Ordering::Relaxed)).await,
                 None => Ok(Answer::Failed(
                     "the statement's text could not be isolated".into(),

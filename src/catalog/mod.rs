@@ -267,7 +267,18 @@ fn role_targets(op: &Facts) -> Vec<String> {
     if op.tag == "GRANT ROLE" {
         return op.objects.clone();
     }
-    Vec::new()
+    // CREATE ROLE ... IN ROLE g: the new role gains g's privileges.
+    let mut out: Vec<String> = op
+        .attributes
+        .iter()
+        .filter_map(|a| a.strip_prefix("member_of:"))
+        .map(str::to_owned)
+        .collect();
+    // ALTER GROUP g ADD USER u: u gains g's privileges.
+    if op.attributes.iter().any(|a| a == "adds_members") {
+        out.extend(op.roles.iter().cloned());
+    }
+    out
 }
 
 fn attr(op: &mut Facts, word: &str) {
@@ -345,23 +356,36 @@ pub fn enrich(
                     },
                 );
             }
+            // An exemption holds for the operation only when it holds for every column it
+            // changes that way.
+            let (mut proofs, mut proven, mut changes, mut coercible) = (0, 0, 0, 0);
             for l in op.lookups.clone() {
-                match (&l, answers.get(&Question::Lookup(l.clone()))) {
-                    (Lookup::NotNullProof { .. }, Some(Answer::Yes(true))) => {
-                        attr(op, "catalog:not_null_proven")
+                let a = answers.get(&Question::Lookup(l.clone()));
+                match &l {
+                    Lookup::NotNullProof { .. } => {
+                        proofs += 1;
+                        proven += usize::from(a == Some(&Answer::Yes(true)));
                     }
-                    (Lookup::TypeChange { new_type, .. }, Some(Answer::ColumnType(cur)))
-                        if binary_coercible(cur, new_type) =>
-                    {
-                        attr(op, "catalog:binary_coercible")
-                    }
-                    (_, Some(Answer::Failed(e))) => {
-                        out.notes
-                            .push(format!("{}: catalog lookup failed: {e}.", lookup_name(&l)));
-                        attr(op, "catalog:failed");
+                    Lookup::TypeChange { new_type, .. } => {
+                        changes += 1;
+                        coercible += usize::from(
+                            matches!(a, Some(Answer::ColumnType(cur)) if binary_coercible(cur, new_type)),
+                        );
                     }
                     _ => {}
                 }
+                if let Some(Answer::Failed(e)) = a {
+                    out.notes
+                        .push(format!("{}: catalog lookup failed: {e}.", lookup_name(&l)));
+                    attr(op, "catalog:failed");
+                }
+            }
+            if proofs > 0 && proven == proofs {
+                attr(op, "catalog:not_null_proven");
+            }
+            let rewrites = op.attributes.iter().any(|a| a == "type_change:rewrites");
+            if changes > 0 && coercible == changes && !rewrites {
+                attr(op, "catalog:binary_coercible");
             }
             for r in role_targets(op) {
                 match answers.get(&Question::Lookup(Lookup::Role { name: r.clone() })) {

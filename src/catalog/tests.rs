@@ -295,3 +295,127 @@ fn explainable_texts_are_deparsed_and_unwrap_explain_analyze() {
     );
     assert!(explainable_texts("SELECT 1; SELECT 2", ReadAs::default(), 1).is_empty());
 }
+
+#[test]
+fn exemptions_hold_only_when_every_column_qualifies() {
+    let th = Thresholds::default();
+    let none = HashSet::new();
+    let i = ins("ALTER TABLE t ALTER COLUMN a SET NOT NULL, ALTER COLUMN b SET NOT NULL");
+    let proof = |c: &str| {
+        Question::Lookup(Lookup::NotNullProof {
+            table: "t".into(),
+            column: c.into(),
+        })
+    };
+    let one = enrich(
+        &i,
+        &[
+            (proof("a"), Answer::Yes(true)),
+            (proof("b"), Answer::Yes(false)),
+        ]
+        .into(),
+        &none,
+        &th,
+    );
+    assert!(!attrs(&one, 0).contains(&"catalog:not_null_proven".to_string()));
+    let both = enrich(
+        &i,
+        &[
+            (proof("a"), Answer::Yes(true)),
+            (proof("b"), Answer::Yes(true)),
+        ]
+        .into(),
+        &none,
+        &th,
+    );
+    assert!(attrs(&both, 0).contains(&"catalog:not_null_proven".to_string()));
+
+    // One widening change and one with USING (a rewrite): not exempt.
+    let i = ins("ALTER TABLE t ALTER COLUMN b TYPE text, ALTER COLUMN c TYPE int8 USING c::int8");
+    let q = Question::Lookup(Lookup::TypeChange {
+        table: "t".into(),
+        column: "b".into(),
+        new_type: "text".into(),
+    });
+    let e = enrich(
+        &i,
+        &[(q, Answer::ColumnType("character varying(5)".into()))].into(),
+        &none,
+        &th,
+    );
+    assert!(!attrs(&e, 0).contains(&"catalog:binary_coercible".to_string()));
+}
+
+#[test]
+fn memberships_ask_about_the_group() {
+    let none = HashSet::new();
+    let role = |n: &str| Question::Lookup(Lookup::Role { name: n.into() });
+    assert_eq!(
+        questions(&ins("CREATE ROLE x IN ROLE ops"), ALL, &none),
+        vec![role("ops")]
+    );
+    assert_eq!(
+        questions(&ins("ALTER GROUP admins ADD USER bob"), ALL, &none),
+        vec![role("admins")]
+    );
+    assert_eq!(
+        questions(&ins("GRANT admins TO bob"), ALL, &none),
+        vec![role("admins")]
+    );
+}
+
+#[test]
+fn a_changed_search_path_or_a_rename_forgets_earlier_creations() {
+    let i = ins("SET search_path = scratch; CREATE TABLE orders (id int); SET search_path = public; CREATE INDEX ON orders (a)");
+    assert!(i.created_before(3).is_empty());
+    let i = ins(
+        "CREATE TABLE s.orders (id int); SET search_path = public; CREATE INDEX ON s.orders (a)",
+    );
+    assert_eq!(i.created_before(2), vec!["s.orders".to_string()]);
+    let i = ins("CREATE TABLE n (id int); ALTER TABLE n RENAME TO m; ALTER TABLE big RENAME TO n; CREATE INDEX ON n (a)");
+    assert!(i.created_before(3).is_empty());
+}
+
+#[test]
+fn small_action_needs_every_matched_operation_small() {
+    use crate::policy::{Action, Mode, SessionContext};
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("r.toml"),
+        r#"
+[[rule]]
+id = "t.set-not-null"
+description = "d"
+action = "hold"
+small_action = "alert"
+message = "m"
+[rule.match]
+subcommands = ["SET NOT NULL"]
+"#,
+    )
+    .unwrap();
+    let policy = crate::policy::load_dir(dir.path(), "production").unwrap();
+    let th = Thresholds::default();
+    let session = SessionContext::default();
+    let decide = |sql: &str, answers: Answers| {
+        let e = enrich(&ins(sql), &answers, &HashSet::new(), &th);
+        policy.decide(&e, &session, Mode::Enforce).action
+    };
+    let small: Answers = [(rel("t"), size(5.0))].into();
+    assert_eq!(
+        decide("ALTER TABLE t ALTER a SET NOT NULL", small.clone()),
+        Action::Alert
+    );
+    assert_eq!(
+        decide("ALTER TABLE t ALTER a SET NOT NULL", Answers::new()),
+        Action::Hold
+    );
+    // ALTER DOMAIN cannot be sized: the DO block is held though its table is small.
+    assert_eq!(
+        decide(
+            "DO $$ BEGIN ALTER DOMAIN d SET NOT NULL; ALTER TABLE t ALTER a SET NOT NULL; END $$",
+            small
+        ),
+        Action::Hold
+    );
+}

@@ -79,13 +79,17 @@ pub fn decide_text(
     let locations = ins.statements.iter().map(|s| s.location).collect();
     let mut notes = Vec::new();
     if let Some(live) = catalog {
-        let qs = crate::catalog::questions(&ins, policy.needs, &session.created);
+        let qs = crate::catalog::questions(&ins, policy.needs_for(&ins), &session.created);
         {
             if !qs.is_empty() {
-                let texts = sql::explainable_texts(text, ReadAs::default(), ins.statements.len());
+                let source = crate::catalog::client::Source {
+                    text: text.to_owned(),
+                    read_as: ReadAs::default(),
+                    statements: ins.statements.len(),
+                };
                 let answers =
                     live.runtime
-                        .block_on(live.catalog.fetch(&live.database, &qs, &texts));
+                        .block_on(live.catalog.fetch(&live.database, &qs, &source));
                 ins = crate::catalog::enrich(
                     &ins,
                     &answers,

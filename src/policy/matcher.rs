@@ -155,6 +155,13 @@ impl StatementMatcher {
             || self.not_attributes.is_some()
     }
 
+    /// The operations of `stmt` that the per-operation conditions select (every one when
+    /// there are none, e.g. a rule written as one expression).
+    pub fn selected_ops<'a>(&'a self, stmt: &'a Statement) -> impl Iterator<Item = &'a Facts> {
+        let all = !self.has_op_conditions();
+        stmt.ops.iter().filter(move |op| all || self.op_matches(op))
+    }
+
     /// The part decided per session: encoding, objects created in this session, expression.
     pub fn session_part_matches(&self, stmt: Option<&Statement>, s: &SessionContext) -> bool {
         self.encoding_matches(s.unreadable_encoding)

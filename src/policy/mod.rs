@@ -212,7 +212,7 @@ impl Policy {
             };
             if r.session.matches(session) && r.statement.session_part_matches(facts, session) {
                 let action = match r.small_action {
-                    Some(small) if facts.is_some_and(all_small) => small,
+                    Some(small) if facts.is_some_and(|f| all_small(r, f, session)) => small,
                     _ => r.action,
                 };
                 matches.push(RuleMatch {
@@ -266,12 +266,50 @@ impl Policy {
     }
 }
 
-/// True when the live catalog found every table the statement locks small (`size:small`
-/// and no `size:large`): size-gated rules then take their `small_action`. Without catalog
-/// answers there is no size attribute, and every table counts as large.
-fn all_small(s: &crate::sql::Statement) -> bool {
-    let has = |w: &str| s.ops.iter().any(|o| o.attributes.iter().any(|a| a == w));
-    has("size:small") && !has("size:large")
+/// True when the live catalog found small every table that the operations `rule` matched
+/// lock (`size:small` on each, tables created in this session aside): the rule then takes
+/// its `small_action`. Without catalog answers there is no size attribute, and every table
+/// counts as large; so does an operation the catalog cannot size (ALTER DOMAIN, say).
+fn all_small(rule: &Rule, s: &crate::sql::Statement, session: &SessionContext) -> bool {
+    let mut sized = false;
+    for op in rule.statement.selected_ops(s) {
+        let created =
+            !op.objects.is_empty() && op.objects.iter().all(|o| session.created.contains(o));
+        if created {
+            continue;
+        }
+        if !op.attributes.iter().any(|a| a == "size:small") {
+            return false;
+        }
+        sized = true;
+    }
+    sized
+}
+
+impl Policy {
+    /// The catalog facts worth asking for `ins`: sizes and exemption proofs only when a rule
+    /// that reads them matches the statement already (they can only soften a decision);
+    /// roles, extensions and estimates whenever some rule reads them (they can only make a
+    /// rule match).
+    pub fn needs_for(&self, ins: &Inspection) -> crate::catalog::Needs {
+        let mut n = crate::catalog::Needs {
+            roles: self.needs.roles,
+            extensions: self.needs.extensions,
+            estimates: self.needs.estimates,
+            ..Default::default()
+        };
+        if self.needs.sizes || self.needs.proofs {
+            let memo = ins
+                .memo
+                .get_or(&self.version, || self.statement_matches(ins));
+            for &(_, rule) in &memo.1 {
+                let r = &self.rules[rule as usize].needs;
+                n.sizes |= r.sizes;
+                n.proofs |= r.proofs;
+            }
+        }
+        n
+    }
 }
 
 #[cfg(test)]

@@ -133,7 +133,7 @@ fn run_case(policy: &Policy, file: &Path, c: &RawCase) -> CaseResult {
     };
     let mut ins = sql::inspect(&c.sql, read_as);
     if let Some(cat) = &c.catalog {
-        let qs = catalog::questions(&ins, policy.needs, &session.created);
+        let qs = catalog::questions(&ins, policy.needs_for(&ins), &session.created);
         let answers = case_answers(cat, &qs);
         ins = catalog::enrich(&ins, &answers, &session.created, &Thresholds::default());
     }

@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use super::refusal::{Gate, Verdict, View, Work};
 use super::Shared;
+use crate::catalog::client::Source;
 use crate::catalog::{self, Answers, Question};
 use crate::policy::testcases::encoding_readable;
 use crate::policy::{Action, Decision, SessionContext};
@@ -79,15 +80,15 @@ impl PolicyGate {
         let Some(cat) = self.shared.catalog.clone() else {
             return Ok(ins);
         };
-        let needs = self.shared.policy.load().needs;
+        let needs = self.shared.policy.load().needs_for(&ins);
         let qs = catalog::questions(&ins, needs, &self.base.created);
         if qs.is_empty() {
             return Ok(ins);
         }
-        let texts = if qs.iter().any(|q| matches!(q, Question::Estimate(_))) {
-            crate::sql::explainable_texts(text, read_as, ins.statements.len())
-        } else {
-            Vec::new()
+        let source = Source {
+            text: text.to_owned(),
+            read_as,
+            statements: ins.statements.len(),
         };
         // Answers are for one reading of one text.
         let key = format!("{}\0{text}", read_as.standard_conforming_strings);
@@ -101,13 +102,13 @@ impl PolicyGate {
             .collect();
         if !missing.is_empty() {
             let db = &self.base.database;
-            match cat.cached(db, &missing, &texts) {
+            match cat.cached(db, &missing, &source) {
                 Some(a) => answers.extend(a),
                 None => {
                     let slot = self.supplied.clone();
                     let db = db.clone();
                     return Err(Box::pin(async move {
-                        let a = cat.fetch(&db, &missing, &texts).await;
+                        let a = cat.fetch(&db, &missing, &source).await;
                         let mut s = slot.lock().unwrap_or_else(|e| e.into_inner());
                         match &mut *s {
                             Some((k, prev)) if *k == key => prev.extend(a),
@@ -235,6 +236,20 @@ impl PolicyGate {
         Ok(())
     }
 
+    /// Forgets creations named without a schema (after search_path changes or DISCARD): the
+    /// same name may now resolve to a table this session did not create.
+    fn forget_unqualified(&mut self) {
+        let unqualified: Vec<String> = self
+            .created
+            .iter()
+            .chain(&self.txn_created)
+            .chain(self.pending_created.iter().flat_map(|(_, p)| p))
+            .filter(|n| !n.contains('.'))
+            .cloned()
+            .collect();
+        self.forget_created(&unqualified);
+    }
+
     fn forget_created(&mut self, names: &[String]) {
         self.created.retain(|c| !names.contains(c));
         self.txn_created.retain(|c| !names.contains(c));
@@ -279,6 +294,8 @@ impl PolicyGate {
                                 self.role = role;
                             }
                         }
+                        // Unqualified names may now resolve to other schemas' tables.
+                        "search_path" => self.forget_unqualified(),
                         // A new session user drops any role set before.
                         "session_authorization" => {
                             self.role = None;
@@ -323,6 +340,14 @@ impl PolicyGate {
                             self.pending_created.push_back((until, names));
                         }
                     }
+                    // Renamed or moved: the name may come to mean an older table.
+                    _ if op
+                        .subcommands
+                        .iter()
+                        .any(|c| c == "RENAME" || c == "SET SCHEMA") =>
+                    {
+                        self.forget_created(&op.objects);
+                    }
                     // Once dropped, the name may well resolve to an older table next time.
                     "DROP TABLE" | "DROP MATERIALIZED VIEW" | "DROP INDEX" => {
                         self.forget_created(&op.objects);
@@ -338,7 +363,11 @@ impl PolicyGate {
                         self.base.lock_timeout_set = false;
                         self.role = None;
                         self.prepared.clear();
+                        self.forget_unqualified();
                     }
+                    // DISCARD TEMP drops temporary tables: their names may now resolve to
+                    // older tables.
+                    "DISCARD" => self.forget_unqualified(),
                     _ => {}
                 }
                 match (op.tag.as_str(), &op.prepared_name) {

@@ -370,12 +370,13 @@ fn alter_table(b: &Value, f: &mut Facts) {
                         // USING recomputes every value: a rewrite whatever the types.
                         let using = cd.get("raw_default").is_some_and(|d| !d.is_null());
                         let collate = cd.get("coll_clause").is_some_and(|d| !d.is_null());
-                        if let (false, false, Some(table)) = (using, collate, f.objects.first()) {
-                            f.lookups.push(Lookup::TypeChange {
+                        match (using || collate, f.objects.first()) {
+                            (false, Some(table)) => f.lookups.push(Lookup::TypeChange {
                                 table: table.clone(),
                                 column: str_field(cmd, "name").to_owned(),
                                 new_type: t,
-                            });
+                            }),
+                            _ => attr(f, "type_change:rewrites"),
                         }
                     }
                 }
@@ -687,6 +688,11 @@ fn role_options(options: Option<&Value>, f: &mut Facts) {
             }
             "adminmembers" => {
                 attr(f, "admin_option");
+                continue;
+            }
+            // ALTER GROUP g ADD USER u / CREATE ROLE g ROLE u: members gain g's privileges.
+            "rolemembers" => {
+                attr(f, "adds_members");
                 continue;
             }
             _ => continue,

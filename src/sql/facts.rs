@@ -298,9 +298,21 @@ impl Inspection {
     /// runs at all, they exist and were created in this session (an error in a
     /// multi-statement Query skips the rest). IF NOT EXISTS may have created nothing.
     pub fn created_before(&self, i: usize) -> Vec<String> {
-        let mut out = Vec::new();
+        let mut out: Vec<String> = Vec::new();
         for s in self.statements.iter().take(i) {
             for op in &s.ops {
+                // As the session's tracking does: names that may now mean other tables.
+                if op.set.as_ref().is_some_and(|x| x.name == "search_path") || op.tag == "DISCARD" {
+                    out.retain(|n| n.contains('.'));
+                }
+                if op
+                    .subcommands
+                    .iter()
+                    .any(|c| c == "RENAME" || c == "SET SCHEMA")
+                    || op.tag.starts_with("DROP ")
+                {
+                    out.retain(|n| !op.objects.contains(n));
+                }
                 if matches!(
                     op.tag.as_str(),
                     "CREATE TABLE" | "CREATE TABLE AS" | "SELECT INTO" | "CREATE MATERIALIZED VIEW"

@@ -121,3 +121,71 @@ roles = ["{role}"]
         .unwrap();
     p.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn created_in_session_follows_search_path_and_renames() {
+    let (p, _d) = with_rules(
+        r#"
+[[rule]]
+id = "t.index-existing"
+description = "CREATE INDEX on a table this session did not create"
+action = "block"
+message = "existing table"
+[rule.match]
+tags = ["CREATE INDEX"]
+created_in_session = false
+"#,
+    )
+    .await;
+    let (schema, t) = (unique("sfs"), unique("sft"));
+    direct()
+        .await
+        .batch_execute(&format!(
+            "CREATE SCHEMA {schema}; CREATE TABLE public.{t} (a int)"
+        ))
+        .await
+        .unwrap();
+    let c = via(&p).await;
+    // Created here, and still the table the name means: exempt.
+    c.batch_execute(&format!("SET search_path = {schema}"))
+        .await
+        .unwrap();
+    c.batch_execute(&format!("CREATE TABLE {t} (a int)"))
+        .await
+        .unwrap();
+    assert!(!refused(
+        c.batch_execute(&format!("CREATE INDEX ON {t} (a)")).await
+    ));
+    // Now the same name means public's older table.
+    c.batch_execute("SET search_path = public").await.unwrap();
+    assert!(refused(
+        c.batch_execute(&format!("CREATE INDEX ON {t} (a)")).await
+    ));
+    // A new table renamed away; an old one renamed into its name.
+    let (n, old) = (unique("sfn"), unique("sfo"));
+    direct()
+        .await
+        .batch_execute(&format!("CREATE TABLE {old} (a int)"))
+        .await
+        .unwrap();
+    c.batch_execute(&format!("CREATE TABLE {n} (a int)"))
+        .await
+        .unwrap();
+    c.batch_execute(&format!("ALTER TABLE {n} RENAME TO {n}_away"))
+        .await
+        .unwrap();
+    c.batch_execute(&format!("ALTER TABLE {old} RENAME TO {n}"))
+        .await
+        .unwrap();
+    assert!(refused(
+        c.batch_execute(&format!("CREATE INDEX ON {n} (a)")).await
+    ));
+    direct()
+        .await
+        .batch_execute(&format!(
+            "DROP SCHEMA {schema} CASCADE; DROP TABLE public.{t}, {n}, {n}_away"
+        ))
+        .await
+        .unwrap();
+    p.stop().await;
+}
