@@ -13,6 +13,8 @@
 #   PGWARDEN_BIN           use this binary instead of `cargo build --release`
 #   PGWARDEN_POLICIES      policy directory for pgwarden (default: the shipped pack, policies/);
 #                          an empty directory measures the bare proxy
+#   PGWARDEN_CONFIG        a pgwarden config file (e.g. with [catalog]); flags still set listen,
+#                          upstream and policies
 #   PGWARDEN_LOG [info]    pgwarden's log filter
 #   RESULTS_TSV            also keep the raw per-run results here
 #
@@ -129,7 +131,9 @@ else
         python3 -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])')
     PGWARDEN_BIN=$TARGET_DIR/release/pgwarden
 fi
-"$PGWARDEN_BIN" serve --listen "127.0.0.1:$PGWARDEN_PORT" --upstream "$PG_HOST:$PG_PORT" \
+CONFIG_ARGS=()
+if [[ -n ${PGWARDEN_CONFIG:-} ]]; then CONFIG_ARGS=(--config "$PGWARDEN_CONFIG"); fi
+"$PGWARDEN_BIN" serve "${CONFIG_ARGS[@]}" --listen "127.0.0.1:$PGWARDEN_PORT" --upstream "$PG_HOST:$PG_PORT" \
     --policies "${PGWARDEN_POLICIES:-$REPO/policies}" </dev/null >"$WORK/pgwarden.log" 2>&1 &
 PGWARDEN_PID=$!
 wait_ready "$PGWARDEN_PORT" pgwarden "$PGWARDEN_PID"
@@ -195,6 +199,7 @@ else
             add "select-$mode-c$c" "$c" "-S -M $mode"
         done
     done
+    add tpcb-simple-c8 8 "-M simple"
     add tpcb-prepared-c8 8 "-M prepared"
     add pipeline10-prepared-c8 8 "-M prepared -f $SCRIPTS/pipeline.sql -D scale=$SCALE"
     add rows1000-prepared-c8 8 "-M prepared -f $SCRIPTS/rows1000.sql"
@@ -299,7 +304,7 @@ HWM_BOUNCER=$(status_kb "$BOUNCER_PID" VmHWM)
     echo "- host: $(uname -srm), $(nproc) CPUs, load average before: $LOAD_START, at end: $(cut -d' ' -f1-3 /proc/loadavg)"
     echo "- PostgreSQL: $("${PSQL[@]}" -d "$PG_DB" -Atc 'SHOW server_version'), $PG_HOST:$PG_PORT over TCP;" \
         "$(pgbench --version); $("$PGBOUNCER" --version | head -n1) (session mode)"
-    echo "- pgwarden: $PGWARDEN_BIN ($(cd "$REPO" && git rev-parse --short HEAD 2>/dev/null || echo '?')$(cd "$REPO" && git diff --quiet HEAD 2>/dev/null || echo ', dirty tree')), PGWARDEN_LOG=$PGWARDEN_LOG"
+    echo "- pgwarden: $PGWARDEN_BIN ($(cd "$REPO" && git rev-parse --short HEAD 2>/dev/null || echo '?')$(cd "$REPO" && git diff --quiet HEAD 2>/dev/null || echo ', dirty tree')), PGWARDEN_LOG=$PGWARDEN_LOG${PGWARDEN_CONFIG:+, config $PGWARDEN_CONFIG}"
     echo "- $ROUNDS round(s) x ${DURATION}s per run, targets interleaved, scale $SCALE$([[ $QUICK == 1 ]] && echo ', QUICK=1 smoke check')"
     echo
 } >"$WORK/header.md"

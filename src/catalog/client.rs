@@ -19,7 +19,7 @@ use super::{Answer, Answers, Question, RelationSize, Thresholds};
 use crate::sql::Lookup;
 
 /// The `[catalog]` section of the configuration.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Clone, PartialEq)]
 pub struct CatalogConfig {
     /// libpq-style connection string (`host=... port=... user=... password=...`); the
     /// database is the client session's.
@@ -32,6 +32,22 @@ pub struct CatalogConfig {
     /// Roles (besides superuser-like attributes and the powerful predefined roles) whose
     /// members count as privileged.
     pub admin_roles: Vec<String>,
+    /// Catalog sessions per database, used in turn.
+    pub connections: usize,
+}
+
+impl std::fmt::Debug for CatalogConfig {
+    /// The DSN may carry a password: it is not printed.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CatalogConfig")
+            .field("dsn", &"<redacted>")
+            .field("ttl", &self.ttl)
+            .field("timeout", &self.timeout)
+            .field("thresholds", &self.thresholds)
+            .field("admin_roles", &self.admin_roles)
+            .field("connections", &self.connections)
+            .finish()
+    }
 }
 
 impl Default for CatalogConfig {
@@ -42,6 +58,7 @@ impl Default for CatalogConfig {
             timeout: Duration::from_secs(2),
             thresholds: Thresholds::default(),
             admin_roles: Vec::new(),
+            connections: 4,
         }
     }
 }
@@ -84,11 +101,12 @@ enum Key {
 pub struct Catalog {
     pub settings: CatalogConfig,
     base: tokio_postgres::Config,
-    conns: tokio::sync::Mutex<HashMap<String, Arc<Client>>>,
+    conns: tokio::sync::Mutex<HashMap<String, Vec<Arc<Client>>>>,
+    turn: AtomicU64,
     cache: DashMap<(String, Key), (Instant, Answer)>,
     serial: AtomicU64,
-    /// Until when, and why, the catalog counts as down.
-    down: std::sync::Mutex<Option<(Instant, String)>>,
+    /// Per database: until when, and why, the catalog counts as down.
+    down: DashMap<String, (Instant, String)>,
 }
 
 impl Catalog {
@@ -100,6 +118,7 @@ impl Catalog {
             settings,
             base,
             conns: Default::default(),
+            turn: AtomicU64::new(0),
             cache: DashMap::new(),
             serial: AtomicU64::new(0),
             down: Default::default(),
@@ -153,9 +172,8 @@ impl Catalog {
         let texts = &texts;
         let down = self
             .down
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+            .get(db)
+            .map(|d| d.clone())
             .filter(|(until, _)| Instant::now() < *until);
         let answers = if let Some((_, e)) = down {
             // Failed moments ago: answer at once rather than make every statement wait.
@@ -180,8 +198,8 @@ impl Catalog {
             match outage {
                 Ok(a) => a,
                 Err(e) => {
-                    *self.down.lock().unwrap_or_else(|p| p.into_inner()) =
-                        Some((Instant::now() + BACKOFF, e.clone()));
+                    self.down
+                        .insert(db.to_owned(), (Instant::now() + BACKOFF, e.clone()));
                     vec![Answer::Failed(e); todo.len()]
                 }
             }
@@ -208,10 +226,14 @@ impl Catalog {
         self.cache.insert(k, (Instant::now(), a));
     }
 
-    /// The open session to `db`, (re)connecting when there is none.
+    /// One of the open sessions to `db` (taken in turn), (re)connecting it when it is not
+    /// open. Each session pipelines the questions sent to it.
     async fn client(&self, db: &str) -> Result<Arc<Client>, String> {
+        let slot =
+            self.turn.fetch_add(1, Ordering::Relaxed) as usize % self.settings.connections.max(1);
         let mut conns = self.conns.lock().await;
-        if let Some(c) = conns.get(db).filter(|c| !c.is_closed()) {
+        let pool = conns.entry(db.to_owned()).or_default();
+        if let Some(c) = pool.get(slot).filter(|c| !c.is_closed()) {
             return Ok(c.clone());
         }
         let ms = self.settings.timeout.as_millis().max(1);
@@ -233,7 +255,10 @@ impl Catalog {
             }
         });
         let client = Arc::new(client);
-        conns.insert(db.to_owned(), client.clone());
+        match pool.get_mut(slot) {
+            Some(c) => *c = client.clone(),
+            None => pool.push(client.clone()),
+        }
         Ok(client)
     }
 
@@ -258,7 +283,15 @@ impl Catalog {
                 )),
             },
         };
-        r.unwrap_or_else(|e| Answer::Failed(e.to_string()))
+        r.unwrap_or_else(|e| Answer::Failed(error_text(&e)))
+    }
+}
+
+/// The server's own message (and SQLSTATE) when it sent one.
+fn error_text(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(d) => format!("{} ({})", d.message(), d.code().code()),
+        None => e.to_string(),
     }
 }
 
@@ -414,26 +447,30 @@ async fn extension(c: &Client, name: &str) -> Result<Answer, tokio_postgres::Err
 /// with parameters (`$1`, from Parse) is PREPAREd and explained with its generic plan.
 async fn estimate(c: &Client, text: &str, serial: u64) -> Result<Answer, tokio_postgres::Error> {
     let explain = format!("EXPLAIN (FORMAT JSON) {text}");
-    let stmt = c.prepare(&explain).await?;
-    let plan: serde_json::Value = if stmt.params().is_empty() {
-        c.query_one(&stmt, &[]).await?.get(0)
+    // A text without `$` has no parameters: one round trip (Parse, Bind, Execute at once).
+    // Otherwise a round trip first learns how many it has.
+    let stmt = if text.contains('$') {
+        Some(c.prepare(&explain).await?)
     } else {
-        let name = format!("pgwarden_estimate_{serial}");
-        c.execute(format!("PREPARE {name} AS {text}").as_str(), &[])
-            .await?;
-        let result = async {
+        None
+    };
+    let plan: serde_json::Value = match &stmt {
+        None => c.query_typed_one(&explain, &[]).await?.get(0),
+        Some(stmt) if stmt.params().is_empty() => c.query_one(stmt, &[]).await?.get(0),
+        Some(stmt) => {
+            let name = format!("pgwarden_estimate_{serial}");
+            c.execute(format!("PREPARE {name} AS {text}").as_str(), &[])
+                .await?;
             let nulls = vec!["NULL"; stmt.params().len()].join(", ");
-            let row = c
+            let result = c
                 .query_one(
                     format!("EXPLAIN (FORMAT JSON) EXECUTE {name}({nulls})").as_str(),
                     &[],
                 )
-                .await?;
-            Ok::<serde_json::Value, tokio_postgres::Error>(row.get(0))
+                .await;
+            let _ = c.execute(format!("DEALLOCATE {name}").as_str(), &[]).await;
+            result?.get(0)
         }
-        .await;
-        let _ = c.execute(format!("DEALLOCATE {name}").as_str(), &[]).await;
-        result?
     };
     Ok(match rows_written(&plan) {
         Some(n) => Answer::Estimate(n),

@@ -223,16 +223,17 @@ pub fn questions(ins: &Inspection, needs: Needs, created: &HashSet<String>) -> V
                 && writes(op)
                 && matches!(
                     op.nesting,
-                    Nesting::TopLevel | Nesting::Cte | Nesting::ExplainAnalyze
+                    Nesting::TopLevel | Nesting::Cte | Nesting::ExplainAnalyze | Nesting::Prepare
                 )
                 && op.objects.iter().any(|o| !created.contains(o));
         }
-        // Only a query (or the query EXPLAIN ANALYZE runs) can be explained on another
-        // connection: not PREPARE, COPY (...), CREATE TABLE AS, DO.
+        // Only a query (or the query EXPLAIN ANALYZE runs, or PREPARE defines: explained
+        // with its generic plan) can be explained on another connection: not COPY (...),
+        // CREATE TABLE AS, DO.
         estimate &= s.ops.first().is_some_and(|o| {
             matches!(
                 o.tag.as_str(),
-                "UPDATE" | "DELETE" | "MERGE" | "INSERT" | "SELECT" | "EXPLAIN"
+                "UPDATE" | "DELETE" | "MERGE" | "INSERT" | "SELECT" | "EXPLAIN" | "PREPARE"
             )
         });
         if estimate {
@@ -244,11 +245,11 @@ pub fn questions(ins: &Inspection, needs: Needs, created: &HashSet<String>) -> V
     out
 }
 
-/// `created` and the tables statements before statement `i` create.
+/// What counts as created in this session when statement `i` runs (see
+/// [`Inspection::created_at`]).
 fn with_earlier(ins: &Inspection, i: usize, created: &HashSet<String>) -> HashSet<String> {
-    let mut all = created.clone();
-    all.extend(ins.created_before(i));
-    all
+    ins.created_at(i, created)
+        .unwrap_or_else(|| created.clone())
 }
 
 /// Roles an operation switches to or grants.
@@ -335,7 +336,18 @@ pub fn enrich(
                 if let Some(n) = note {
                     out.notes
                         .push(format!("{}: {n}; counted as large.", lookup_name(&l)));
-                    attr(op, "catalog:failed");
+                    let missing = matches!(
+                        answers.get(&Question::Lookup(l.clone())),
+                        Some(Answer::NotFound)
+                    );
+                    attr(
+                        op,
+                        if missing {
+                            "catalog:not_found"
+                        } else {
+                            "catalog:failed"
+                        },
+                    );
                 }
                 if answers.contains_key(&Question::Lookup(l)) {
                     sizes.push(size);

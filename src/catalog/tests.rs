@@ -66,10 +66,19 @@ fn questions_follow_what_the_policy_reads() {
         ),
         vec![Question::Estimate(0)]
     );
+    // PREPARE is explained with its generic plan.
+    assert_eq!(
+        questions(
+            &ins("PREPARE p AS DELETE FROM t WHERE a > $1"),
+            ALL,
+            &HashSet::new()
+        ),
+        vec![Question::Estimate(0)]
+    );
     for sql in [
         "EXPLAIN UPDATE t SET a = 1",
-        "PREPARE p AS DELETE FROM t WHERE a > $1",
         "COPY (DELETE FROM t RETURNING *) TO STDOUT",
+        "DO $$ BEGIN DELETE FROM t; END $$",
     ] {
         assert!(
             questions(&ins(sql), ALL, &HashSet::new()).is_empty(),
@@ -155,6 +164,8 @@ fn failures_and_missing_tables_count_as_large_and_are_reported() {
         &th,
     );
     assert!(attrs(&e, 0).contains(&"size:large".to_string()));
+    assert!(attrs(&e, 0).contains(&"catalog:not_found".to_string()));
+    assert!(!attrs(&e, 0).contains(&"catalog:failed".to_string()));
     assert!(e.notes[0].contains("not found"));
 }
 
@@ -362,6 +373,9 @@ fn memberships_ask_about_the_group() {
         questions(&ins("GRANT admins TO bob"), ALL, &none),
         vec![role("admins")]
     );
+    // Taking members away, or making a new group of them, gives nobody a group's powers.
+    assert!(questions(&ins("ALTER GROUP admins DROP USER bob"), ALL, &none).is_empty());
+    assert!(questions(&ins("CREATE ROLE g ROLE bob"), ALL, &none).is_empty());
 }
 
 #[test]
@@ -374,6 +388,25 @@ fn a_changed_search_path_or_a_rename_forgets_earlier_creations() {
     assert_eq!(i.created_before(2), vec!["s.orders".to_string()]);
     let i = ins("CREATE TABLE n (id int); ALTER TABLE n RENAME TO m; ALTER TABLE big RENAME TO n; CREATE INDEX ON n (a)");
     assert!(i.created_before(3).is_empty());
+    // Names the session created earlier are forgotten by the same text, too.
+    let session: HashSet<String> = ["orders".to_string(), "s.kept".to_string()].into();
+    let i = ins("SET search_path = public; DROP TABLE orders");
+    assert_eq!(
+        i.created_at(1, &session),
+        Some(["s.kept".to_string()].into())
+    );
+    let i = ins("RESET ALL; DROP TABLE orders");
+    assert!(!i.created_at(1, &session).unwrap().contains("orders"));
+    assert_eq!(
+        ins("SELECT 1; DROP TABLE orders").created_at(1, &session),
+        None
+    );
+    let q = questions(
+        &ins("SET search_path = public; CREATE INDEX ON orders (a)"),
+        ALL,
+        &session,
+    );
+    assert_eq!(q, vec![rel("orders")]);
 }
 
 #[test]

@@ -277,6 +277,11 @@ fn apply_catalog(cfg: &mut Config, cx: &mut Ctx<'_>, whole: &Item, t: &Table) {
                     c.thresholds.large_bytes = n;
                 }
             }
+            "connections" => {
+                if let Some(n) = integer(cx, item, &full, 1, 64) {
+                    c.connections = n as usize;
+                }
+            }
             "admin_roles" => match item.as_array() {
                 Some(a) if a.iter().all(|v| v.as_str().is_some()) => {
                     c.admin_roles = a
@@ -549,6 +554,46 @@ connect_timeout = "250ms"
         assert_eq!(cfg.tls.mode, ClientTlsMode::Require);
         assert!(matches!(cfg.upstream.address, UpstreamAddr::Unix(_)));
         assert_eq!(cfg.upstream.connect_timeout, Duration::from_millis(250));
+    }
+
+    #[test]
+    fn catalog_section() {
+        let text = r#"
+[catalog]
+dsn = "host=db user=pgwarden password=secret"
+ttl = "30s"
+timeout = "500ms"
+large_rows = 5000
+large_bytes = "512MB"
+large_write_rows = 100
+admin_roles = ["dba"]
+connections = 2
+"#;
+        let cfg = Config::from_toml(Path::new("p.toml"), text).unwrap();
+        let c = cfg.catalog.expect("catalog configured");
+        assert_eq!(c.ttl, Duration::from_secs(30));
+        assert_eq!(c.timeout, Duration::from_millis(500));
+        assert_eq!(c.thresholds.large_rows, 5000.0);
+        assert_eq!(c.thresholds.large_bytes, 512 << 20);
+        assert_eq!(c.thresholds.large_write_rows, 100.0);
+        assert_eq!(c.admin_roles, vec!["dba".to_string()]);
+        assert_eq!(c.connections, 2);
+        assert!(
+            !format!("{c:?}").contains("secret"),
+            "the password is not printed"
+        );
+        assert!(Config::from_toml(Path::new("p.toml"), "")
+            .unwrap()
+            .catalog
+            .is_none());
+
+        let bad = "[catalog]\nttl = \"1s\"\nlarge_bytes = \"lots\"\nsize = 1\n";
+        let err = Config::from_toml(Path::new("p.toml"), bad)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("catalog.dsn"), "{err}");
+        assert!(err.contains("p.toml:3: catalog.large_bytes"), "{err}");
+        assert!(err.contains("p.toml:4: catalog.size: unknown key"), "{err}");
     }
 
     #[test]

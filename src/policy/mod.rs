@@ -196,18 +196,17 @@ impl Policy {
         for &(stmt, rule) in &memo.1 {
             let r = &self.rules[rule as usize];
             let facts = ins.statements.get(stmt as usize);
-            // Tables created earlier in the same text count as created in this session.
-            let session = match ins.created_before(stmt as usize) {
-                c if c.is_empty() => session,
-                c => {
-                    if local.as_ref().is_none_or(|(i, _)| *i != stmt) {
+            // Earlier statements of the same text change what counts as created.
+            let session = if local.as_ref().is_some_and(|(i, _)| *i == stmt) {
+                &local.as_ref().expect("checked").1
+            } else {
+                match ins.created_at(stmt as usize, &session.created) {
+                    None => session,
+                    Some(c) => {
                         let mut s = session.clone();
-                        let mut all = (*s.created).clone();
-                        all.extend(c);
-                        s.created = std::sync::Arc::new(all);
-                        local = Some((stmt, s));
+                        s.created = std::sync::Arc::new(c);
+                        &local.insert((stmt, s)).1
                     }
-                    &local.as_ref().expect("set above").1
                 }
             };
             if r.session.matches(session) && r.statement.session_part_matches(facts, session) {

@@ -42,6 +42,8 @@ pub struct PolicyGate {
     role: Option<String>,
     /// `SET LOCAL ROLE` in the open transaction.
     local_role: Option<Option<String>>,
+    /// `SET LOCAL search_path` in the open transaction.
+    local_search_path: bool,
     /// Catalog answers fetched for the statement text being decided (see [`Self::with_catalog`]).
     supplied: Arc<std::sync::Mutex<Option<(String, Answers)>>>,
 }
@@ -65,6 +67,7 @@ impl PolicyGate {
             local_lock_timeout: None,
             role: None,
             local_role: None,
+            local_search_path: false,
         }
     }
 
@@ -284,6 +287,8 @@ impl PolicyGate {
                                 set.value.as_deref().is_some_and(nonzero_duration)
                         }
                         "role" => {
+                            // "$user" in search_path now means another schema.
+                            self.forget_unqualified();
                             let role = set
                                 .value
                                 .clone()
@@ -295,13 +300,20 @@ impl PolicyGate {
                             }
                         }
                         // Unqualified names may now resolve to other schemas' tables.
-                        "search_path" => self.forget_unqualified(),
+                        "search_path" => {
+                            self.forget_unqualified();
+                            // SET LOCAL ends with the transaction: names created under it
+                            // mean other tables afterwards.
+                            self.local_search_path |= set.local;
+                        }
                         // A new session user drops any role set before.
                         "session_authorization" => {
+                            self.forget_unqualified();
                             self.role = None;
                             self.local_role = None;
                         }
                         "all" if set.value.is_none() => {
+                            self.forget_unqualified();
                             self.ticket = None;
                             self.base.lock_timeout_set = false;
                             self.role = None;
@@ -430,6 +442,9 @@ impl Gate for PolicyGate {
             // SET LOCAL ends with the transaction.
             self.local_lock_timeout = None;
             self.local_role = None;
+            if std::mem::take(&mut self.local_search_path) {
+                self.forget_unqualified();
+            }
         }
         if self.pending_created.is_empty() && self.txn_created.is_empty() {
             // The common case: nothing was created; nothing to publish.

@@ -148,7 +148,19 @@ pub(super) fn add(kind: &str, b: &Value, f: &mut Facts) {
             };
             attr(f, format!("reindex:{k}"));
         }
-        "CreateRoleStmt" | "AlterRoleStmt" => role_options(b.get("options"), f),
+        "CreateRoleStmt" => {
+            role_options(b.get("options"), f);
+            // CREATE ROLE g ROLE u: u joins the new role g, which has only the powers this
+            // statement gives it (matched as role attributes), nothing to look up.
+            f.attributes.retain(|a| a != "adds_members");
+        }
+        "AlterRoleStmt" => {
+            role_options(b.get("options"), f);
+            // ALTER GROUP g DROP USER u takes members away.
+            if int_field(b, "action") < 0 {
+                f.attributes.retain(|a| a != "adds_members");
+            }
+        }
         "GrantStmt" => grant(b, f),
         "GrantRoleStmt"
             if bool_field(b, "is_grant")

@@ -298,12 +298,37 @@ impl Inspection {
     /// runs at all, they exist and were created in this session (an error in a
     /// multi-statement Query skips the rest). IF NOT EXISTS may have created nothing.
     pub fn created_before(&self, i: usize) -> Vec<String> {
-        let mut out: Vec<String> = Vec::new();
+        let mut out: Vec<String> = self
+            .created_at(i, &std::collections::HashSet::new())
+            .unwrap_or_default()
+            .into_iter()
+            .collect();
+        out.sort();
+        out
+    }
+
+    /// What counts as created in this session when statement `i` runs, from `created`
+    /// (the session's) and the statements before it in this text, followed as the session
+    /// follows them: creations add; DROP, RENAME and SET SCHEMA remove their objects; a
+    /// search_path change, RESET ALL, SET ROLE (`"$user"`) or DISCARD forgets every name
+    /// written without a schema. `None` when no earlier statement changes anything.
+    pub fn created_at(
+        &self,
+        i: usize,
+        created: &std::collections::HashSet<String>,
+    ) -> Option<std::collections::HashSet<String>> {
+        let mut out: Option<std::collections::HashSet<String>> = None;
         for s in self.statements.iter().take(i) {
             for op in &s.ops {
-                // As the session's tracking does: names that may now mean other tables.
-                if op.set.as_ref().is_some_and(|x| x.name == "search_path") || op.tag == "DISCARD" {
-                    out.retain(|n| n.contains('.'));
+                let forgets_unqualified = op.set.as_ref().is_some_and(|x| {
+                    matches!(
+                        x.name.as_str(),
+                        "search_path" | "role" | "session_authorization"
+                    ) || (x.name == "all" && x.value.is_none())
+                }) || op.tag == "DISCARD";
+                if forgets_unqualified {
+                    out.get_or_insert_with(|| created.clone())
+                        .retain(|n| n.contains('.'));
                 }
                 if op
                     .subcommands
@@ -311,25 +336,27 @@ impl Inspection {
                     .any(|c| c == "RENAME" || c == "SET SCHEMA")
                     || op.tag.starts_with("DROP ")
                 {
-                    out.retain(|n| !op.objects.contains(n));
+                    let o = out.get_or_insert_with(|| created.clone());
+                    o.retain(|n| !op.objects.contains(n));
                 }
                 if matches!(
                     op.tag.as_str(),
                     "CREATE TABLE" | "CREATE TABLE AS" | "SELECT INTO" | "CREATE MATERIALIZED VIEW"
                 ) && !op.has(Flag::IfNotExists)
                 {
-                    out.extend(op.objects.iter().cloned());
+                    out.get_or_insert_with(|| created.clone())
+                        .extend(op.objects.iter().cloned());
                 }
-                if op.tag == "CREATE INDEX"
-                    && !op.has(Flag::IfNotExists)
-                    && op.objects.iter().all(|o| out.contains(o))
-                {
-                    out.extend(
-                        op.attributes
-                            .iter()
-                            .filter_map(|a| a.strip_prefix("index_name:"))
-                            .map(str::to_owned),
-                    );
+                if op.tag == "CREATE INDEX" && !op.has(Flag::IfNotExists) {
+                    let o = out.get_or_insert_with(|| created.clone());
+                    if op.objects.iter().all(|t| o.contains(t)) {
+                        o.extend(
+                            op.attributes
+                                .iter()
+                                .filter_map(|a| a.strip_prefix("index_name:"))
+                                .map(str::to_owned),
+                        );
+                    }
                 }
             }
         }

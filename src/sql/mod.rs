@@ -178,8 +178,8 @@ fn inspect_at(text: &str, read_as: ReadAs, depth: usize) -> Inspection {
 
 /// For each statement of `text` (read as the server reads it), SQL the planner can be asked
 /// to EXPLAIN on another connection: the statement deparsed by PostgreSQL's own deparser (so
-/// string escapes read alike under any `standard_conforming_strings`), or for EXPLAIN ANALYZE
-/// the statement it runs. Empty when the text does not parse into `statements` statements;
+/// string escapes read alike under any `standard_conforming_strings`), or the statement
+/// EXPLAIN ANALYZE runs or PREPARE defines. Empty when the text does not parse into `statements` statements;
 /// an entry is empty where deparsing failed (its estimate then fails, and counts as large).
 pub fn explainable_texts(text: &str, read_as: ReadAs, statements: usize) -> Vec<String> {
     use pg_query::protobuf::node::Node as N;
@@ -199,8 +199,10 @@ pub fn explainable_texts(text: &str, read_as: ReadAs, statements: usize) -> Vec<
         .iter()
         .map(|raw| {
             let mut node = raw.stmt.as_deref().and_then(|n| n.node.as_ref());
-            if let Some(N::ExplainStmt(e)) = node {
-                node = e.query.as_deref().and_then(|n| n.node.as_ref());
+            match node {
+                Some(N::ExplainStmt(e)) => node = e.query.as_deref().and_then(|n| n.node.as_ref()),
+                Some(N::PrepareStmt(p)) => node = p.query.as_deref().and_then(|n| n.node.as_ref()),
+                _ => {}
             }
             node.and_then(|n| n.deparse(pg_query::DeparseOptions::default()).ok())
                 .unwrap_or_default()

@@ -161,6 +161,26 @@ created_in_session = false
     assert!(refused(
         c.batch_execute(&format!("CREATE INDEX ON {t} (a)")).await
     ));
+    // SET LOCAL search_path ends with the transaction: the name then means public's table.
+    let t2 = unique("sft2");
+    direct()
+        .await
+        .batch_execute(&format!("CREATE TABLE public.{t2} (a int)"))
+        .await
+        .unwrap();
+    c.batch_execute(&format!("BEGIN; SET LOCAL search_path = {schema}"))
+        .await
+        .unwrap();
+    c.batch_execute(&format!("CREATE TABLE {t2} (a int)"))
+        .await
+        .unwrap();
+    assert!(!refused(
+        c.batch_execute(&format!("CREATE INDEX ON {t2} (a)")).await
+    ));
+    c.batch_execute("COMMIT").await.unwrap();
+    assert!(refused(
+        c.batch_execute(&format!("CREATE INDEX ON {t2} (a)")).await
+    ));
     // A new table renamed away; an old one renamed into its name.
     let (n, old) = (unique("sfn"), unique("sfo"));
     direct()
@@ -183,7 +203,7 @@ created_in_session = false
     direct()
         .await
         .batch_execute(&format!(
-            "DROP SCHEMA {schema} CASCADE; DROP TABLE public.{t}, {n}, {n}_away"
+            "DROP SCHEMA {schema} CASCADE; DROP TABLE public.{t}, public.{t2}, {n}, {n}_away"
         ))
         .await
         .unwrap();
