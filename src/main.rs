@@ -97,6 +97,12 @@ struct ExplainArgs {
     environment: String,
     #[arg(long, value_name = "NAME", default_value = "")]
     user: String,
+    /// Live catalog to read sizes and estimates from (as `check --catalog`).
+    #[arg(long, value_name = "DSN")]
+    catalog: Option<String>,
+    /// Configuration file whose `[catalog]` applies.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
     /// The SQL text.
     sql: String,
 }
@@ -129,7 +135,7 @@ fn main() -> anyhow::Result<()> {
         .init();
     let code = match cli.command {
         Command::Serve(args) => return serve(args),
-        Command::Check(a) => match check_catalog(&a) {
+        Command::Check(a) => match live_catalog(a.catalog.as_deref(), a.config.as_deref()) {
             Ok(live) => commands::check::run(
                 &a.policies,
                 &a.environment,
@@ -143,7 +149,15 @@ fn main() -> anyhow::Result<()> {
                 commands::EXIT_ERROR
             }
         },
-        Command::Explain(a) => commands::explain::run(&a.policies, &a.environment, &a.user, &a.sql),
+        Command::Explain(a) => match live_catalog(a.catalog.as_deref(), a.config.as_deref()) {
+            Ok(live) => {
+                commands::explain::run(&a.policies, &a.environment, &a.user, &a.sql, live.as_ref())
+            }
+            Err(e) => {
+                eprintln!("pgwarden: {e}");
+                commands::EXIT_ERROR
+            }
+        },
         Command::Policy { command } => match command {
             PolicyCommand::Validate { dir, environment } => {
                 commands::policy::validate(&dir, &environment)
@@ -154,9 +168,13 @@ fn main() -> anyhow::Result<()> {
     std::process::exit(code);
 }
 
-/// The live catalog `check` reads from: `--catalog`, else the config file's `[catalog]`.
-fn check_catalog(a: &CheckArgs) -> Result<Option<commands::check::LiveCatalog>, String> {
-    let settings = match &a.config {
+/// The live catalog `check` and `explain` read from: `--catalog`, else the config file's
+/// `[catalog]` (whose thresholds apply either way).
+fn live_catalog(
+    catalog: Option<&str>,
+    config: Option<&std::path::Path>,
+) -> Result<Option<commands::check::LiveCatalog>, String> {
+    let settings = match config {
         Some(f) => {
             Config::load(Some(f), &Overrides::default())
                 .map_err(|e| e.to_string())?
@@ -164,9 +182,8 @@ fn check_catalog(a: &CheckArgs) -> Result<Option<commands::check::LiveCatalog>, 
         }
         None => None,
     };
-    let dsn = a
-        .catalog
-        .clone()
+    let dsn = catalog
+        .map(str::to_owned)
         .or_else(|| settings.as_ref().map(|s| s.dsn.clone()));
     match dsn {
         None => Ok(None),

@@ -83,31 +83,77 @@ const BACKOFF: Duration = Duration::from_secs(5);
 /// Bound on cached answers (estimates are keyed by statement text).
 const MAX_CACHED: usize = 50_000;
 
-/// The SQL text questions are about (estimates explain its statements).
+/// The SQL text questions are about (estimates explain its statements), and how the
+/// client's session reads it.
 #[derive(Debug, Clone)]
 pub struct Source {
     pub text: String,
     pub read_as: crate::sql::ReadAs,
     /// How many statements the inspection found in it.
     pub statements: usize,
+    /// The client session's search_path, which decides the tables unqualified names mean.
+    pub search_path: String,
+    /// Digest of all of the above: estimates are cached under it.
+    digest: [u8; 32],
+}
+
+impl Source {
+    pub fn new(
+        text: &str,
+        read_as: crate::sql::ReadAs,
+        statements: usize,
+        search_path: &str,
+    ) -> Source {
+        use sha2::Digest;
+        let mut h = sha2::Sha256::new();
+        h.update([u8::from(read_as.standard_conforming_strings)]);
+        h.update(search_path.len().to_le_bytes());
+        h.update(search_path.as_bytes());
+        h.update(text.as_bytes());
+        Source {
+            text: text.to_owned(),
+            read_as,
+            statements,
+            search_path: search_path.to_owned(),
+            digest: h.finalize().into(),
+        }
+    }
+}
+
+/// The search_path a session of `user` starts with (the server default), for estimates.
+pub fn default_search_path(user: &str) -> String {
+    format!("\"{}\", public", user.replace('"', "\"\""))
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 enum Key {
     Lookup(Lookup),
-    Estimate(String),
+    /// Source digest and statement index.
+    Estimate([u8; 32], usize),
 }
+
+/// One catalog session used by one estimate at a time (client SQL is planned on it, so it
+/// is kept apart from the lookup sessions).
+type Exclusive = Arc<tokio::sync::Mutex<Option<Client>>>;
 
 pub struct Catalog {
     pub settings: CatalogConfig,
     base: tokio_postgres::Config,
+    /// Lookup sessions per database: shared, pipelined, never given client SQL.
     conns: tokio::sync::Mutex<HashMap<String, Vec<Arc<Client>>>>,
+    /// Estimate sessions per database.
+    estimators: std::sync::Mutex<HashMap<String, Vec<Exclusive>>>,
     turn: AtomicU64,
     cache: DashMap<(String, Key), (Instant, Answer)>,
     serial: AtomicU64,
     /// Per database: until when, and why, the catalog counts as down.
     down: DashMap<String, (Instant, String)>,
 }
+
+/// Databases the catalog keeps sessions for; lookups in more fail (counted the strict way).
+const MAX_DATABASES: usize = 256;
+/// Statements of one text whose writes are estimated; the rest count as large.
+const MAX_ESTIMATES: usize = 16;
 
 impl Catalog {
     /// Checks the DSN; connections are opened on first use.
@@ -118,6 +164,7 @@ impl Catalog {
             settings,
             base,
             conns: Default::default(),
+            estimators: Default::default(),
             turn: AtomicU64::new(0),
             cache: DashMap::new(),
             serial: AtomicU64::new(0),
@@ -128,10 +175,7 @@ impl Catalog {
     fn key(q: &Question, source: &Source) -> Key {
         match q {
             Question::Lookup(l) => Key::Lookup(l.clone()),
-            Question::Estimate(i) => Key::Estimate(format!(
-                "{}\0{i}\0{}",
-                source.read_as.standard_conforming_strings, source.text
-            )),
+            Question::Estimate(i) => Key::Estimate(source.digest, *i),
         }
     }
 
@@ -149,7 +193,7 @@ impl Catalog {
     }
 
     /// Answers every question about `source`, from the cache or the database `db`, within
-    /// the timeout.
+    /// the timeout. Every question gets an answer (`Failed` when none could be had).
     pub async fn fetch(&self, db: &str, qs: &[Question], source: &Source) -> Answers {
         let mut out = Answers::new();
         let mut todo = Vec::new();
@@ -176,32 +220,60 @@ impl Catalog {
             .map(|d| d.clone())
             .filter(|(until, _)| Instant::now() < *until);
         let answers = if let Some((_, e)) = down {
-            // Failed moments ago: answer at once rather than make every statement wait.
+            // Unreachable moments ago: answer at once rather than make every statement wait.
             vec![
                 Answer::Failed(format!("{e} (not retried for {}s)", BACKOFF.as_secs()));
                 todo.len()
             ]
         } else {
             let work = async {
-                let client = self.client(db).await?;
-                let asks = todo.iter().map(|q| self.ask(&client, q, texts));
+                let estimates = todo
+                    .iter()
+                    .filter(|q| matches!(q, Question::Estimate(_)))
+                    .count();
+                let lookups = if estimates < todo.len() {
+                    Some(self.client(db).await?)
+                } else {
+                    None
+                };
+                let mut n = 0;
+                let asks = todo.iter().map(|q| {
+                    let lookups = lookups.clone();
+                    let over = matches!(q, Question::Estimate(_)) && {
+                        n += 1;
+                        n > MAX_ESTIMATES
+                    };
+                    async move {
+                        match (q, lookups) {
+                            (Question::Estimate(_), _) if over => Answer::Failed(format!(
+                                "only the first {MAX_ESTIMATES} statements of a text are estimated"
+                            )),
+                            (Question::Estimate(i), _) => {
+                                self.estimate_one(db, *i, texts, source).await
+                            }
+                            (Question::Lookup(l), Some(c)) => self.ask(&c, l).await,
+                            (Question::Lookup(_), None) => Answer::Failed("no session".into()),
+                        }
+                    }
+                });
                 Ok::<_, String>(futures_util::future::join_all(asks).await)
             };
-            let outage = match timeout(self.settings.timeout, work).await {
-                Ok(Ok(a)) => Ok(a),
-                Ok(Err(e)) => Err(e),
-                Err(_) => Err(format!(
-                    "no answer within {}",
-                    humantime::format_duration(self.settings.timeout)
-                )),
-            };
-            match outage {
-                Ok(a) => a,
-                Err(e) => {
+            match timeout(self.settings.timeout, work).await {
+                Ok(Ok(a)) => a,
+                Ok(Err(e)) => {
+                    // Cannot connect: fail at once for a while instead of each statement
+                    // waiting for its own connection attempt.
                     self.down
                         .insert(db.to_owned(), (Instant::now() + BACKOFF, e.clone()));
                     vec![Answer::Failed(e); todo.len()]
                 }
+                Err(_) => vec![
+                    Answer::Failed(format!(
+                        "no answer within {}",
+                        humantime::format_duration(self.settings.timeout)
+                    ));
+                    todo.len()
+                ],
             }
         };
         for (q, a) in todo.into_iter().zip(answers) {
@@ -226,17 +298,9 @@ impl Catalog {
         self.cache.insert(k, (Instant::now(), a));
     }
 
-    /// One of the open sessions to `db` (taken in turn), (re)connecting it when it is not
-    /// open. Each session pipelines the questions sent to it.
-    async fn client(&self, db: &str) -> Result<Arc<Client>, String> {
-        let slot =
-            self.turn.fetch_add(1, Ordering::Relaxed) as usize % self.settings.connections.max(1);
-        let mut conns = self.conns.lock().await;
-        let pool = conns.entry(db.to_owned()).or_default();
-        if let Some(c) = pool.get(slot).filter(|c| !c.is_closed()) {
-            return Ok(c.clone());
-        }
-        let ms = self.settings.timeout.as_millis().max(1);
+    /// A new catalog session to `db`: read-only, bounded statement and lock waits.
+    async fn connect(&self, db: &str) -> Result<Client, String> {
+        let ms = self.settings.timeout.as_millis().clamp(1, i32::MAX as u128);
         let mut cfg = self.base.clone();
         cfg.dbname(db)
             .application_name("pgwarden-catalog")
@@ -254,7 +318,25 @@ impl Catalog {
                 tracing::info!(error = %e, "catalog connection closed");
             }
         });
-        let client = Arc::new(client);
+        Ok(client)
+    }
+
+    /// One of the lookup sessions to `db` (taken in turn), (re)connecting it when it is not
+    /// open. Each session pipelines the questions sent to it.
+    async fn client(&self, db: &str) -> Result<Arc<Client>, String> {
+        let slot =
+            self.turn.fetch_add(1, Ordering::Relaxed) as usize % self.settings.connections.max(1);
+        let mut conns = self.conns.lock().await;
+        if !conns.contains_key(db) && conns.len() >= MAX_DATABASES {
+            return Err(format!(
+                "catalog sessions are open to {MAX_DATABASES} databases already"
+            ));
+        }
+        let pool = conns.entry(db.to_owned()).or_default();
+        if let Some(c) = pool.get(slot).filter(|c| !c.is_closed()) {
+            return Ok(c.clone());
+        }
+        let client = Arc::new(self.connect(db).await?);
         match pool.get_mut(slot) {
             Some(c) => *c = client.clone(),
             None => pool.push(client.clone()),
@@ -262,26 +344,61 @@ impl Catalog {
         Ok(client)
     }
 
-    async fn ask(&self, c: &Client, q: &Question, texts: &[String]) -> Answer {
-        let r = match q {
-            Question::Lookup(Lookup::Relation { name }) => relation(c, name, false).await,
-            Question::Lookup(Lookup::Index { name }) => relation(c, name, true).await,
-            Question::Lookup(Lookup::NotNullProof { table, column }) => {
-                not_null_proof(c, table, column).await
+    /// The planner's estimate for statement `i`, on an estimate session of its own, in a
+    /// read-only transaction that is rolled back (whatever the planner runs cannot change
+    /// the session), under the client's search_path.
+    async fn estimate_one(&self, db: &str, i: usize, texts: &[String], source: &Source) -> Answer {
+        let Some(text) = texts.get(i).filter(|t| !t.is_empty()) else {
+            return Answer::Failed("the statement's text could not be isolated".into());
+        };
+        let slot = {
+            let mut est = self.estimators.lock().unwrap_or_else(|e| e.into_inner());
+            if !est.contains_key(db) && est.len() >= MAX_DATABASES {
+                return Answer::Failed("too many databases".into());
             }
-            Question::Lookup(Lookup::TypeChange { table, column, .. }) => {
-                column_type(c, table, column).await
+            let pool = est.entry(db.to_owned()).or_default();
+            let n = self.settings.connections.max(1);
+            while pool.len() < n {
+                pool.push(Default::default());
             }
-            Question::Lookup(Lookup::Role { name }) => {
-                role(c, name, &self.settings.admin_roles).await
-            }
-            Question::Lookup(Lookup::Extension { name }) => extension(c, name).await,
-            Question::Estimate(i) => match texts.get(*i).filter(|t| !t.is_empty()) {
-                Some(t) => estimate(c, t, self.serial.fetch_add(1, Ordering::Relaxed)).await,
-                None => Ok(Answer::Failed(
-                    "the statement's text could not be isolated".into(),
-                )),
+            pool[self.turn.fetch_add(1, Ordering::Relaxed) as usize % n].clone()
+        };
+        let mut guard = slot.lock().await;
+        // Taken out while in use: if this future is dropped half-way (timeout), the
+        // session is dropped with it rather than reused in an unknown state.
+        let client = match guard.take().filter(|c| !c.is_closed()) {
+            Some(c) => c,
+            None => match self.connect(db).await {
+                Ok(c) => c,
+                Err(e) => return Answer::Failed(e),
             },
+        };
+        let serial = self.serial.fetch_add(1, Ordering::Relaxed);
+        let r = estimate(&client, text, &source.search_path, serial).await;
+        let _ = client.batch_execute("ROLLBACK").await;
+        *guard = Some(client);
+        match r {
+            Ok(a) => a,
+            Err(e) => {
+                // The server's message may quote data (a function raising an error): it is
+                // logged, not shown to the client.
+                tracing::info!(error = %error_text(&e), "planner estimate failed");
+                Answer::Failed(format!(
+                    "planner estimate failed (SQLSTATE {})",
+                    e.code().map_or("none", |c| c.code())
+                ))
+            }
+        }
+    }
+
+    async fn ask(&self, c: &Client, l: &Lookup) -> Answer {
+        let r = match l {
+            Lookup::Relation { name } => relation(c, name, false).await,
+            Lookup::Index { name } => relation(c, name, true).await,
+            Lookup::NotNullProof { table, column } => not_null_proof(c, table, column).await,
+            Lookup::TypeChange { table, column, .. } => column_type(c, table, column).await,
+            Lookup::Role { name } => role(c, name, &self.settings.admin_roles).await,
+            Lookup::Extension { name } => extension(c, name).await,
         };
         r.unwrap_or_else(|e| Answer::Failed(error_text(&e)))
     }
@@ -361,7 +478,12 @@ async fn not_null_proof(
 ) -> Result<Answer, tokio_postgres::Error> {
     let (schema, rel) = split(table);
     let sql = format!(
-        "SELECT count(*)::int8, coalesce(bool_and(a.attnotnull OR EXISTS (
+        "SELECT count(*)::int8, coalesce(bool_and((a.attnotnull AND (current_setting('server_version_num')::int < 180000
+                    -- PostgreSQL 18: attnotnull is also set by a NOT VALID NOT NULL constraint
+                    OR EXISTS (SELECT 1 FROM pg_catalog.pg_constraint v
+                               WHERE v.conrelid = c.oid AND v.contype = 'n' AND v.convalidated
+                                 AND v.conkey = ARRAY[a.attnum])))
+                OR EXISTS (
                 SELECT 1 FROM pg_catalog.pg_constraint k
                 WHERE k.conrelid = c.oid AND k.contype = 'c' AND k.convalidated
                   AND pg_catalog.pg_get_constraintdef(k.oid)
@@ -445,7 +567,18 @@ async fn extension(c: &Client, name: &str) -> Result<Answer, tokio_postgres::Err
 
 /// The planner's estimate of the rows a statement writes: EXPLAIN, never executed. A text
 /// with parameters (`$1`, from Parse) is PREPAREd and explained with its generic plan.
-async fn estimate(c: &Client, text: &str, serial: u64) -> Result<Answer, tokio_postgres::Error> {
+async fn estimate(
+    c: &Client,
+    text: &str,
+    search_path: &str,
+    serial: u64,
+) -> Result<Answer, tokio_postgres::Error> {
+    c.batch_execute("BEGIN READ ONLY").await?;
+    c.query_typed(
+        "SELECT pg_catalog.set_config('search_path', $1, true)",
+        &[(&search_path, tokio_postgres::types::Type::TEXT)],
+    )
+    .await?;
     let explain = format!("EXPLAIN (FORMAT JSON) {text}");
     // A text without `$` has no parameters: one round trip (Parse, Bind, Execute at once).
     // Otherwise a round trip first learns how many it has.
@@ -468,6 +601,11 @@ async fn estimate(c: &Client, text: &str, serial: u64) -> Result<Answer, tokio_p
                     &[],
                 )
                 .await;
+            // PREPARE outlives the transaction; a failed transaction refuses DEALLOCATE
+            // until it ends, so end it first.
+            if result.is_err() {
+                let _ = c.batch_execute("ROLLBACK").await;
+            }
             let _ = c.execute(format!("DEALLOCATE {name}").as_str(), &[]).await;
             result?.get(0)
         }

@@ -164,7 +164,14 @@ fn is_index_target(op: &Facts) -> bool {
 /// further relations it names (a foreign key's referenced table).
 fn size_lookups(op: &Facts, created: &HashSet<String>) -> Vec<Lookup> {
     let mut out = Vec::new();
-    if !SIZED_TAGS.contains(&op.tag.as_str()) {
+    // REINDEX SCHEMA / DATABASE / SYSTEM name no table: they cannot be sized (large).
+    let unsized_reindex = op.attributes.iter().any(|a| {
+        matches!(
+            a.as_str(),
+            "reindex:schema" | "reindex:database" | "reindex:system"
+        )
+    });
+    if !SIZED_TAGS.contains(&op.tag.as_str()) || unsized_reindex {
         return out;
     }
     for o in &op.objects {

@@ -452,3 +452,51 @@ subcommands = ["SET NOT NULL"]
         Action::Hold
     );
 }
+
+#[test]
+fn creations_that_may_not_last_are_not_counted() {
+    let none = HashSet::new();
+    let after = |sql: &str, i: usize| ins(sql).created_at(i, &none).unwrap_or_default();
+    // Nested in CREATE SCHEMA (and unqualified there), or in a DO body: not recorded.
+    assert!(!after(
+        "CREATE SCHEMA x CREATE TABLE orders (id int); DROP TABLE orders",
+        1
+    )
+    .contains("orders"));
+    assert!(!after(
+        "DO $$BEGIN CREATE TABLE orders (id int); END$$; DROP TABLE orders",
+        1
+    )
+    .contains("orders"));
+    assert!(!after(
+        "CREATE TEMP TABLE orders (id int) ON COMMIT DROP; DROP TABLE orders",
+        1
+    )
+    .contains("orders"));
+    assert!(!after(
+        "BEGIN; SAVEPOINT s; CREATE TABLE orders (id int); ROLLBACK TO s; DROP TABLE orders",
+        4
+    )
+    .contains("orders"));
+    // An index goes with its table.
+    let s = after(
+        "CREATE TABLE tt (id int); CREATE INDEX big_idx ON tt (id); DROP TABLE tt; DROP INDEX big_idx",
+        3,
+    );
+    assert!(!s.contains("big_idx"), "{s:?}");
+    assert!(after(
+        "CREATE TABLE tt (id int); CREATE INDEX tt_idx ON tt (id); DROP INDEX tt_idx",
+        2
+    )
+    .contains("tt_idx"));
+}
+
+#[test]
+fn schema_wide_reindex_is_not_sized_by_a_table_name() {
+    assert!(questions(&ins("REINDEX SCHEMA sales"), ALL, &HashSet::new()).is_empty());
+    assert!(questions(&ins("REINDEX DATABASE app"), ALL, &HashSet::new()).is_empty());
+    assert_eq!(
+        questions(&ins("REINDEX TABLE sales"), ALL, &HashSet::new()),
+        vec![rel("sales")]
+    );
+}

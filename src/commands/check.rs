@@ -10,7 +10,7 @@ use super::{line_at, load_or_report, EXIT_ERROR, EXIT_OK, EXIT_REFUSED};
 use crate::catalog::client::CatalogConfig;
 use crate::catalog::Catalog;
 use crate::policy::{Action, Decision, Mode, Policy, SessionContext};
-use crate::sql::{self, ReadAs};
+use crate::sql::{self, Inspection, ReadAs};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Format {
@@ -33,6 +33,8 @@ pub struct FileResult {
 pub struct LiveCatalog {
     pub catalog: Catalog,
     pub database: String,
+    /// The user whose default search_path estimates use (the DSN's).
+    pub user: String,
     pub runtime: tokio::runtime::Runtime,
 }
 
@@ -55,49 +57,65 @@ impl LiveCatalog {
             .enable_all()
             .build()
             .map_err(|e| e.to_string())?;
+        let user = parsed.get_user().unwrap_or("postgres").to_owned();
         Ok(LiveCatalog {
             catalog: Catalog::new(settings)?,
             database,
+            user,
             runtime,
         })
     }
 }
 
 /// Decides on `text` as a session of `user` would see it on the wire, with live-catalog
-/// facts when `catalog` is given.
+/// facts when `catalog` is given: the decision, each statement's offset, and notes.
 pub fn decide_text(
     policy: &Policy,
     text: &str,
     user: &str,
     catalog: Option<&LiveCatalog>,
 ) -> (Decision, Vec<usize>, Vec<String>) {
+    let (ins, d, notes) = inspect_and_decide(policy, text, user, catalog);
+    (
+        d,
+        ins.statements.iter().map(|s| s.location).collect(),
+        notes,
+    )
+}
+
+/// The inspection (with catalog facts folded in), the decision, and notes: lookups that
+/// failed, and without a catalog the rules decided as if every table were large.
+pub fn inspect_and_decide(
+    policy: &Policy,
+    text: &str,
+    user: &str,
+    catalog: Option<&LiveCatalog>,
+) -> (Inspection, Decision, Vec<String>) {
     let mut ins = sql::inspect(text, ReadAs::default());
     let session = SessionContext {
         user: user.to_owned(),
         ..SessionContext::default()
     };
-    let locations = ins.statements.iter().map(|s| s.location).collect();
     let mut notes = Vec::new();
     if let Some(live) = catalog {
         let qs = crate::catalog::questions(&ins, policy.needs_for(&ins), &session.created);
-        {
-            if !qs.is_empty() {
-                let source = crate::catalog::client::Source {
-                    text: text.to_owned(),
-                    read_as: ReadAs::default(),
-                    statements: ins.statements.len(),
-                };
-                let answers =
-                    live.runtime
-                        .block_on(live.catalog.fetch(&live.database, &qs, &source));
-                ins = crate::catalog::enrich(
-                    &ins,
-                    &answers,
-                    &session.created,
-                    &live.catalog.settings.thresholds,
-                );
-                notes.extend(ins.notes.iter().cloned());
-            }
+        if !qs.is_empty() {
+            let source = crate::catalog::client::Source::new(
+                text,
+                ReadAs::default(),
+                ins.statements.len(),
+                &crate::catalog::client::default_search_path(&live.user),
+            );
+            let answers = live
+                .runtime
+                .block_on(live.catalog.fetch(&live.database, &qs, &source));
+            ins = crate::catalog::enrich(
+                &ins,
+                &answers,
+                &session.created,
+                &live.catalog.settings.thresholds,
+            );
+            notes.extend(ins.notes.iter().cloned());
         }
     }
     let d = policy.decide(&ins, &session, Mode::Enforce);
@@ -140,7 +158,7 @@ pub fn decide_text(
             }
         }
     }
-    (d, locations, notes)
+    (ins, d, notes)
 }
 
 pub fn run(

@@ -1,28 +1,29 @@
 //! `pgwarden explain 'SQL'`: the facts pgwarden sees in a statement and the decision the
-//! policy makes, with every rule that matched.
+//! policy makes, with every rule that matched (with `--catalog`, the live facts too).
 
 use std::path::Path;
 
 use serde_json::json;
 
+use super::check::{inspect_and_decide, LiveCatalog};
 use super::{load_or_report, EXIT_ERROR, EXIT_OK, EXIT_REFUSED};
-use crate::policy::{Mode, SessionContext};
-use crate::sql::{self, ReadAs};
 
-pub fn run(policies: &Path, env: &str, user: &str, sql_text: &str) -> i32 {
+pub fn run(
+    policies: &Path,
+    env: &str,
+    user: &str,
+    sql_text: &str,
+    catalog: Option<&LiveCatalog>,
+) -> i32 {
     let Some(policy) = load_or_report(policies, env) else {
         return EXIT_ERROR;
     };
-    let ins = sql::inspect(sql_text, ReadAs::default());
-    let session = SessionContext {
-        user: user.to_owned(),
-        ..SessionContext::default()
-    };
-    let decision = policy.decide(&ins, &session, Mode::Enforce);
+    let (ins, decision, notes) = inspect_and_decide(&policy, sql_text, user, catalog);
     let out = json!({
         "inspection": ins,
         "decision": decision,
         "environment": policy.environment,
+        "notes": notes,
     });
     println!("{}", serde_json::to_string_pretty(&out).expect("json"));
     if decision.action.refuses() {

@@ -175,8 +175,7 @@ impl StatementMatcher {
         };
         let Some(stmt) = stmt else { return !want };
         stmt.ops.iter().any(|op| {
-            let created =
-                !op.objects.is_empty() && op.objects.iter().all(|o| s.created.contains(o));
+            let created = op.all_created(&s.created);
             self.op_matches(op) && created == want
         })
     }

@@ -272,9 +272,7 @@ impl Policy {
 fn all_small(rule: &Rule, s: &crate::sql::Statement, session: &SessionContext) -> bool {
     let mut sized = false;
     for op in rule.statement.selected_ops(s) {
-        let created =
-            !op.objects.is_empty() && op.objects.iter().all(|o| session.created.contains(o));
-        if created {
+        if op.all_created(&session.created) {
             continue;
         }
         if !op.attributes.iter().any(|a| a == "size:small") {

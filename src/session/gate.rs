@@ -8,8 +8,8 @@ use std::sync::Arc;
 
 use super::refusal::{Gate, Verdict, View, Work};
 use super::Shared;
-use crate::catalog::client::Source;
-use crate::catalog::{self, Answers, Question};
+use crate::catalog::client::{default_search_path, Source};
+use crate::catalog::{self, Answer, Answers, Question};
 use crate::policy::testcases::encoding_readable;
 use crate::policy::{Action, Decision, SessionContext};
 use crate::sql::{Inspection, ReadAs, Unparsed};
@@ -44,8 +44,13 @@ pub struct PolicyGate {
     local_role: Option<Option<String>>,
     /// `SET LOCAL search_path` in the open transaction.
     local_search_path: bool,
+    /// The search_path set for the session / the open transaction (estimates plan under it).
+    search_path_value: Option<String>,
+    local_search_path_value: Option<String>,
+    /// Indexes created in this session, with their tables.
+    index_tables: HashMap<String, String>,
     /// Catalog answers fetched for the statement text being decided (see [`Self::with_catalog`]).
-    supplied: Arc<std::sync::Mutex<Option<(String, Answers)>>>,
+    supplied: Arc<std::sync::Mutex<HashMap<String, Answers>>>,
 }
 
 impl PolicyGate {
@@ -68,6 +73,9 @@ impl PolicyGate {
             role: None,
             local_role: None,
             local_search_path: false,
+            search_path_value: None,
+            local_search_path_value: None,
+            index_tables: HashMap::new(),
         }
     }
 
@@ -88,37 +96,49 @@ impl PolicyGate {
         if qs.is_empty() {
             return Ok(ins);
         }
-        let source = Source {
-            text: text.to_owned(),
-            read_as,
-            statements: ins.statements.len(),
-        };
-        // Answers are for one reading of one text.
+        let search_path = self
+            .local_search_path_value
+            .clone()
+            .or_else(|| self.search_path_value.clone())
+            .unwrap_or_else(|| default_search_path(&self.base.user));
+        let source = Source::new(text, read_as, ins.statements.len(), &search_path);
+        // Answers are for one reading of one text (both readings may be asked at once).
         let key = format!("{}\0{text}", read_as.standard_conforming_strings);
-        let mut answers = match &*self.supplied.lock().unwrap_or_else(|e| e.into_inner()) {
-            Some((k, a)) if *k == key => a.clone(),
-            _ => Answers::new(),
-        };
+        let fetched = self
+            .supplied
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&key)
+            .cloned();
+        let mut answers = fetched.clone().unwrap_or_default();
         let missing: Vec<Question> = qs
             .into_iter()
             .filter(|q| !answers.contains_key(q))
             .collect();
         if !missing.is_empty() {
             let db = &self.base.database;
-            match cat.cached(db, &missing, &source) {
-                Some(a) => answers.extend(a),
-                None => {
-                    let slot = self.supplied.clone();
-                    let db = db.clone();
-                    return Err(Box::pin(async move {
-                        let a = cat.fetch(&db, &missing, &source).await;
-                        let mut s = slot.lock().unwrap_or_else(|e| e.into_inner());
-                        match &mut *s {
-                            Some((k, prev)) if *k == key => prev.extend(a),
-                            other => *other = Some((key, a)),
-                        }
-                    }));
-                }
+            if fetched.is_some() {
+                // Fetched once for this text already: what is still missing (the session
+                // changed meanwhile) counts as failed rather than waiting again.
+                answers.extend(missing.into_iter().map(|q| {
+                    (
+                        q,
+                        Answer::Failed("not answered while the statement waited".into()),
+                    )
+                }));
+            } else if let Some(a) = cat.cached(db, &missing, &source) {
+                answers.extend(a);
+            } else {
+                let slot = self.supplied.clone();
+                let db = db.clone();
+                return Err(Box::pin(async move {
+                    let a = cat.fetch(&db, &missing, &source).await;
+                    slot.lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .entry(key)
+                        .or_default()
+                        .extend(a);
+                }));
             }
         }
         Ok(Arc::new(catalog::enrich(
@@ -187,10 +207,7 @@ impl PolicyGate {
 
     /// Decides on the `-c name=value` settings of the startup packet as SET statements
     /// (a `-c role=admin` is an identity switch like SET ROLE). Refusal is a FATAL.
-    pub async fn check_startup_settings(
-        &mut self,
-        settings: &[(String, String)],
-    ) -> Result<(), PgError> {
+    pub fn check_startup_settings(&mut self, settings: &[(String, String)]) -> Result<(), PgError> {
         let params = super::state::ServerParams::default();
         let view = View {
             params: &params,
@@ -217,16 +234,9 @@ impl PolicyGate {
                     memo: Default::default(),
                 })
             };
-            let ins = loop {
-                match self.with_catalog(ins.clone(), &sql, ReadAs::default()) {
-                    Ok(i) => break i,
-                    Err(fetch) => fetch.await,
-                }
-            };
-            self.supplied
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .take();
+            // No catalog lookups here: the client has not authenticated yet (lookups would
+            // let anyone make pgwarden connect to any database name, and learn from the
+            // answer). Role names are judged by the rules that name them.
             let d = self.decide(&ins, &view);
             report(&d, &ins);
             if d.action.refuses() {
@@ -254,6 +264,19 @@ impl PolicyGate {
     }
 
     fn forget_created(&mut self, names: &[String]) {
+        // Indexes go with their tables.
+        let mut names = names.to_vec();
+        let dropped: Vec<String> = self
+            .index_tables
+            .iter()
+            .filter(|(i, t)| names.contains(t) || names.contains(i))
+            .map(|(i, _)| i.clone())
+            .collect();
+        for i in dropped {
+            self.index_tables.remove(&i);
+            names.push(i);
+        }
+        let names = &names[..];
         self.created.retain(|c| !names.contains(c));
         self.txn_created.retain(|c| !names.contains(c));
         for (_, p) in &mut self.pending_created {
@@ -273,7 +296,7 @@ impl PolicyGate {
     /// batch ends without an error ([`Gate::on_ready`]).
     fn remember(&mut self, ins: &Arc<Inspection>, pending_ready: u32) {
         for (i, s) in ins.statements.iter().enumerate() {
-            for op in &s.ops {
+            for (k, op) in s.ops.iter().enumerate() {
                 if let Some(set) = &op.set {
                     match set.name.as_str() {
                         TICKET_SETTING => self.ticket = set.value.clone().filter(|v| !v.is_empty()),
@@ -302,6 +325,11 @@ impl PolicyGate {
                         // Unqualified names may now resolve to other schemas' tables.
                         "search_path" => {
                             self.forget_unqualified();
+                            if set.local {
+                                self.local_search_path_value = set.value.clone();
+                            } else {
+                                self.search_path_value = set.value.clone();
+                            }
                             // SET LOCAL ends with the transaction: names created under it
                             // mean other tables afterwards.
                             self.local_search_path |= set.local;
@@ -314,6 +342,7 @@ impl PolicyGate {
                         }
                         "all" if set.value.is_none() => {
                             self.forget_unqualified();
+                            self.search_path_value = None;
                             self.ticket = None;
                             self.base.lock_timeout_set = false;
                             self.role = None;
@@ -322,32 +351,28 @@ impl PolicyGate {
                     }
                 }
                 match op.tag.as_str() {
-                    // IF NOT EXISTS may have created nothing: the name may be an old table.
-                    "CREATE TABLE"
-                    | "CREATE TABLE AS"
-                    | "SELECT INTO"
-                    | "CREATE MATERIALIZED VIEW"
-                        if !op.has(crate::sql::Flag::IfNotExists) =>
-                    {
+                    // Not IF NOT EXISTS (it may have created nothing), not ON COMMIT DROP,
+                    // not nested in CREATE SCHEMA or a DO body.
+                    _ if op.creates_table(k == 0) => {
                         let until = self.readies + u64::from(pending_ready) + 1;
                         self.pending_created.push_back((until, op.objects.clone()));
                     }
                     // An index on a table created in this session is one too (its DROP
                     // INDEX locks nothing anyone else uses).
-                    "CREATE INDEX" if !op.has(crate::sql::Flag::IfNotExists) => {
+                    "CREATE INDEX" if !op.created_index_names(k == 0).is_empty() => {
                         let earlier = ins.created_before(i);
                         let new_table = op.objects.iter().all(|o| {
                             self.base.created.contains(o)
                                 || earlier.contains(o)
                                 || self.pending_created.iter().any(|(_, p)| p.contains(o))
                         });
-                        let names: Vec<String> = op
-                            .attributes
-                            .iter()
-                            .filter_map(|a| a.strip_prefix("index_name:"))
-                            .map(str::to_owned)
-                            .collect();
-                        if new_table && !names.is_empty() {
+                        if new_table {
+                            let names = op.created_index_names(true);
+                            if let Some(t) = op.objects.first() {
+                                for n in &names {
+                                    self.index_tables.insert(n.clone(), t.clone());
+                                }
+                            }
                             let until = self.readies + u64::from(pending_ready) + 1;
                             self.pending_created.push_back((until, names));
                         }
@@ -364,7 +389,18 @@ impl PolicyGate {
                     "DROP TABLE" | "DROP MATERIALIZED VIEW" | "DROP INDEX" => {
                         self.forget_created(&op.objects);
                     }
-                    "ROLLBACK" | "ABORT" => self.rolling_back = true,
+                    // Creations of the open transaction may be undone (ROLLBACK TO a
+                    // savepoint, ROLLBACK AND CHAIN too): forget them.
+                    t if t.starts_with("ROLLBACK") || t == "ABORT" => {
+                        self.rolling_back = true;
+                        let undone: Vec<String> = self
+                            .txn_created
+                            .iter()
+                            .chain(self.pending_created.iter().flat_map(|(_, p)| p))
+                            .cloned()
+                            .collect();
+                        self.forget_created(&undone);
+                    }
                     // DISCARD ALL resets settings and forgets prepared statements.
                     "DISCARD"
                         if s.text.split_whitespace().nth(1).is_some_and(|w| {
@@ -442,6 +478,7 @@ impl Gate for PolicyGate {
             // SET LOCAL ends with the transaction.
             self.local_lock_timeout = None;
             self.local_role = None;
+            self.local_search_path_value = None;
             if std::mem::take(&mut self.local_search_path) {
                 self.forget_unqualified();
             }
@@ -526,7 +563,7 @@ impl Gate for PolicyGate {
             self.supplied
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
-                .take();
+                .clear();
         }
         v
     }

@@ -142,7 +142,7 @@ async fn serve(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr, id: u64) {
     let mut gate = gate::PolicyGate::new(shared.clone(), base);
     // Settings in the startup packet (`role=...`, `options=-c role=...`) are decided like SET
     // statements.
-    if let Err(refusal) = gate.check_startup_settings(&startup.all_settings()).await {
+    if let Err(refusal) = gate.check_startup_settings(&startup.all_settings()) {
         let _ = client.write_all(&refusal.to_bytes()).await;
         let _ = client.shutdown().await;
         return;

@@ -437,6 +437,10 @@ fn alter_domain(b: &Value, f: &mut Facts) {
 }
 
 fn create_table(b: &Value, f: &mut Facts) {
+    // ON COMMIT DROP: gone when its transaction ends.
+    if int_field(b, "oncommit") == pg_query::protobuf::OnCommitAction::OncommitDrop as i32 {
+        attr(f, "on_commit_drop");
+    }
     if b.get("partbound").is_some_and(|p| !p.is_null()) {
         attr(f, "partition_of");
     }

@@ -241,6 +241,37 @@ impl Facts {
         }
     }
 
+    /// Does this operation, the statement `first` (not a statement nested in CREATE SCHEMA
+    /// or a DO body, which may not run), create a table that outlives its transaction?
+    /// IF NOT EXISTS may have created nothing; ON COMMIT DROP is gone at commit.
+    pub fn creates_table(&self, first: bool) -> bool {
+        first
+            && matches!(
+                self.tag.as_str(),
+                "CREATE TABLE" | "CREATE TABLE AS" | "SELECT INTO" | "CREATE MATERIALIZED VIEW"
+            )
+            && !self.has(Flag::IfNotExists)
+            && !self.attributes.iter().any(|a| a == "on_commit_drop")
+    }
+
+    /// Were all the objects it targets created in this session (`created`)? (A foreign
+    /// key's referenced table is not a target: a new table's key may reference an old one.)
+    pub fn all_created(&self, created: &std::collections::HashSet<String>) -> bool {
+        !self.objects.is_empty() && self.objects.iter().all(|o| created.contains(o))
+    }
+
+    /// The index names a top-level CREATE INDEX creates (`index_name:` attributes).
+    pub fn created_index_names(&self, first: bool) -> Vec<String> {
+        if !first || self.tag != "CREATE INDEX" || self.has(Flag::IfNotExists) {
+            return Vec::new();
+        }
+        self.attributes
+            .iter()
+            .filter_map(|a| a.strip_prefix("index_name:"))
+            .map(str::to_owned)
+            .collect()
+    }
+
     pub fn has(&self, flag: Flag) -> bool {
         self.flags.contains(&flag)
     }
@@ -318,8 +349,10 @@ impl Inspection {
         created: &std::collections::HashSet<String>,
     ) -> Option<std::collections::HashSet<String>> {
         let mut out: Option<std::collections::HashSet<String>> = None;
+        // Indexes created here, with their tables: dropping the table drops them.
+        let mut indexes: Vec<(String, String)> = Vec::new();
         for s in self.statements.iter().take(i) {
-            for op in &s.ops {
+            for (k, op) in s.ops.iter().enumerate() {
                 let forgets_unqualified = op.set.as_ref().is_some_and(|x| {
                     matches!(
                         x.name.as_str(),
@@ -330,6 +363,11 @@ impl Inspection {
                     out.get_or_insert_with(|| created.clone())
                         .retain(|n| n.contains('.'));
                 }
+                // A rollback (to a savepoint, too) may undo creations: forget them all.
+                if op.tag.starts_with("ROLLBACK") || op.tag == "ABORT" {
+                    let o = out.get_or_insert_with(|| created.clone());
+                    o.retain(|n| created.contains(n));
+                }
                 if op
                     .subcommands
                     .iter()
@@ -338,24 +376,26 @@ impl Inspection {
                 {
                     let o = out.get_or_insert_with(|| created.clone());
                     o.retain(|n| !op.objects.contains(n));
+                    for (idx, table) in &indexes {
+                        if op.objects.contains(table) {
+                            o.remove(idx);
+                        }
+                    }
                 }
-                if matches!(
-                    op.tag.as_str(),
-                    "CREATE TABLE" | "CREATE TABLE AS" | "SELECT INTO" | "CREATE MATERIALIZED VIEW"
-                ) && !op.has(Flag::IfNotExists)
-                {
+                if op.creates_table(k == 0) {
                     out.get_or_insert_with(|| created.clone())
                         .extend(op.objects.iter().cloned());
                 }
-                if op.tag == "CREATE INDEX" && !op.has(Flag::IfNotExists) {
+                let names = op.created_index_names(k == 0);
+                if !names.is_empty() {
                     let o = out.get_or_insert_with(|| created.clone());
                     if op.objects.iter().all(|t| o.contains(t)) {
-                        o.extend(
-                            op.attributes
-                                .iter()
-                                .filter_map(|a| a.strip_prefix("index_name:"))
-                                .map(str::to_owned),
-                        );
+                        for n in names {
+                            if let Some(t) = op.objects.first() {
+                                indexes.push((n.clone(), t.clone()));
+                            }
+                            o.insert(n);
+                        }
                     }
                 }
             }

@@ -428,3 +428,84 @@ async fn check_with_a_catalog_decides_like_the_proxy() {
     drop_all(&small).await;
     drop_all(&large).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn estimates_follow_the_client_search_path() {
+    let p = proxy().await;
+    let c = via(&p).await;
+    let (schema, t) = (unique("cats"), unique("catsp"));
+    // An empty public table and a large one of the same name in the tenant's schema.
+    direct()
+        .await
+        .batch_execute(&format!(
+            "CREATE SCHEMA {schema};
+             CREATE TABLE public.{t} (id int, a int);
+             CREATE TABLE {schema}.{t} (id int, a int);
+             INSERT INTO {schema}.{t} SELECT g, g FROM generate_series(1, {LARGE}) g;
+             ANALYZE public.{t}; ANALYZE {schema}.{t}"
+        ))
+        .await
+        .unwrap();
+    c.batch_execute(&format!("DELETE FROM {t} WHERE id > 0"))
+        .await
+        .expect("public's table is empty: a small write");
+    c.batch_execute(&format!("SET search_path = {schema}"))
+        .await
+        .unwrap();
+    refused_by(
+        c.batch_execute(&format!("DELETE FROM {t} WHERE id > 0"))
+            .await,
+        "dml.large-write",
+    );
+    direct()
+        .await
+        .batch_execute(&format!(
+            "DROP SCHEMA {schema} CASCADE; DROP TABLE public.{t}"
+        ))
+        .await
+        .unwrap();
+    p.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_estimate_is_refused_once_and_tells_no_secrets() {
+    let p = proxy().await;
+    let c = via(&p).await;
+    let t = existing(SMALL).await;
+    let f = unique("leak");
+    direct()
+        .await
+        .batch_execute(&format!(
+            "CREATE FUNCTION {f}() RETURNS int IMMUTABLE LANGUAGE plpgsql AS
+             $$BEGIN RAISE EXCEPTION 'secret-value-42'; END$$"
+        ))
+        .await
+        .unwrap();
+    // Pipelined behind an unanswered query (both string readings are decided): answered
+    // once, never looping.
+    let q1 = c.query("SELECT 1", &[]);
+    let delete = format!("DELETE FROM {t} WHERE id = {f}()");
+    let q2 = c.execute(&delete, &[]);
+    let (r1, r2) = within(BOUND, "pipelined estimate", async { tokio::join!(q1, q2) }).await;
+    r1.unwrap();
+    let e = r2.expect_err("a write whose estimate fails counts as large");
+    assert_eq!(sqlstate(&e).as_deref(), Some("42501"), "{e:?}");
+    let db = e.as_db_error().unwrap();
+    let detail = db.detail().unwrap_or_default();
+    assert!(
+        detail.contains("planner estimate failed (SQLSTATE P0001)"),
+        "{detail}"
+    );
+    assert!(!format!("{e:?}").contains("secret-value-42"), "{e:?}");
+    // The catalog's sessions still answer.
+    c.batch_execute(&format!("DELETE FROM {t} WHERE id = 1"))
+        .await
+        .unwrap();
+    direct()
+        .await
+        .batch_execute(&format!("DROP FUNCTION {f}()"))
+        .await
+        .unwrap();
+    drop_all(&t).await;
+    p.stop().await;
+}
