@@ -64,6 +64,11 @@ pub fn binary_coercible(current: &str, new: &str) -> bool {
     if c == n {
         return true;
     }
+    // Widening an array's element type modifier still rewrites (the array is coerced
+    // element by element).
+    if c.array {
+        return false;
+    }
     let widens = |old: &[i64], new: &[i64]| match (old, new) {
         (_, []) => true,
         ([a], [b]) => b >= a,
@@ -100,7 +105,8 @@ mod tests {
         assert!(bc("character varying(10)", "text"));
         assert!(bc("character varying(10)", "varchar"));
         assert!(bc("text", "varchar"));
-        assert!(bc("character varying(10)[]", "varchar(12)[]"));
+        assert!(bc("character varying(10)[]", "varchar(10)[]"));
+        assert!(!bc("character varying(10)[]", "varchar(12)[]"));
     }
 
     #[test]

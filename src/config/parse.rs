@@ -261,7 +261,16 @@ fn apply_catalog(cfg: &mut Config, cx: &mut Ctx<'_>, whole: &Item, t: &Table) {
                 }
             }
             "ttl" => c.ttl = duration(cx, item, &full).unwrap_or(c.ttl),
-            "timeout" => c.timeout = duration(cx, item, &full).unwrap_or(c.timeout),
+            "timeout" => match duration(cx, item, &full) {
+                Some(d)
+                    if d >= std::time::Duration::from_millis(1)
+                        && d <= std::time::Duration::from_secs(3600) =>
+                {
+                    c.timeout = d
+                }
+                Some(_) => cx.err(item, &full, "must be between 1ms and 1h"),
+                None => {}
+            },
             "large_rows" => {
                 if let Some(n) = integer(cx, item, &full, 0, i64::MAX) {
                     c.thresholds.large_rows = n as f64;
