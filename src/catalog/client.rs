@@ -375,7 +375,6 @@ impl Catalog {
         };
         let serial = self.serial.fetch_add(1, Ordering::Relaxed);
         let r = estimate(&client, text, &source.search_path, serial).await;
-        let _ = client.batch_execute("ROLLBACK").await;
         *guard = Some(client);
         match r {
             Ok(a) => a,
@@ -573,24 +572,30 @@ async fn estimate(
     search_path: &str,
     serial: u64,
 ) -> Result<Answer, tokio_postgres::Error> {
-    c.batch_execute("BEGIN READ ONLY").await?;
-    c.query_typed(
-        "SELECT pg_catalog.set_config('search_path', $1, true)",
-        &[(&search_path, tokio_postgres::types::Type::TEXT)],
-    )
-    .await?;
+    let begin = format!(
+        "BEGIN READ ONLY; SELECT pg_catalog.set_config('search_path', '{}', true)",
+        search_path.replace('\'', "''")
+    );
     let explain = format!("EXPLAIN (FORMAT JSON) {text}");
-    // A text without `$` has no parameters: one round trip (Parse, Bind, Execute at once).
-    // Otherwise a round trip first learns how many it has.
-    let stmt = if text.contains('$') {
-        Some(c.prepare(&explain).await?)
+    let plan: serde_json::Value = if !text.contains('$') {
+        // No parameters: the transaction, the EXPLAIN (Parse, Bind, Execute at once) and the
+        // rollback go out together, one round trip.
+        let (b, plan, end) = tokio::join!(
+            c.batch_execute(&begin),
+            c.query_typed_one(&explain, &[]),
+            c.batch_execute("ROLLBACK")
+        );
+        b?;
+        end?;
+        plan?.get(0)
     } else {
-        None
-    };
-    let plan: serde_json::Value = match &stmt {
-        None => c.query_typed_one(&explain, &[]).await?.get(0),
-        Some(stmt) if stmt.params().is_empty() => c.query_one(stmt, &[]).await?.get(0),
-        Some(stmt) => {
+        // A round trip first learns how many parameters there are.
+        let r = async {
+            c.batch_execute(&begin).await?;
+            let stmt = c.prepare(&explain).await?;
+            if stmt.params().is_empty() {
+                return c.query_one(&stmt, &[]).await.map(|r| r.get(0));
+            }
             let name = format!("pgwarden_estimate_{serial}");
             c.execute(format!("PREPARE {name} AS {text}").as_str(), &[])
                 .await?;
@@ -601,14 +606,16 @@ async fn estimate(
                     &[],
                 )
                 .await;
-            // PREPARE outlives the transaction; a failed transaction refuses DEALLOCATE
-            // until it ends, so end it first.
-            if result.is_err() {
-                let _ = c.batch_execute("ROLLBACK").await;
-            }
+            // PREPARE outlives the transaction; an aborted one refuses DEALLOCATE.
+            let _ = c.batch_execute("ROLLBACK").await;
             let _ = c.execute(format!("DEALLOCATE {name}").as_str(), &[]).await;
-            result?.get(0)
+            result.map(|r| r.get(0))
         }
+        .await;
+        let end = c.batch_execute("ROLLBACK").await;
+        let plan = r?;
+        end?;
+        plan
     };
     Ok(match rows_written(&plan) {
         Some(n) => Answer::Estimate(n),
