@@ -20,6 +20,15 @@ use crate::wire::sqlstate::SqlState;
 /// The name of the session setting that attaches a change ticket.
 pub const TICKET_SETTING: &str = "pgwarden.ticket";
 
+/// Session settings decisions read, tracked as SET statements are forwarded.
+#[derive(Debug, Clone, Default)]
+struct Settings {
+    role: Option<String>,
+    lock_timeout_set: bool,
+    search_path: Option<String>,
+    ticket: Option<String>,
+}
+
 pub struct PolicyGate {
     version_checked: bool,
     /// Creations forwarded whose batch has not ended: (ReadyForQuery number ending it, names).
@@ -49,6 +58,9 @@ pub struct PolicyGate {
     local_search_path_value: Option<String>,
     /// Indexes created in this session, with their tables.
     index_tables: HashMap<String, String>,
+    /// The session settings as of the last commit (restored when a batch fails or its
+    /// transaction rolls back: the server undoes a SET then, LOCAL or not).
+    confirmed: Settings,
     /// Catalog answers fetched for the statement text being decided (see [`Self::with_catalog`]).
     supplied: Arc<std::sync::Mutex<HashMap<String, Answers>>>,
 }
@@ -56,7 +68,7 @@ pub struct PolicyGate {
 impl PolicyGate {
     pub fn new(shared: Arc<Shared>, base: SessionContext) -> Self {
         let ticket = base.ticket.clone();
-        PolicyGate {
+        let mut gate = PolicyGate {
             version_checked: false,
             pending_created: Default::default(),
             txn_created: Vec::new(),
@@ -76,7 +88,10 @@ impl PolicyGate {
             search_path_value: None,
             local_search_path_value: None,
             index_tables: HashMap::new(),
-        }
+            confirmed: Settings::default(),
+        };
+        gate.confirmed = gate.settings();
+        gate
     }
 
     /// The inspection with live-catalog facts folded in, when a catalog is configured and
@@ -249,6 +264,22 @@ impl PolicyGate {
         Ok(())
     }
 
+    fn settings(&self) -> Settings {
+        Settings {
+            role: self.role.clone(),
+            lock_timeout_set: self.base.lock_timeout_set,
+            search_path: self.search_path_value.clone(),
+            ticket: self.ticket.clone(),
+        }
+    }
+
+    fn restore(&mut self, s: Settings) {
+        self.role = s.role;
+        self.base.lock_timeout_set = s.lock_timeout_set;
+        self.search_path_value = s.search_path;
+        self.ticket = s.ticket;
+    }
+
     /// Forgets creations named without a schema (after search_path changes or DISCARD): the
     /// same name may now resolve to a table this session did not create.
     fn forget_unqualified(&mut self) {
@@ -393,6 +424,9 @@ impl PolicyGate {
                     // savepoint, ROLLBACK AND CHAIN too): forget them.
                     t if t.starts_with("ROLLBACK") || t == "ABORT" => {
                         self.rolling_back = true;
+                        // Whole-transaction rollback undoes its SETs (to a savepoint: those
+                        // since it; taken as all of them, pgwarden does not track savepoints).
+                        self.restore(self.confirmed.clone());
                         let undone: Vec<String> = self
                             .txn_created
                             .iter()
@@ -475,6 +509,14 @@ impl Gate for PolicyGate {
     fn on_ready(&mut self, failed: bool, tx: TxStatus) {
         self.readies += 1;
         if tx == TxStatus::Idle {
+            // Settings changed since the last confirmed point stand if this batch (or the
+            // transaction it ended) committed, and are undone by the server otherwise.
+            let committed = !failed && !self.rolling_back && self.last_tx != TxStatus::Failed;
+            if committed {
+                self.confirmed = self.settings();
+            } else {
+                self.restore(self.confirmed.clone());
+            }
             // SET LOCAL ends with the transaction.
             self.local_lock_timeout = None;
             self.local_role = None;

@@ -67,6 +67,18 @@ lock_timeout_set = false
         .unwrap();
     assert!(refused(c.batch_execute(&lock).await));
     c.batch_execute("ROLLBACK").await.unwrap();
+    // That ROLLBACK also undid `SET lock_timeout = 0`, sent in the same string after COMMIT
+    // (it joined the transaction BEGIN opened): the server is back at 2s, and so is pgwarden.
+    c.batch_execute("BEGIN").await.unwrap();
+    assert!(!refused(c.batch_execute(&lock).await));
+    c.batch_execute("ROLLBACK").await.unwrap();
+    c.batch_execute("SET lock_timeout = 0").await.unwrap();
+    // Set in a transaction that rolls back: undone.
+    c.batch_execute("BEGIN; SET lock_timeout = '2s'; ROLLBACK; BEGIN")
+        .await
+        .unwrap();
+    assert!(refused(c.batch_execute(&lock).await));
+    c.batch_execute("ROLLBACK").await.unwrap();
     direct()
         .await
         .batch_execute(&format!("DROP TABLE {t}"))
@@ -106,6 +118,17 @@ roles = ["{role}"]
     c.batch_execute(&format!("SET ROLE {role}")).await.unwrap();
     assert!(refused(c.batch_execute(&insert).await));
     c.batch_execute("RESET ROLE").await.unwrap();
+    assert!(!refused(c.batch_execute(&insert).await));
+    // A SET ROLE the server rolls back changes nothing.
+    c.batch_execute(&format!("BEGIN; SET ROLE {role}; ROLLBACK"))
+        .await
+        .unwrap();
+    assert!(!refused(c.batch_execute(&insert).await));
+    c.batch_execute(&format!("BEGIN; SET ROLE {role}"))
+        .await
+        .unwrap();
+    let _ = c.batch_execute("SELECT 1/0").await;
+    c.batch_execute("COMMIT").await.unwrap();
     assert!(!refused(c.batch_execute(&insert).await));
     // SET LOCAL ROLE lasts until the transaction ends.
     c.batch_execute(&format!("BEGIN; SET LOCAL ROLE {role}"))
