@@ -440,7 +440,10 @@ async fn relation(c: &Client, name: &str, index: bool) -> Result<Answer, tokio_p
         ), sized AS (
             SELECT c.relkind,
                    CASE WHEN c.relkind = 'p' THEN 0
-                        WHEN c.reltuples >= 0 THEN c.reltuples::float8
+                        -- the last ANALYZE's count, or the statistics collector's live
+                        -- count if that is higher (rows loaded since)
+                        WHEN c.reltuples >= 0 THEN greatest(c.reltuples::float8,
+                             pg_catalog.pg_stat_get_live_tuples(c.oid)::float8)
                         -- never vacuumed nor analyzed: an upper bound from the file size
                         -- (a heap tuple takes at least 28 bytes)
                         ELSE pg_catalog.pg_relation_size(c.oid) / 28.0 END AS rows,

@@ -509,3 +509,36 @@ async fn a_failing_estimate_is_refused_once_and_tells_no_secrets() {
     drop_all(&t).await;
     p.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rows_loaded_after_the_last_analyze_count() {
+    let p = proxy().await;
+    let c = via(&p).await;
+    let t = existing(SMALL).await;
+    let d = direct().await;
+    d.batch_execute(&format!(
+        "INSERT INTO {t} SELECT g, g, 'x', NULL FROM generate_series({SMALL} + 1, {LARGE}) g"
+    ))
+    .await
+    .unwrap();
+    d.batch_execute("SELECT pg_stat_force_next_flush()")
+        .await
+        .unwrap();
+    // reltuples still says 10 (no ANALYZE since); the statistics collector knows better.
+    crate::support::eventually(BOUND, "live tuple count", || async {
+        d.batch_execute("SELECT 1").await.unwrap();
+        let n: i64 = d
+            .query_one("SELECT pg_stat_get_live_tuples($1::text::regclass)", &[&t])
+            .await
+            .unwrap()
+            .get(0);
+        (n >= i64::from(LARGE)).then_some(())
+    })
+    .await;
+    refused_by(
+        c.batch_execute(&format!("CREATE INDEX ON {t} (a)")).await,
+        "lock.create-index-not-concurrent",
+    );
+    drop_all(&t).await;
+    p.stop().await;
+}
