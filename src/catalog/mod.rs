@@ -201,7 +201,7 @@ pub fn questions(ins: &Inspection, needs: Needs, created: &HashSet<String>) -> V
         return out;
     }
     for (i, s) in ins.statements.iter().enumerate() {
-        let created = &with_earlier(ins, i, created);
+        let created = &*with_earlier(ins, i, created);
         let mut estimate = false;
         for op in &s.ops {
             if needs.sizes {
@@ -254,9 +254,15 @@ pub fn questions(ins: &Inspection, needs: Needs, created: &HashSet<String>) -> V
 
 /// What counts as created in this session when statement `i` runs (see
 /// [`Inspection::created_at`]).
-fn with_earlier(ins: &Inspection, i: usize, created: &HashSet<String>) -> HashSet<String> {
-    ins.created_at(i, created)
-        .unwrap_or_else(|| created.clone())
+fn with_earlier<'a>(
+    ins: &Inspection,
+    i: usize,
+    created: &'a HashSet<String>,
+) -> std::borrow::Cow<'a, HashSet<String>> {
+    match ins.created_at(i, created) {
+        Some(c) => std::borrow::Cow::Owned(c),
+        None => std::borrow::Cow::Borrowed(created),
+    }
 }
 
 /// Roles an operation switches to or grants.
@@ -329,7 +335,7 @@ pub fn enrich(
 ) -> Inspection {
     let mut out = ins.clone();
     for (i, s) in out.statements.iter_mut().enumerate() {
-        let created = &with_earlier(ins, i, created);
+        let created = &*with_earlier(ins, i, created);
         let estimate = answers.get(&Question::Estimate(i));
         for op in &mut s.ops {
             let mut sizes = Vec::new();
