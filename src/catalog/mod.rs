@@ -339,20 +339,21 @@ pub fn enrich(
         let estimate = answers.get(&Question::Estimate(i));
         for op in &mut s.ops {
             let mut sizes = Vec::new();
+            // Without an answer for every target (no catalog), no size is claimed.
+            let mut asked = true;
             for l in size_lookups(op, created) {
-                let (size, note) = classify(answers.get(&Question::Lookup(l.clone())), th);
-                if let Some(Answer::Relation(r)) = answers.get(&Question::Lookup(l.clone())) {
+                let a = answers.get(&Question::Lookup(l.clone()));
+                asked &= a.is_some();
+                if let Some(Answer::Relation(r)) = a {
                     if r.partitioned {
                         attr(op, "partitioned");
                     }
                 }
+                let (size, note) = classify(a, th);
                 if let Some(n) = note {
                     out.notes
                         .push(format!("{}: {n}; counted as large.", lookup_name(&l)));
-                    let missing = matches!(
-                        answers.get(&Question::Lookup(l.clone())),
-                        Some(Answer::NotFound)
-                    );
+                    let missing = matches!(a, Some(Answer::NotFound));
                     attr(
                         op,
                         if missing {
@@ -362,15 +363,8 @@ pub fn enrich(
                         },
                     );
                 }
-                if answers.contains_key(&Question::Lookup(l)) {
-                    sizes.push(size);
-                } else {
-                    sizes.push(Size::Large);
-                }
+                sizes.push(size);
             }
-            let asked = size_lookups(op, created)
-                .into_iter()
-                .all(|l| answers.contains_key(&Question::Lookup(l)));
             if !sizes.is_empty() && asked {
                 attr(
                     op,
