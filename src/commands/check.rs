@@ -139,12 +139,12 @@ pub fn inspect_and_decide(
             ));
         }
         if policy.needs.estimates {
-            let writes = ins
-                .statements
-                .iter()
-                .flat_map(|s| &s.ops)
-                .any(|o| matches!(o.tag.as_str(), "UPDATE" | "DELETE" | "MERGE" | "INSERT"));
-            if writes {
+            // The statements a catalog would have estimated.
+            let planner = crate::catalog::Needs {
+                estimates: true,
+                ..Default::default()
+            };
+            if !crate::catalog::questions(&ins, planner, &session.created).is_empty() {
                 let rules: Vec<&str> = policy
                     .rules
                     .iter()
