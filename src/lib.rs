@@ -27,6 +27,7 @@
 //! - [`commands`]: `check`, `explain`, `policy validate|test`: the same decisions offline.
 //! - [`net`]: one stream type over TCP, Unix sockets and TLS.
 
+pub mod approval;
 pub mod cancel;
 pub mod catalog;
 pub mod commands;
