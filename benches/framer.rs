@@ -172,7 +172,7 @@ fn bench_client_frames(c: &mut Criterion) {
         s.client_frames(
             &mut cin,
             &mut out,
-            &mut pgwarden::session::refusal::OpenGate,
+            &mut pgwarden::session::verdict::OpenGate,
         )
         .expect("valid client frames");
         assert!(cin.is_empty() && out[..] == input[..]);
@@ -182,7 +182,7 @@ fn bench_client_frames(c: &mut Criterion) {
             b.iter_batched_ref(
                 || setup(&input),
                 |(s, cin, out)| {
-                    s.client_frames(cin, out, &mut pgwarden::session::refusal::OpenGate)
+                    s.client_frames(cin, out, &mut pgwarden::session::verdict::OpenGate)
                         .is_ok()
                 },
                 BatchSize::SmallInput,

@@ -18,6 +18,31 @@ use crate::wire::startup::{CancelKey, CANCEL_REQUEST_CODE};
 pub struct CancelTarget {
     pub session_id: u64,
     pub upstream: Arc<Upstream>,
+    /// Tells the session itself: a statement waiting at pgwarden (a hold) is cancelled
+    /// there, since the server has nothing running to cancel.
+    pub signal: CancelSignal,
+}
+
+/// A session's cancel bell: every CancelRequest for its key rings it once. The session
+/// listens only while a statement waits at pgwarden, and only to rings after the wait began.
+#[derive(Debug, Clone)]
+pub struct CancelSignal(Arc<tokio::sync::watch::Sender<u64>>);
+
+impl Default for CancelSignal {
+    fn default() -> Self {
+        CancelSignal(Arc::new(tokio::sync::watch::channel(0).0))
+    }
+}
+
+impl CancelSignal {
+    pub fn ring(&self) {
+        self.0.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    /// A listener that has seen every ring so far.
+    pub fn listen(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.0.subscribe()
+    }
 }
 
 /// A cheap-clone handle over the key → session map.
@@ -118,6 +143,7 @@ mod tests {
         let target = CancelTarget {
             session_id: 7,
             upstream: Arc::new(Config::default().upstream),
+            signal: CancelSignal::default(),
         };
         {
             let _g = reg.register(key.clone(), target);

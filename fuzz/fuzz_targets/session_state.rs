@@ -32,7 +32,7 @@
 
 use bytes::BytesMut;
 use libfuzzer_sys::fuzz_target;
-use pgwarden::session::refusal::{Gate, Verdict, View};
+use pgwarden::session::verdict::{Gate, Verdict, View};
 use pgwarden::session::state::{Links, SessionState};
 use pgwarden::wire::frame::{parse_header, read_cstr, Limits, HEADER_LEN};
 use pgwarden::wire::messages::{PgError, Severity};

@@ -108,6 +108,7 @@ pub fn compile_sources(
     let mut rules = Vec::new();
     let mut hasher = Sha256::new();
     let mut seen: HashMap<String, (PathBuf, usize)> = HashMap::new();
+    let mut break_glass: Option<Vec<String>> = None;
     for (file, text) in sources {
         hasher.update(
             file.file_name()
@@ -117,7 +118,11 @@ pub fn compile_sources(
         hasher.update([0]);
         hasher.update(text.as_bytes());
         hasher.update([0]);
-        for (raw, line) in read_file(file, text, &mut errors) {
+        let (raws, users) = read_file(file, text, &mut errors);
+        if let Some(users) = users {
+            break_glass.get_or_insert_with(Vec::new).extend(users);
+        }
+        for (raw, line) in raws {
             let id = raw.id.clone();
             if let Some((f, l)) = seen.get(&id) {
                 errors.push(PolicyError {
@@ -138,6 +143,18 @@ pub fn compile_sources(
         errors.sort_by(|a, b| (&a.file, a.line).cmp(&(&b.file, b.line)));
         return Err(PolicyErrors(errors));
     }
+    let break_glass = match break_glass.map(|u| Globs::new(&u, false)) {
+        None => None,
+        Some(Ok(g)) => Some(g),
+        Some(Err(e)) => {
+            return Err(PolicyErrors(vec![PolicyError {
+                file: PathBuf::from("[break_glass]"),
+                line: 0,
+                rule: None,
+                message: format!("break_glass.users: {e}"),
+            }]))
+        }
+    };
     let digest = hasher.finalize();
     let needs = rules
         .iter()
@@ -147,6 +164,7 @@ pub fn compile_sources(
         environment: environment.to_owned(),
         rules,
         needs,
+        break_glass,
     })
 }
 
@@ -176,7 +194,12 @@ fn key_line(text: &str, t: &Table, key: &str) -> Option<usize> {
     None
 }
 
-fn read_file(file: &Path, text: &str, errors: &mut Vec<PolicyError>) -> Vec<(RawRule, usize)> {
+/// The rules of one file, and the users of its `[break_glass]` table if it has one.
+fn read_file(
+    file: &Path,
+    text: &str,
+    errors: &mut Vec<PolicyError>,
+) -> (Vec<(RawRule, usize)>, Option<Vec<String>>) {
     let err = |line, rule: Option<String>, message: String| PolicyError {
         file: file.to_path_buf(),
         line,
@@ -191,11 +214,30 @@ fn read_file(file: &Path, text: &str, errors: &mut Vec<PolicyError>) -> Vec<(Raw
                 None,
                 e.message().trim().to_owned(),
             ));
-            return Vec::new();
+            return (Vec::new(), None);
         }
     };
     let mut out = Vec::new();
+    let mut break_glass = None;
     for (k, item) in doc.as_table().iter() {
+        if k == "break_glass" {
+            let line = line_of(text, item.span());
+            let raw = item
+                .clone()
+                .into_value()
+                .map_err(|_| "`break_glass` must be a table".to_owned())
+                .and_then(|v| {
+                    super::raw::RawBreakGlass::deserialize(
+                        serde::de::IntoDeserializer::into_deserializer(v),
+                    )
+                    .map_err(|e| format!("break_glass: {}", e.message().trim()))
+                });
+            match raw {
+                Ok(b) => break_glass = Some(b.users),
+                Err(message) => errors.push(err(line, None, message)),
+            }
+            continue;
+        }
         if k != "rule" {
             let line = doc
                 .as_table()
@@ -205,7 +247,9 @@ fn read_file(file: &Path, text: &str, errors: &mut Vec<PolicyError>) -> Vec<(Raw
             errors.push(err(
                 line,
                 None,
-                format!("unknown key `{k}` (a policy file holds [[rule]] tables)"),
+                format!(
+                    "unknown key `{k}` (a policy file holds [[rule]] tables and [break_glass])"
+                ),
             ));
             continue;
         }
@@ -248,7 +292,7 @@ fn read_file(file: &Path, text: &str, errors: &mut Vec<PolicyError>) -> Vec<(Raw
             }
         }
     }
-    out
+    (out, break_glass)
 }
 
 fn compile_rule(
@@ -320,6 +364,7 @@ fn compile_rule(
     }
     let statement = compile_match(&raw.when, &mut err);
     let session = compile_session(&raw.session, &mut err);
+    let workflow = compile_workflow(&raw, &mut err);
     if errors.len() > before || !enabled {
         return None;
     }
@@ -344,11 +389,45 @@ fn compile_rule(
         message: raw.message,
         hint: raw.hint,
         monitor,
+        workflow,
         file: file.to_path_buf(),
         line,
         statement,
         session,
     })
+}
+
+fn compile_workflow(raw: &RawRule, err: &mut impl FnMut(String)) -> super::Workflow {
+    if raw.approvals == Some(0) {
+        err("approvals must be at least 1".into());
+    }
+    let hold_timeout = raw.hold_timeout.as_deref().and_then(|t| {
+        humantime::parse_duration(t)
+            .ok()
+            .filter(|d| !d.is_zero())
+            .or_else(|| {
+                err(format!(
+                    "hold_timeout {t:?} is not a duration such as \"15m\" or \"2h\""
+                ));
+                None
+            })
+    });
+    let on_missing_ticket = raw.on_missing_ticket.as_deref().and_then(|s| match s {
+        "refuse" => Some(super::OnMissingTicket::Refuse),
+        "hold" => Some(super::OnMissingTicket::Hold),
+        _ => {
+            err(format!(
+                "on_missing_ticket {s:?} is not one of refuse, hold"
+            ));
+            None
+        }
+    });
+    super::Workflow {
+        approvals: raw.approvals,
+        approver_groups: raw.approver_groups.clone().unwrap_or_default(),
+        hold_timeout,
+        on_missing_ticket,
+    }
 }
 
 fn globs(

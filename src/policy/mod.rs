@@ -80,6 +80,50 @@ impl Severity {
     }
 }
 
+/// What happens to a statement a rule holds or asks a ticket for (per rule, in its file).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Workflow {
+    /// Approvals a hold needs (none given: the proxy's default, 1).
+    pub approvals: Option<u32>,
+    /// Approvers must be in one of these token groups (empty: any approver).
+    pub approver_groups: Vec<String>,
+    /// How long a hold waits (none: the proxy's `[holds] timeout`).
+    pub hold_timeout: Option<std::time::Duration>,
+    /// `require_ticket` without a covering ticket: refuse, or hold for an approval (none:
+    /// the proxy's `[holds] on_missing_ticket`).
+    pub on_missing_ticket: Option<OnMissingTicket>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnMissingTicket {
+    Refuse,
+    Hold,
+}
+
+impl Workflow {
+    /// The workflow of several rules at once: the most approvals, any listed group, the
+    /// shortest timeout, and a hold if any rule asks for one.
+    pub fn merge(&self, o: &Workflow) -> Workflow {
+        let mut groups = self.approver_groups.clone();
+        groups.extend(
+            o.approver_groups
+                .iter()
+                .filter(|g| !self.approver_groups.contains(g))
+                .cloned(),
+        );
+        Workflow {
+            approvals: self.approvals.max(o.approvals),
+            approver_groups: groups,
+            hold_timeout: match (self.hold_timeout, o.hold_timeout) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            },
+            on_missing_ticket: self.on_missing_ticket.max(o.on_missing_ticket),
+        }
+    }
+}
+
 /// One compiled rule, for one environment.
 #[derive(Debug, Clone)]
 pub struct Rule {
@@ -94,6 +138,7 @@ pub struct Rule {
     pub message: String,
     pub hint: Option<String>,
     pub monitor: bool,
+    pub workflow: Workflow,
     pub file: PathBuf,
     pub line: usize,
     pub statement: StatementMatcher,
@@ -117,6 +162,8 @@ pub struct Policy {
     pub rules: Vec<Rule>,
     /// The live-catalog facts any rule reads (nothing else is asked).
     pub needs: crate::catalog::Needs,
+    /// Users who may use break-glass (`[break_glass] users`); none: nobody.
+    pub break_glass: Option<matcher::Globs>,
 }
 
 /// One rule that matched one statement.
@@ -131,6 +178,8 @@ pub struct RuleMatch {
     pub message: String,
     pub hint: Option<String>,
     pub file: String,
+    #[serde(skip)]
+    pub workflow: Workflow,
 }
 
 /// The policy's verdict on one SQL string.
@@ -155,6 +204,14 @@ impl Decision {
         }
     }
 
+    /// The workflow of the enforced matches that decide the action.
+    pub fn workflow(&self) -> Workflow {
+        self.matches
+            .iter()
+            .filter(|m| !m.monitor && m.action == self.action)
+            .fold(Workflow::default(), |w, m| w.merge(&m.workflow))
+    }
+
     /// The match that decides the enforced action (the first of the strictest).
     pub fn deciding(&self) -> Option<&RuleMatch> {
         self.matches
@@ -165,6 +222,11 @@ impl Decision {
 }
 
 impl Policy {
+    /// May `user` use break-glass?
+    pub fn break_glass_allows(&self, user: &str) -> bool {
+        self.break_glass.as_ref().is_some_and(|g| g.any(user))
+    }
+
     /// An empty policy: allows everything (used when no policy directory exists).
     pub fn empty(environment: &str) -> Policy {
         Policy {
@@ -172,6 +234,7 @@ impl Policy {
             environment: environment.into(),
             rules: Vec::new(),
             needs: Default::default(),
+            break_glass: None,
         }
     }
 
@@ -223,6 +286,7 @@ impl Policy {
                     message: r.message.clone(),
                     hint: r.hint.clone(),
                     file: r.file.display().to_string(),
+                    workflow: r.workflow.clone(),
                 });
             }
         }

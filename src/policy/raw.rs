@@ -11,6 +11,17 @@ use serde::Deserialize;
 pub struct RawFile {
     #[serde(default)]
     pub rule: Vec<RawRule>,
+    /// Who may use break-glass (`SET pgwarden.break_glass = 'reason'`).
+    #[serde(default)]
+    pub break_glass: Option<RawBreakGlass>,
+}
+
+/// `[break_glass] users = ["oncall_*"]`: globs on the database user.
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawBreakGlass {
+    #[serde(default)]
+    pub users: Vec<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -39,6 +50,18 @@ pub struct RawRule {
     /// Conditions on the session.
     #[serde(default)]
     pub session: RawSession,
+    /// Workflow: approvals a hold of this rule needs (default 1).
+    #[serde(default)]
+    pub approvals: Option<u32>,
+    /// Workflow: approvers must belong to one of these token groups.
+    #[serde(default)]
+    pub approver_groups: Option<Vec<String>>,
+    /// Workflow: how long a hold waits before it times out (`"15m"`).
+    #[serde(default)]
+    pub hold_timeout: Option<String>,
+    /// Workflow: `require_ticket` without a covering ticket is `"refuse"`d or `"hold"`s.
+    #[serde(default)]
+    pub on_missing_ticket: Option<String>,
     /// Per-environment changes: `[rule.environments.development] action = "alert"`.
     #[serde(default)]
     pub environments: BTreeMap<String, RawEnvironment>,

@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use super::refusal::{Gate, Verdict, View, Work};
+use super::verdict::{Gate, Resumed, Verdict, View, Waiting};
 use super::Shared;
 use crate::catalog::client::{default_search_path, Source};
 use crate::catalog::{self, Answer, Answers, Question};
@@ -61,8 +61,12 @@ pub struct PolicyGate {
     /// The session settings as of the last commit (restored when a batch fails or its
     /// transaction rolls back: the server undoes a SET then, LOCAL or not).
     confirmed: Settings,
-    /// Catalog answers fetched for the statement text being decided (see [`Self::with_catalog`]).
-    supplied: Arc<std::sync::Mutex<HashMap<String, Answers>>>,
+    /// The answer of the last wait other than the catalog's (a hold's end, a ticket's
+    /// check), for the next decision of the same text.
+    resumed: Option<Resumed>,
+    /// Catalog answers fetched for the statement text being decided, by reading (see
+    /// [`Self::with_catalog`]); handed back through [`Gate::resume`].
+    supplied: HashMap<String, Answers>,
 }
 
 impl PolicyGate {
@@ -81,6 +85,7 @@ impl PolicyGate {
             ticket,
             prepared: HashMap::new(),
             supplied: Default::default(),
+            resumed: None,
             local_lock_timeout: None,
             role: None,
             local_role: None,
@@ -102,7 +107,7 @@ impl PolicyGate {
         ins: Arc<Inspection>,
         text: &str,
         read_as: ReadAs,
-    ) -> Result<Arc<Inspection>, Work> {
+    ) -> Result<Arc<Inspection>, Waiting> {
         let Some(cat) = self.shared.catalog.clone() else {
             return Ok(ins);
         };
@@ -119,12 +124,7 @@ impl PolicyGate {
         let source = Source::new(text, read_as, ins.statements.len(), &search_path);
         // Answers are for one reading of one text (both readings may be asked at once).
         let key = format!("{}\0{text}", read_as.standard_conforming_strings);
-        let fetched = self
-            .supplied
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(&key)
-            .cloned();
+        let fetched = self.supplied.get(&key).cloned();
         let mut answers = fetched.clone().unwrap_or_default();
         let missing: Vec<Question> = qs
             .into_iter()
@@ -144,15 +144,10 @@ impl PolicyGate {
             } else if let Some(a) = cat.cached(db, &missing, &source) {
                 answers.extend(a);
             } else {
-                let slot = self.supplied.clone();
                 let db = db.clone();
-                return Err(Box::pin(async move {
-                    let a = cat.fetch(&db, &missing, &source).await;
-                    slot.lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .entry(key)
-                        .or_default()
-                        .extend(a);
+                return Err(Waiting::once(async move {
+                    let answers = cat.fetch(&db, &missing, &source).await;
+                    Resumed::Answers { key, answers }
                 }));
             }
         }
@@ -602,12 +597,18 @@ impl Gate for PolicyGate {
         let v = self.check_text(text, view);
         if !matches!(v, Verdict::Wait(_)) && self.shared.catalog.is_some() {
             // Decided: answers fetched for it are not reused for a later text.
-            self.supplied
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .clear();
+            self.supplied.clear();
         }
         v
+    }
+
+    fn resume(&mut self, answer: Resumed) {
+        match answer {
+            Resumed::Answers { key, answers } => {
+                self.supplied.entry(key).or_default().extend(answers)
+            }
+            other => self.resumed = Some(other),
+        }
     }
 }
 

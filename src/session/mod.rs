@@ -4,10 +4,13 @@
 //! with everything else pgwarden does.
 
 pub mod gate;
+pub mod params;
 pub mod refusal;
 pub mod relay;
 pub mod startup;
 pub mod state;
+pub mod verdict;
+pub mod workflow;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -151,6 +154,7 @@ async fn serve(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr, id: u64) {
         shared: &shared,
         session_id: id,
         startup_deadline: deadline,
+        cancel: crate::cancel::CancelSignal::default(),
     };
     let end = relay::run(ctx, client, server, packet, rest, &mut gate).await;
     tracing::info!(end = ?end, "session closed");

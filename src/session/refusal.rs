@@ -8,67 +8,7 @@
 use std::collections::VecDeque;
 
 use crate::wire::messages::PgError;
-use crate::wire::read::{self, TxStatus};
-
-use super::state::ServerParams;
-
-/// Work a gate needs done before it can decide (a live-catalog lookup): the session stops
-/// reading the client's messages (the server's keep flowing) until it completes, then asks
-/// the gate again about the same message.
-pub type Work = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
-
-/// What the session lets through.
-pub enum Verdict {
-    Forward,
-    Refuse(PgError),
-    Wait(Work),
-}
-
-impl std::fmt::Debug for Verdict {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Verdict::Forward => f.write_str("Forward"),
-            Verdict::Refuse(e) => f.debug_tuple("Refuse").field(e).finish(),
-            Verdict::Wait(_) => f.write_str("Wait"),
-        }
-    }
-}
-
-/// The session's view offered to a gate.
-pub struct View<'a> {
-    pub params: &'a ServerParams,
-    pub tx: TxStatus,
-    /// False when something forwarded earlier may still change the session before this text
-    /// runs (a statement not yet answered by ReadyForQuery, an Execute earlier in the batch,
-    /// the session not ready yet): settings like standard_conforming_strings may then differ
-    /// from what the last ParameterStatus said.
-    pub settled: bool,
-    /// ReadyForQuery messages the server owes before the batch this text belongs to.
-    pub pending_ready: u32,
-}
-
-/// Decides on the SQL text of a Query or Parse before it is forwarded.
-pub trait Gate {
-    fn check(&mut self, text: &[u8], view: &View<'_>) -> Verdict;
-
-    /// Decides on a FunctionCall message (the fast-path protocol large objects use).
-    fn check_function_call(&mut self, _oid: u32, _view: &View<'_>) -> Verdict {
-        Verdict::Forward
-    }
-
-    /// A batch ended (ReadyForQuery): whether an error was raised in it, and the
-    /// transaction state after it. Effects of statements take hold here, not when forwarded.
-    fn on_ready(&mut self, _failed: bool, _tx: TxStatus) {}
-}
-
-/// A gate that lets everything through (bare proxy, tests).
-pub struct OpenGate;
-
-impl Gate for OpenGate {
-    fn check(&mut self, _: &[u8], _: &View<'_>) -> Verdict {
-        Verdict::Forward
-    }
-}
+use crate::wire::read;
 
 /// The SQLSTATE PostgreSQL raises for the marker statement.
 const SYNTAX_ERROR: &str = "42601";

@@ -10,10 +10,10 @@ use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::time::{sleep_until, timeout, Instant};
 
-use super::refusal::{Gate, Work};
 use super::state::{Links, Phase, SessionState};
+use super::verdict::{Gate, Step, Waiting};
 use super::Shared;
-use crate::cancel::{CancelGuard, CancelTarget};
+use crate::cancel::{CancelGuard, CancelSignal, CancelTarget};
 use crate::net::Stream;
 use crate::wire::messages::{PgError, TERMINATE};
 use crate::wire::sqlstate::SqlState;
@@ -31,6 +31,8 @@ pub struct Context<'a> {
     pub session_id: u64,
     /// Authentication must be done (first ReadyForQuery) by then.
     pub startup_deadline: Instant,
+    /// Rung by CancelRequests for this session's key.
+    pub cancel: CancelSignal,
 }
 
 /// Why a session ended.
@@ -118,11 +120,16 @@ where
     tokio::pin!(drain_timer);
     let grace = ctx.shared.config.shutdown_grace;
 
-    // A gate's lookup in progress: client messages wait (the server's keep flowing).
-    let mut waiting: Option<Work> = None;
+    // A client message waiting for the gate (a catalog lookup, a hold): it and everything
+    // behind it stay in `cin`; the client is still read (hang-up and cancel are noticed), and
+    // the server's traffic keeps flowing.
+    let mut waiting: Option<Waiting> = None;
+    // Notices of a wait not yet delivered (the server was half-way through a frame).
+    let mut notices = BytesMut::new();
+    let mut cancels = ctx.cancel.listen();
     let mut end = match st.client_frames(&mut cin, &mut c2s, gate) {
         Ok(w) => {
-            waiting = w;
+            waiting = begin_wait(w, &mut cancels);
             None
         }
         Err(fatal) => Some(client_violation(&st, fatal, &mut s2c)),
@@ -138,9 +145,18 @@ where
             end = Some(End::ClientTerminated);
             continue;
         }
+        if !notices.is_empty() && st.at_server_frame_boundary() {
+            s2c.extend_from_slice(&notices.split());
+        }
         reserve(&mut sin);
         reserve(&mut cin);
         let startup_pending = st.phase != Phase::Ready;
+        // While a message waits, the client is read (up to a bound) but not framed.
+        let read_client = !st.client_terminated
+            && match waiting {
+                None => c2s.len() < HIGH_WATER,
+                Some(_) => cin.len() < HIGH_WATER,
+            };
         tokio::select! {
             biased;
             r = drain(&mut io.sw, &c2s), if !c2s.is_empty() || s_flush => match r {
@@ -167,9 +183,10 @@ where
                             cancel_guard = Some(ctx.shared.cancels.register(key, CancelTarget {
                                 session_id: ctx.session_id,
                                 upstream: ctx.shared.upstream.clone(),
+                                signal: ctx.cancel.clone(),
                             }));
                         }
-                        if drain_deadline.is_some() && st.is_idle() {
+                        if drain_deadline.is_some() && st.is_idle() && waiting.is_none() {
                             end = Some(shutdown(&st, &cin, &mut c2s, &mut s2c));
                         }
                     }
@@ -187,23 +204,37 @@ where
                     end = Some(End::ServerIo(e.kind()));
                 }
             },
-            () = wait_for(&mut waiting), if waiting.is_some() => {
-                waiting = None;
-                match st.client_frames(&mut cin, &mut c2s, gate) {
-                    Ok(w) => waiting = w,
-                    Err(fatal) => end = Some(client_violation(&st, fatal, &mut s2c)),
+            step = next_step(&mut waiting), if waiting.is_some() => match step {
+                Some(Step::Notice(n)) => n.encode(&mut notices),
+                done => {
+                    waiting = None;
+                    if let Some(Step::Done(answer)) = done {
+                        gate.resume(answer);
+                    }
+                    match st.client_frames(&mut cin, &mut c2s, gate) {
+                        Ok(w) => waiting = begin_wait(w, &mut cancels),
+                        Err(fatal) => end = Some(client_violation(&st, fatal, &mut s2c)),
+                    }
                 }
             },
-            r = io.cr.read_buf(&mut cin), if c2s.len() < HIGH_WATER && !st.client_terminated && waiting.is_none() => match r {
+            r = cancels.changed(), if waiting.is_some() => {
+                if r.is_ok() {
+                    if let Some(w) = waiting.as_mut() {
+                        w.interrupt();
+                    }
+                }
+            },
+            r = io.cr.read_buf(&mut cin), if read_client => match r {
                 Ok(0) => end = Some(End::ClientClosed),
+                Ok(_) if waiting.is_some() => {}
                 Ok(_) => match st.client_frames(&mut cin, &mut c2s, gate) {
-                    Ok(w) => waiting = w,
+                    Ok(w) => waiting = begin_wait(w, &mut cancels),
                     Err(fatal) => end = Some(client_violation(&st, fatal, &mut s2c)),
                 },
                 Err(e) => end = Some(End::ClientIo(e.kind())),
             },
             _ = &mut cancelled, if drain_deadline.is_none() => {
-                if st.is_idle() || st.phase != Phase::Ready {
+                if (st.is_idle() && waiting.is_none()) || st.phase != Phase::Ready {
                     end = Some(shutdown(&st, &cin, &mut c2s, &mut s2c));
                 } else {
                     tracing::info!(grace = ?grace, "shutdown: waiting for the transaction to end");
@@ -227,6 +258,25 @@ where
     }
 }
 
+/// A wait begins: cancels rung before it do not count.
+fn begin_wait(
+    w: Option<Waiting>,
+    cancels: &mut tokio::sync::watch::Receiver<u64>,
+) -> Option<Waiting> {
+    if w.is_some() {
+        cancels.borrow_and_update();
+    }
+    w
+}
+
+/// The next step of the wait in progress (a branch enabled only while there is one).
+async fn next_step(w: &mut Option<Waiting>) -> Option<Step> {
+    match w {
+        Some(w) => w.next().await,
+        None => std::future::pending().await,
+    }
+}
+
 /// One step of emptying an output buffer: a write while bytes wait, then a flush (TLS keeps
 /// records buffered until flushed). Both are cancel-safe, so this can sit in `select!`.
 enum Out {
@@ -239,14 +289,6 @@ async fn drain<W: AsyncWrite + Unpin>(w: &mut W, buf: &[u8]) -> Out {
         Out::Flushed(w.flush().await)
     } else {
         Out::Wrote(w.write(buf).await)
-    }
-}
-
-/// Completes the gate's pending work (a branch enabled only while there is some).
-async fn wait_for(p: &mut Option<Work>) {
-    match p {
-        Some(p) => p.as_mut().await,
-        None => std::future::pending().await,
     }
 }
 

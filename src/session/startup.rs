@@ -135,6 +135,9 @@ pub async fn negotiate(tcp: TcpStream, shared: &Shared) -> Opening {
             }
             Packet::Cancel(key) => {
                 let target = shared.cancels.lookup(&key);
+                if let Some(t) = &target {
+                    t.signal.ring();
+                }
                 let upstream = target
                     .map(|t| t.upstream)
                     .unwrap_or_else(|| shared.upstream.clone());

@@ -10,9 +10,9 @@
 
 use bytes::{Buf, BytesMut};
 
-use super::refusal::{
-    function_call_frame, parse_frame, query_frame, Gate, Refusals, Verdict, View, Work,
-};
+pub use super::params::ServerParams;
+use super::refusal::{function_call_frame, parse_frame, query_frame, Refusals};
+use super::verdict::{Gate, Verdict, View, Waiting};
 use crate::wire::frame::{parse_header, read_cstr, FrameError, Limits, HEADER_LEN};
 use crate::wire::messages::PgError;
 use crate::wire::read::{self, AuthRequest, ChannelBindingFlag, TxStatus};
@@ -28,43 +28,6 @@ pub enum Phase {
     Starting,
     /// Normal operation.
     Ready,
-}
-
-/// Server parameters the session tracks from ParameterStatus.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct ServerParams {
-    pub server_version: Option<String>,
-    pub client_encoding: Option<String>,
-    pub standard_conforming_strings: Option<bool>,
-    pub session_authorization: Option<String>,
-    /// Reported by servers that report `role` (PostgreSQL 18+ via GUC_REPORT).
-    pub role: Option<String>,
-    pub is_superuser: Option<bool>,
-}
-
-impl ServerParams {
-    fn set(&mut self, name: &[u8], value: &[u8]) {
-        let v = || String::from_utf8_lossy(value).into_owned();
-        match name {
-            b"server_version" => self.server_version = Some(v()),
-            b"client_encoding" => self.client_encoding = Some(v()),
-            b"standard_conforming_strings" => {
-                self.standard_conforming_strings = Some(value == b"on")
-            }
-            b"session_authorization" => self.session_authorization = Some(v()),
-            b"role" => self.role = Some(v()),
-            b"is_superuser" => self.is_superuser = Some(value == b"on"),
-            _ => {}
-        }
-    }
-
-    /// The role statements run as, as far as the server has told.
-    pub fn effective_role(&self) -> Option<&str> {
-        match self.role.as_deref() {
-            Some(r) if r != "none" => Some(r),
-            _ => self.session_authorization.as_deref(),
-        }
-    }
 }
 
 /// How the two links are secured, which decides whether SCRAM channel binding can pass.
@@ -124,7 +87,7 @@ enum Gated {
     /// Refused: this frame goes to the server in its place.
     StandIn(Vec<u8>),
     /// Not decided yet: the frame waits in the input buffer.
-    Wait(Work),
+    Wait(Waiting),
 }
 
 impl SessionState {
@@ -181,14 +144,15 @@ impl SessionState {
     /// about the SQL of each Query and Parse. An error is the FATAL to send the client before
     /// closing the session.
     ///
-    /// `Ok(Some(pending))`: the gate needs `pending` done before it can decide on the next
-    /// frame, which stays in `cin`; call again once it has completed.
+    /// `Ok(Some(waiting))`: the gate waits before it can decide on the next frame, which
+    /// stays in `cin` (with everything behind it); hand the gate the wait's answer
+    /// ([`Gate::resume`]) and call again.
     pub fn client_frames(
         &mut self,
         cin: &mut BytesMut,
         out: &mut BytesMut,
         gate: &mut dyn Gate,
-    ) -> Result<Option<Work>, PgError> {
+    ) -> Result<Option<Waiting>, PgError> {
         loop {
             if self.client_streaming > 0 {
                 let n = self.client_streaming.min(cin.len());
@@ -485,7 +449,7 @@ fn check_channel_binding(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::session::refusal::OpenGate;
+    use crate::session::verdict::OpenGate;
 
     fn msg(tag: u8, body: &[u8]) -> Vec<u8> {
         let mut v = vec![tag];

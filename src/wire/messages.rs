@@ -1,7 +1,7 @@
 //! Messages pgwarden writes itself, encoded with pgwire's message types.
 
 use bytes::BytesMut;
-use pgwire::messages::response::ErrorResponse;
+use pgwire::messages::response::{ErrorResponse, NoticeResponse};
 use pgwire::messages::Message;
 
 use super::sqlstate::SqlState;
@@ -9,6 +9,8 @@ use super::sqlstate::SqlState;
 /// The severity of an ErrorResponse pgwarden sends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Severity {
+    /// Sent as a NoticeResponse: the statement goes on.
+    Notice,
     Error,
     Fatal,
 }
@@ -16,6 +18,7 @@ pub enum Severity {
 impl Severity {
     fn as_str(self) -> &'static str {
         match self {
+            Severity::Notice => "NOTICE",
             Severity::Error => "ERROR",
             Severity::Fatal => "FATAL",
         }
@@ -37,6 +40,17 @@ impl PgError {
         PgError {
             severity: Severity::Fatal,
             code,
+            message: message.into(),
+            detail: None,
+            hint: None,
+        }
+    }
+
+    /// A NoticeResponse (SQLSTATE 00000, as PostgreSQL's own notices).
+    pub fn notice(message: impl Into<String>) -> Self {
+        PgError {
+            severity: Severity::Notice,
+            code: SqlState::SUCCESSFUL_COMPLETION,
             message: message.into(),
             detail: None,
             hint: None,
@@ -68,9 +82,11 @@ impl PgError {
         if let Some(h) = &self.hint {
             fields.push((b'H', no_nul(h)));
         }
-        ErrorResponse::new(fields)
-            .encode(out)
-            .expect("pgwarden's own error messages are far below the frame limit");
+        let r = match self.severity {
+            Severity::Notice => NoticeResponse::new(fields).encode(out),
+            _ => ErrorResponse::new(fields).encode(out),
+        };
+        r.expect("pgwarden's own messages are far below the frame limit");
     }
 
     pub fn to_bytes(&self) -> BytesMut {

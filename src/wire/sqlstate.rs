@@ -6,6 +6,7 @@ pub struct SqlState(pub &'static str);
 
 impl SqlState {
     /// 08006: the upstream could not be reached or went away.
+    pub const SUCCESSFUL_COMPLETION: SqlState = SqlState("00000");
     pub const CONNECTION_FAILURE: SqlState = SqlState("08006");
     /// 08P01: a message violated the protocol.
     pub const PROTOCOL_VIOLATION: SqlState = SqlState("08P01");

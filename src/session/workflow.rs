@@ -1,0 +1,283 @@
+//! What a refusing decision turns into: the pure routing from a policy decision, the
+//! session's ticket and break-glass, and the answer of the last wait for the same text, to
+//! the next step (forward, refuse, check the ticket, hold for approval, record a
+//! break-glass use); and the texts clients see for each ending (refusal, denial, timeout,
+//! cancel, hold notices). The gate performs the steps; nothing here does I/O.
+
+use std::time::Duration;
+
+use crate::approval::model::{Hold, HoldStatus};
+use crate::policy::{Action, Decision, OnMissingTicket};
+use crate::sql::Inspection;
+use crate::wire::messages::{PgError, Severity};
+use crate::wire::sqlstate::SqlState;
+
+use super::verdict::{HoldEnd, Resumed};
+
+/// Where a decided statement goes next.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Route {
+    Forward {
+        /// The ticket whose use let it through.
+        ticket: Option<String>,
+        break_glass: bool,
+        /// The hold whose approval let it through.
+        hold: Option<u64>,
+    },
+    Refuse(PgError),
+    /// Check ticket `id` against the statement (counting a use if it covers it).
+    CheckTicket {
+        id: String,
+    },
+    /// Hold the statement for approval; `note` says why a ticket did not do.
+    Hold {
+        note: Option<String>,
+    },
+    /// Record a break-glass use, then forward.
+    BreakGlass {
+        reason: String,
+    },
+}
+
+/// What the session brings to the routing.
+#[derive(Debug, Clone, Copy)]
+pub struct Standing<'a> {
+    /// Tickets and holds can be served (a state store is open).
+    pub store: bool,
+    /// The ticket attached to the statement or the session.
+    pub ticket: Option<&'a str>,
+    /// The break-glass reason, when the session set one and the policy lets this user.
+    pub break_glass: Option<&'a str>,
+    /// `[holds] on_missing_ticket`, for rules that do not say.
+    pub on_missing_ticket: OnMissingTicket,
+}
+
+/// Routes decision `d` on `ins`; `resumed` is the answer of the last wait for this text.
+pub fn route(d: &Decision, ins: &Inspection, s: Standing<'_>, resumed: Option<&Resumed>) -> Route {
+    if !d.action.refuses() {
+        return forward(None, false, None);
+    }
+    if d.action == Action::Block {
+        return Route::Refuse(refusal(d, ins, None));
+    }
+    if !s.store {
+        return Route::Refuse(refusal(
+            d,
+            ins,
+            Some("This pgwarden has no state store for tickets and holds, so the statement cannot be approved here."),
+        ));
+    }
+    if let Some(reason) = s.break_glass {
+        return match resumed {
+            Some(Resumed::BreakGlass { outcome: Ok(_), .. }) => forward(None, true, None),
+            Some(Resumed::BreakGlass { outcome: Err(e), .. }) => Route::Refuse(refusal(
+                d,
+                ins,
+                Some(&format!("Break-glass is set, but its use could not be recorded for review ({e}), so the statement did not run.")),
+            )),
+            _ => Route::BreakGlass {
+                reason: reason.to_owned(),
+            },
+        };
+    }
+    if let Some(Resumed::Hold { end, .. }) = resumed {
+        return hold_ended(d, ins, end);
+    }
+    if d.action == Action::RequireTicket {
+        let why = match (s.ticket, resumed) {
+            (Some(t), Some(Resumed::Ticket { id, outcome, .. })) if id == t => match outcome {
+                Ok(_) => return forward(Some(t.to_owned()), false, None),
+                Err(why) => {
+                    format!("Ticket {t} was attached but does not cover this statement: {why}.")
+                }
+            },
+            (Some(t), _) => return Route::CheckTicket { id: t.to_owned() },
+            (None, _) => "No change ticket is attached.".to_owned(),
+        };
+        let on_missing = d
+            .workflow()
+            .on_missing_ticket
+            .unwrap_or(s.on_missing_ticket);
+        return match on_missing {
+            OnMissingTicket::Hold => Route::Hold { note: Some(why) },
+            OnMissingTicket::Refuse => Route::Refuse(refusal(d, ins, Some(&why))),
+        };
+    }
+    Route::Hold { note: None }
+}
+
+fn forward(ticket: Option<String>, break_glass: bool, hold: Option<u64>) -> Route {
+    Route::Forward {
+        ticket,
+        break_glass,
+        hold,
+    }
+}
+
+/// How a finished hold ends the statement.
+fn hold_ended(d: &Decision, ins: &Inspection, end: &HoldEnd) -> Route {
+    let h = match end {
+        HoldEnd::Failed(e) => {
+            return Route::Refuse(refusal(
+                d,
+                ins,
+                Some(&format!(
+                    "The statement could not be held for approval ({e})."
+                )),
+            ))
+        }
+        HoldEnd::Cancelled(h) => {
+            return Route::Refuse(PgError {
+                severity: Severity::Error,
+                code: SqlState::QUERY_CANCELED,
+                message: "canceling statement due to user request".into(),
+                detail: Some(format!(
+                    "pgwarden withdrew hold {} before it was approved.",
+                    h.id
+                )),
+                hint: None,
+            })
+        }
+        HoldEnd::Ended(h) => h,
+    };
+    let (message, why) = match h.status {
+        HoldStatus::Approved => return forward(None, false, Some(h.id)),
+        HoldStatus::Denied => (
+            format!(
+                "hold {} denied by {}: {}",
+                h.id,
+                h.closed_by.as_deref().unwrap_or("an approver"),
+                h.reason.as_deref().unwrap_or("no reason given")
+            ),
+            "denied",
+        ),
+        HoldStatus::Expired => (
+            format!(
+                "hold {} timed out after {} without approval",
+                h.id,
+                waited(h)
+            ),
+            "timed out",
+        ),
+        HoldStatus::Withdrawn | HoldStatus::Pending => (
+            format!(
+                "hold {} was withdrawn: {}",
+                h.id,
+                h.reason.as_deref().unwrap_or("no reason given")
+            ),
+            "withdrawn",
+        ),
+    };
+    let mut e = refusal(d, ins, Some(&format!("The hold {why}.")));
+    if let Some(m) = d.deciding() {
+        e.message = format!("pgwarden: {}: {message}", m.rule);
+    }
+    Route::Refuse(e)
+}
+
+/// How long a hold was open, rounded to the second.
+fn waited(h: &Hold) -> String {
+    let secs = h.expires_at.duration_since(h.opened_at).as_secs().max(0) as u64;
+    humantime::format_duration(Duration::from_secs(secs)).to_string()
+}
+
+/// The error a refused statement gets: 42501, the rule, its file, the way through. `why`
+/// says what the workflow found (the ticket seen and why it did not do, say).
+pub fn refusal(d: &Decision, ins: &Inspection, why: Option<&str>) -> PgError {
+    let m = d
+        .deciding()
+        .expect("a refusing decision has a deciding match");
+    let others: Vec<&str> = d
+        .matches
+        .iter()
+        .filter(|o| o.rule != m.rule)
+        .map(|o| o.rule.as_str())
+        .collect();
+    let mut detail = format!(
+        "Refused by rule {} ({}) in policy file {}, policy version {}.",
+        m.rule,
+        m.action.name(),
+        m.file,
+        d.policy_version
+    );
+    if !others.is_empty() {
+        detail.push_str(&format!(" Also matched: {}.", others.join(", ")));
+    }
+    if let Some(w) = why {
+        detail.push_str(&format!(" {w}"));
+    }
+    if let Some(u) = &ins.unparsed {
+        detail.push_str(&format!(" {}", u.reason));
+    }
+    for n in &ins.notes {
+        detail.push_str(&format!(" {n}"));
+    }
+    // The rule's own hint says the way through; a rule without one gets the general way.
+    let hint = m.hint.clone().or_else(|| match m.action {
+        Action::RequireTicket => Some("Attach an approved change ticket: SET pgwarden.ticket = 'CHG-123', or add /* pgwarden:ticket=CHG-123 */ to the statement.".to_owned()),
+        Action::Hold => Some("This statement needs a human approval.".to_owned()),
+        _ => None,
+    });
+    PgError {
+        severity: Severity::Error,
+        code: SqlState::INSUFFICIENT_PRIVILEGE,
+        message: format!("pgwarden: {}: {}", m.rule, m.message),
+        detail: Some(detail),
+        hint,
+    }
+}
+
+/// The notice a client gets the moment its statement is held.
+pub fn held_notice(h: &Hold, note: Option<&str>) -> PgError {
+    let rules: Vec<String> = h
+        .rules
+        .iter()
+        .map(|r| format!("{} ({})", r.id, r.message))
+        .collect();
+    let mut detail = format!(
+        "Rule {}. {} needed; it times out at {}.",
+        rules.join(", "),
+        approvals_needed(h),
+        h.expires_at
+    );
+    if let Some(n) = note {
+        detail.push(' ');
+        detail.push_str(n);
+    }
+    PgError::notice(format!(
+        "pgwarden: statement held for approval as hold {}",
+        h.id
+    ))
+    .with_detail(detail)
+    .with_hint(format!(
+        "An approver runs: pgwarden holds approve {} (or denies it: pgwarden holds deny {} --reason ...). Cancel the statement to withdraw it.",
+        h.id, h.id
+    ))
+}
+
+/// The reminder sent while a hold waits.
+pub fn reminder_notice(h: &Hold) -> PgError {
+    PgError::notice(format!(
+        "pgwarden: hold {} is still waiting for approval ({} of {} approvals)",
+        h.id,
+        h.approvals.len(),
+        h.approvals_required
+    ))
+    .with_detail(format!("It times out at {}.", h.expires_at))
+    .with_hint(format!("An approver runs: pgwarden holds approve {}", h.id))
+}
+
+fn approvals_needed(h: &Hold) -> String {
+    let groups = if h.approver_groups.is_empty() {
+        String::new()
+    } else {
+        format!(" from {}", h.approver_groups.join(" or "))
+    };
+    match h.approvals_required {
+        1 => format!("One approval{groups} is"),
+        n => format!("{n} approvals by distinct approvers{groups} are"),
+    }
+}
+
+#[cfg(test)]
+mod tests;

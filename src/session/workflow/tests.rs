@@ -1,0 +1,266 @@
+use super::*;
+use crate::approval::model::Ticket;
+use crate::approval::model::{Approval, HeldRule};
+use crate::policy::{RuleMatch, Severity as RuleSeverity, Workflow};
+use crate::sql::ReadAs;
+
+fn decision(action: Action, workflow: Workflow) -> Decision {
+    Decision {
+        action,
+        strictest: action,
+        matches: vec![RuleMatch {
+            rule: "destructive.drop-table".into(),
+            action,
+            severity: RuleSeverity::High,
+            monitor: false,
+            statement: 0,
+            message: "DROP TABLE destroys data".into(),
+            hint: Some("Attach a ticket.".into()),
+            file: "destructive.toml".into(),
+            workflow,
+        }],
+        policy_version: "v1".into(),
+    }
+}
+
+fn ins() -> Inspection {
+    crate::sql::inspect("DROP TABLE t", ReadAs::default())
+}
+
+fn standing<'a>(ticket: Option<&'a str>, bg: Option<&'a str>) -> Standing<'a> {
+    Standing {
+        store: true,
+        ticket,
+        break_glass: bg,
+        on_missing_ticket: OnMissingTicket::Refuse,
+    }
+}
+
+fn hold(status: HoldStatus) -> Hold {
+    Hold {
+        id: 42,
+        status,
+        sql: "DROP TABLE t".into(),
+        user: "dev".into(),
+        database: "test".into(),
+        client_addr: None,
+        application_name: "psql".into(),
+        rules: vec![HeldRule {
+            id: "destructive.drop-table".into(),
+            message: "DROP TABLE destroys data".into(),
+            hint: None,
+        }],
+        approvals_required: 2,
+        approver_groups: vec!["dba".into()],
+        approvals: vec![Approval {
+            by: "bob".into(),
+            db_user: None,
+            at: jiff::Timestamp::UNIX_EPOCH,
+            comment: None,
+        }],
+        opened_at: jiff::Timestamp::UNIX_EPOCH,
+        expires_at: jiff::Timestamp::from_second(900).unwrap(),
+        closed_at: None,
+        closed_by: Some("bob".into()),
+        reason: Some("not during the sale".into()),
+    }
+}
+
+fn resumed_hold(status: HoldStatus) -> Resumed {
+    Resumed::Hold {
+        key: "k".into(),
+        end: HoldEnd::Ended(hold(status)),
+    }
+}
+
+fn ticket() -> Ticket {
+    serde_json::from_value(serde_json::json!({
+        "id": "CHG-1", "title": "t", "requester": {}, "status": "approved", "approvals": [],
+        "approvals_required": 1, "uses": 1, "scope": {}, "created_at": "2026-01-01T00:00:00Z"
+    }))
+    .unwrap()
+}
+
+#[test]
+fn allow_and_block_need_no_workflow() {
+    let i = ins();
+    assert!(matches!(
+        route(&Decision::allow("v"), &i, standing(None, None), None),
+        Route::Forward { .. }
+    ));
+    let Route::Refuse(e) = route(
+        &decision(Action::Block, Workflow::default()),
+        &i,
+        standing(Some("CHG-1"), Some("fire")),
+        None,
+    ) else {
+        panic!("a block is refused whatever the session brings")
+    };
+    assert_eq!(e.code, SqlState::INSUFFICIENT_PRIVILEGE);
+}
+
+#[test]
+fn ticket_route_checks_then_forwards_or_explains() {
+    let i = ins();
+    let d = decision(Action::RequireTicket, Workflow::default());
+    assert_eq!(
+        route(&d, &i, standing(Some("CHG-1"), None), None),
+        Route::CheckTicket { id: "CHG-1".into() }
+    );
+    let ok = Resumed::Ticket {
+        key: "k".into(),
+        id: "CHG-1".into(),
+        outcome: Ok(ticket()),
+    };
+    assert_eq!(
+        route(&d, &i, standing(Some("CHG-1"), None), Some(&ok)),
+        Route::Forward {
+            ticket: Some("CHG-1".into()),
+            break_glass: false,
+            hold: None
+        }
+    );
+    let bad = Resumed::Ticket {
+        key: "k".into(),
+        id: "CHG-1".into(),
+        outcome: Err("it is pending (0 of 1 approvals)".into()),
+    };
+    let Route::Refuse(e) = route(&d, &i, standing(Some("CHG-1"), None), Some(&bad)) else {
+        panic!("an uncovering ticket refuses")
+    };
+    let detail = e.detail.unwrap();
+    assert!(
+        detail
+            .contains("Ticket CHG-1 was attached but does not cover this statement: it is pending"),
+        "{detail}"
+    );
+    // The rule's own hint, once: no second ticket sentence.
+    assert_eq!(e.hint.as_deref(), Some("Attach a ticket."));
+    // An answer about another ticket (the session switched tickets) is not used.
+    assert_eq!(
+        route(&d, &i, standing(Some("CHG-2"), None), Some(&ok)),
+        Route::CheckTicket { id: "CHG-2".into() }
+    );
+    let Route::Refuse(e) = route(&d, &i, standing(None, None), None) else {
+        panic!("no ticket refuses")
+    };
+    assert!(e.detail.unwrap().contains("No change ticket is attached."));
+}
+
+#[test]
+fn missing_ticket_may_hold_by_rule_or_default() {
+    let i = ins();
+    let by_rule = decision(
+        Action::RequireTicket,
+        Workflow {
+            on_missing_ticket: Some(OnMissingTicket::Hold),
+            ..Default::default()
+        },
+    );
+    assert!(matches!(
+        route(&by_rule, &i, standing(None, None), None),
+        Route::Hold { note: Some(n) } if n.contains("No change ticket")
+    ));
+    let d = decision(Action::RequireTicket, Workflow::default());
+    let mut s = standing(None, None);
+    s.on_missing_ticket = OnMissingTicket::Hold;
+    assert!(matches!(route(&d, &i, s, None), Route::Hold { .. }));
+    // Once the hold ended, its answer decides: the ticket is not asked again.
+    assert!(matches!(
+        route(&d, &i, s, Some(&resumed_hold(HoldStatus::Approved))),
+        Route::Forward { hold: Some(42), .. }
+    ));
+}
+
+#[test]
+fn hold_endings() {
+    let i = ins();
+    let d = decision(Action::Hold, Workflow::default());
+    let s = standing(None, None);
+    assert_eq!(route(&d, &i, s, None), Route::Hold { note: None });
+    let Route::Refuse(denied) = route(&d, &i, s, Some(&resumed_hold(HoldStatus::Denied))) else {
+        panic!("denied refuses")
+    };
+    assert_eq!(denied.code, SqlState::INSUFFICIENT_PRIVILEGE);
+    assert_eq!(
+        denied.message,
+        "pgwarden: destructive.drop-table: hold 42 denied by bob: not during the sale"
+    );
+    let Route::Refuse(expired) = route(&d, &i, s, Some(&resumed_hold(HoldStatus::Expired))) else {
+        panic!("expired refuses")
+    };
+    assert!(
+        expired.message.contains("timed out after 15m"),
+        "{}",
+        expired.message
+    );
+    let cancelled = Resumed::Hold {
+        key: "k".into(),
+        end: HoldEnd::Cancelled(hold(HoldStatus::Withdrawn)),
+    };
+    let Route::Refuse(c) = route(&d, &i, s, Some(&cancelled)) else {
+        panic!("cancel refuses")
+    };
+    assert_eq!(c.code, SqlState::QUERY_CANCELED);
+    assert_eq!(c.message, "canceling statement due to user request");
+    let failed = Resumed::Hold {
+        key: "k".into(),
+        end: HoldEnd::Failed("disk full".into()),
+    };
+    assert!(matches!(route(&d, &i, s, Some(&failed)), Route::Refuse(_)));
+}
+
+#[test]
+fn break_glass_records_first_and_never_passes_blocks() {
+    let i = ins();
+    let d = decision(Action::Hold, Workflow::default());
+    let s = standing(None, Some("prod down"));
+    assert_eq!(
+        route(&d, &i, s, None),
+        Route::BreakGlass {
+            reason: "prod down".into()
+        }
+    );
+    let failed = Resumed::BreakGlass {
+        key: "k".into(),
+        outcome: Err("disk full".into()),
+    };
+    assert!(matches!(route(&d, &i, s, Some(&failed)), Route::Refuse(_)));
+}
+
+#[test]
+fn without_a_store_holds_and_tickets_refuse() {
+    let i = ins();
+    let mut s = standing(Some("CHG-1"), None);
+    s.store = false;
+    for a in [Action::Hold, Action::RequireTicket] {
+        let Route::Refuse(e) = route(&decision(a, Workflow::default()), &i, s, None) else {
+            panic!("refused without a store")
+        };
+        assert!(e.detail.unwrap().contains("no state store"));
+    }
+}
+
+#[test]
+fn notices_name_the_hold_and_the_way_to_approve() {
+    let h = hold(HoldStatus::Pending);
+    let n = held_notice(&h, Some("No change ticket is attached."));
+    assert_eq!(n.severity, Severity::Notice);
+    assert_eq!(
+        n.message,
+        "pgwarden: statement held for approval as hold 42"
+    );
+    assert!(n
+        .hint
+        .as_deref()
+        .unwrap()
+        .contains("pgwarden holds approve 42"));
+    let d = n.detail.clone().unwrap();
+    assert!(
+        d.contains("2 approvals by distinct approvers from dba are needed"),
+        "{d}"
+    );
+    let r = reminder_notice(&h);
+    assert!(r.message.contains("(1 of 2 approvals)"));
+    assert_eq!(n.to_bytes()[0], b'N');
+}
