@@ -2,5 +2,8 @@
 //! durable store that keeps them, and the typed event stream ([`events`]) every part of
 //! pgwarden emits through.
 
+pub mod cover;
 pub mod events;
 pub mod model;
+
+pub use cover::{cover, Presented, Uncovered};
