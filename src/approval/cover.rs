@@ -180,7 +180,7 @@ fn out(part: &'static str, value: &str) -> Uncovered {
 }
 
 /// The globs of `patterns` that do not compile, as messages (for validating a new ticket).
-pub(crate) fn bad_globs(part: &str, patterns: &[String]) -> Vec<String> {
+pub fn bad_globs(part: &str, patterns: &[String]) -> Vec<String> {
     patterns
         .iter()
         .filter_map(|p| {
@@ -368,7 +368,8 @@ mod tests {
     fn each_scope_part_names_the_value_that_did_not_match() {
         let o = owned();
         let p = presented(&o);
-        let cases: [(fn(&mut Scope), Result<(), Uncovered>); 7] = [
+        type Case = (fn(&mut Scope), Result<(), Uncovered>);
+        let cases: [Case; 7] = [
             (
                 |s| s.environments = v(&["staging"]),
                 out("environment", "prod"),
@@ -396,19 +397,25 @@ mod tests {
         o.rules.push("dml.delete-all".into());
         o.tags.push("DROP TABLE".into());
         let p = presented(&o);
-        let mut s = Scope::default();
-        s.rules = v(&["ddl.*"]);
+        let s = Scope {
+            rules: v(&["ddl.*"]),
+            ..Scope::default()
+        };
         assert_eq!(cover(&ticket(s), &p), out("rule", "dml.delete-all"));
-        let mut s = Scope::default();
-        s.tags = v(&["ALTER TABLE"]);
+        let s = Scope {
+            tags: v(&["ALTER TABLE"]),
+            ..Scope::default()
+        };
         assert_eq!(cover(&ticket(s), &p), out("tag", "DROP TABLE"));
     }
 
     #[test]
     fn objects_are_case_sensitive_and_unqualified_names_are_read_as_public() {
         let mut o = owned();
-        let mut s = Scope::default();
-        s.objects = v(&["public.orders*"]);
+        let mut s = Scope {
+            objects: v(&["public.orders*"]),
+            ..Scope::default()
+        };
         // `orders_archive` (unqualified) is covered as public.orders_archive.
         assert_eq!(cover(&ticket(s.clone()), &presented(&o)), Ok(()));
         o.objects = v(&["public.Orders"]);
@@ -426,8 +433,10 @@ mod tests {
         );
         // A qualified name is not matched against an unqualified glob's schema.
         o.objects = v(&["app.orders"]);
-        let mut s = Scope::default();
-        s.objects = v(&["orders"]);
+        let s = Scope {
+            objects: v(&["orders"]),
+            ..Scope::default()
+        };
         assert_eq!(
             cover(&ticket(s), &presented(&o)),
             out("object", "app.orders")
