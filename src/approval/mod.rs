@@ -514,7 +514,7 @@ impl Approvals {
 }
 
 impl Shared {
-    /// Changes hold `id` in the store, emits `event` and shows the new state to its
+    /// Changes hold `id` in the store, emits `event`, then shows the new state to its
     /// session. Synchronous: also used from `HoldGuard::drop` and the expiry task.
     fn change_hold(
         &self,
@@ -524,6 +524,8 @@ impl Shared {
     ) -> Result<Hold> {
         let _w = lock(&self.writes);
         let hold = self.store.update_hold(id, change)?;
+        // The event first: whatever the session does once woken comes after it.
+        self.events.emit(event(hold.clone()));
         let mut live = lock(&self.live);
         if let Some(l) = live.get(&id) {
             l.tx.send_replace(hold.clone());
@@ -531,8 +533,6 @@ impl Shared {
                 live.remove(&id);
             }
         }
-        drop(live);
-        self.events.emit(event(hold.clone()));
         Ok(hold)
     }
 }
