@@ -30,9 +30,11 @@ pub enum Event {
     HoldOpened {
         hold: Hold,
     },
+    /// An approval was given; `hold.status` is `approved` once it has enough of them.
     HoldApproved {
         hold: Hold,
     },
+    /// Denied by an approver, or revoked by an admin.
     HoldDenied {
         hold: Hold,
     },
@@ -45,6 +47,7 @@ pub enum Event {
     TicketCreated {
         ticket: Ticket,
     },
+    /// An approval was given; `ticket.status` is `approved` once it has enough of them.
     TicketApproved {
         ticket: Ticket,
     },
@@ -57,6 +60,7 @@ pub enum Event {
     TicketExpired {
         ticket: Ticket,
     },
+    /// A statement ran under the ticket (`ticket.uses` counts it); session 0: not a session.
     TicketUsed {
         ticket: Ticket,
         session: u64,
