@@ -62,6 +62,15 @@ struct ServeArgs {
     /// enforce: refuse what policy refuses; monitor: decide and report only [default: enforce].
     #[arg(long, value_enum)]
     mode: Option<ModeArg>,
+    /// Admin HTTP listener (health, readiness, API), or `off` [default: 127.0.0.1:6433].
+    #[arg(long, value_name = "ADDR")]
+    admin_listen: Option<String>,
+    /// Admin API tokens file (written by `pgwarden tokens add`); re-read on SIGHUP.
+    #[arg(long, value_name = "FILE")]
+    admin_tokens: Option<PathBuf>,
+    /// Directory of durable state: tickets, holds, reviews [default: ./pgwarden-state].
+    #[arg(long, value_name = "DIR")]
+    state_dir: Option<PathBuf>,
 }
 
 #[derive(clap::Args)]
@@ -203,6 +212,9 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             ModeArg::Enforce => Mode::Enforce,
             ModeArg::Monitor => Mode::Monitor,
         }),
+        admin_listen: args.admin_listen,
+        admin_tokens: args.admin_tokens,
+        state_dir: args.state_dir,
     };
     let config = match Config::load(args.config.as_deref(), &overrides) {
         Ok(c) => c,
