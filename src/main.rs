@@ -33,6 +33,17 @@ enum Command {
         #[command(subcommand)]
         command: PolicyCommand,
     },
+    /// Held statements waiting for approval: list, show, approve, deny (admin API client).
+    Holds(commands::holds::HoldsArgs),
+    /// Change tickets: list, show, create, approve, reject, revoke (admin API client).
+    Tickets(commands::tickets::TicketsArgs),
+    /// Break-glass uses to review: list, mark (admin API client).
+    Reviews(commands::reviews::ReviewsArgs),
+    /// Admin API tokens.
+    Tokens {
+        #[command(subcommand)]
+        command: commands::tokens::TokensCommand,
+    },
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -173,6 +184,10 @@ fn main() -> anyhow::Result<()> {
             }
             PolicyCommand::Test { dir } => commands::policy::test(&dir),
         },
+        Command::Holds(a) => commands::holds::run(a),
+        Command::Tickets(a) => commands::tickets::run(a),
+        Command::Reviews(a) => commands::reviews::run(a),
+        Command::Tokens { command } => commands::tokens::run(command),
     };
     std::process::exit(code);
 }
