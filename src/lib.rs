@@ -14,6 +14,8 @@
 //! ```
 //!
 //! - [`config`]: the TOML file and flags, validated, all errors at once.
+//! - [`approval`]: tickets, holds, approvals and break-glass reviews; their store and events.
+//! - [`admin`]: the admin HTTP listener: health, readiness, the JSON API for approvers.
 //! - [`server`]: the accept loop, connection limit and shutdown.
 //! - [`session`]: startup phase, relay loop, session state; the one place that sequences the wire.
 //! - [`wire`]: sans-IO protocol: the framer, startup packets, the messages pgwarden reads and
@@ -24,9 +26,11 @@
 //! - [`sql`]: statement inspection with PostgreSQL's grammar (pg_query) → facts; pure, cached.
 //! - [`policy`]: policy files → compiled rules → `decide(facts, session)`; pure.
 //! - [`reload`]: policy hot reload (SIGHUP, file watch), validated and tested before the swap.
-//! - [`commands`]: `check`, `explain`, `policy validate|test`: the same decisions offline.
+//! - [`commands`]: `check`, `explain`, `policy validate|test`: the same decisions offline;
+//!   `holds`, `tickets`, `reviews`: clients of the admin API; `tokens add`.
 //! - [`net`]: one stream type over TCP, Unix sockets and TLS.
 
+pub mod admin;
 pub mod approval;
 pub mod cancel;
 pub mod catalog;

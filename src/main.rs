@@ -33,6 +33,17 @@ enum Command {
         #[command(subcommand)]
         command: PolicyCommand,
     },
+    /// Held statements waiting for approval: list, show, approve, deny (admin API client).
+    Holds(commands::holds::HoldsArgs),
+    /// Change tickets: list, show, create, approve, reject, revoke (admin API client).
+    Tickets(commands::tickets::TicketsArgs),
+    /// Break-glass uses to review: list, mark (admin API client).
+    Reviews(commands::reviews::ReviewsArgs),
+    /// Admin API tokens.
+    Tokens {
+        #[command(subcommand)]
+        command: commands::tokens::TokensCommand,
+    },
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -62,6 +73,15 @@ struct ServeArgs {
     /// enforce: refuse what policy refuses; monitor: decide and report only [default: enforce].
     #[arg(long, value_enum)]
     mode: Option<ModeArg>,
+    /// Admin HTTP listener (health, readiness, API), or `off` [default: 127.0.0.1:6433].
+    #[arg(long, value_name = "ADDR")]
+    admin_listen: Option<String>,
+    /// Admin API tokens file (written by `pgwarden tokens add`); re-read on SIGHUP.
+    #[arg(long, value_name = "FILE")]
+    admin_tokens: Option<PathBuf>,
+    /// Directory of durable state: tickets, holds, reviews [default: ./pgwarden-state].
+    #[arg(long, value_name = "DIR")]
+    state_dir: Option<PathBuf>,
 }
 
 #[derive(clap::Args)]
@@ -164,6 +184,10 @@ fn main() -> anyhow::Result<()> {
             }
             PolicyCommand::Test { dir } => commands::policy::test(&dir),
         },
+        Command::Holds(a) => commands::holds::run(a),
+        Command::Tickets(a) => commands::tickets::run(a),
+        Command::Reviews(a) => commands::reviews::run(a),
+        Command::Tokens { command } => commands::tokens::run(command),
     };
     std::process::exit(code);
 }
@@ -203,6 +227,9 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             ModeArg::Enforce => Mode::Enforce,
             ModeArg::Monitor => Mode::Monitor,
         }),
+        admin_listen: args.admin_listen,
+        admin_tokens: args.admin_tokens,
+        state_dir: args.state_dir,
     };
     let config = match Config::load(args.config.as_deref(), &overrides) {
         Ok(c) => c,

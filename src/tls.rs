@@ -75,11 +75,25 @@ fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
 
 /// The acceptor for client connections.
 pub fn acceptor(cert: &Path, key: &Path) -> Result<tokio_rustls::TlsAcceptor, TlsError> {
+    server_acceptor(cert, key, ALPN_POSTGRESQL)
+}
+
+/// The acceptor for the admin HTTPS listener: the same certificate handling, ALPN
+/// `http/1.1` (an HTTPS client offered only `postgresql` would abort the handshake).
+pub fn http_acceptor(cert: &Path, key: &Path) -> Result<tokio_rustls::TlsAcceptor, TlsError> {
+    server_acceptor(cert, key, b"http/1.1")
+}
+
+fn server_acceptor(
+    cert: &Path,
+    key: &Path,
+    alpn: &[u8],
+) -> Result<tokio_rustls::TlsAcceptor, TlsError> {
     let mut cfg = rustls::ServerConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()?
         .with_no_client_auth()
         .with_single_cert(read_certs(cert)?, read_key(key)?)?;
-    cfg.alpn_protocols = vec![ALPN_POSTGRESQL.to_vec()];
+    cfg.alpn_protocols = vec![alpn.to_vec()];
     Ok(tokio_rustls::TlsAcceptor::from(Arc::new(cfg)))
 }
 

@@ -1,10 +1,19 @@
-//! The offline commands: `check` (decide on SQL files), `explain` (facts and decision for one
-//! string) and `policy validate` / `policy test`. They use the same inspection and decision
-//! code as the wire; each returns the process exit status.
+//! The commands besides `serve`, each returning the process exit status.
+//!
+//! Offline, with the same inspection and decision code as the wire: `check` (decide on SQL
+//! files), `explain` (facts and decision for one string), `policy validate` / `policy test`.
+//!
+//! Clients of a running instance's admin API ([`client`]): `holds`, `tickets`, `reviews`.
+//! And `tokens add`, which writes the admin API's tokens file.
 
 pub mod check;
+pub mod client;
 pub mod explain;
+pub mod holds;
 pub mod policy;
+pub mod reviews;
+pub mod tickets;
+pub mod tokens;
 
 use std::path::Path;
 

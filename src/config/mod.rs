@@ -33,6 +33,47 @@ pub struct Config {
     pub mode: crate::policy::Mode,
     /// The optional catalog connection for live facts (table sizes, planner estimates…).
     pub catalog: Option<crate::catalog::client::CatalogConfig>,
+    /// The admin HTTP listener (`[admin]`).
+    pub admin: Admin,
+    /// Where durable state (tickets, holds, reviews) lives (`[state] dir`).
+    pub state_dir: PathBuf,
+    /// How held statements wait (`[holds]`).
+    pub holds: Holds,
+}
+
+/// The admin HTTP listener: health, readiness and the JSON API.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Admin {
+    /// Address to listen on; `None` when disabled (`listen = "off"`).
+    pub listen: Option<SocketAddr>,
+    /// The tokens file (`pgwarden tokens add ... --file FILE`); without one every API call
+    /// is refused with 401.
+    pub tokens: Option<PathBuf>,
+    /// PEM certificate and key: when both are set the listener speaks HTTPS only.
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+}
+
+/// How held statements wait for a verdict.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Holds {
+    /// How long a hold waits before it expires (the statement is then refused).
+    pub timeout: Duration,
+    /// How often the waiting client gets a NOTICE that it is still held.
+    pub reminder: Duration,
+    /// Whether the hold shows the statement with its literal values (else redacted).
+    pub show_literals: bool,
+    /// What happens to a statement that needs a ticket and has none.
+    pub on_missing_ticket: OnMissingTicket,
+}
+
+/// `[holds] on_missing_ticket`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnMissingTicket {
+    /// Refuse it (42501) with a hint to attach a ticket.
+    Refuse,
+    /// Hold it for an approver instead.
+    Hold,
 }
 
 /// TLS between clients and pgwarden.
@@ -103,6 +144,9 @@ pub enum UpstreamTlsMode {
     VerifyFull,
 }
 
+/// Where the admin listener is unless configured otherwise (also the CLI's default URL).
+pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:6433";
+
 impl Default for Config {
     fn default() -> Self {
         Config {
@@ -130,6 +174,19 @@ impl Default for Config {
             environment: "production".into(),
             mode: crate::policy::Mode::Enforce,
             catalog: None,
+            admin: Admin {
+                listen: Some(DEFAULT_ADMIN_LISTEN.parse().expect("valid literal")),
+                tokens: None,
+                tls_cert: None,
+                tls_key: None,
+            },
+            state_dir: PathBuf::from("pgwarden-state"),
+            holds: Holds {
+                timeout: Duration::from_secs(15 * 60),
+                reminder: Duration::from_secs(30),
+                show_literals: false,
+                on_missing_ticket: OnMissingTicket::Refuse,
+            },
         }
     }
 }
@@ -142,6 +199,10 @@ pub struct Overrides {
     pub policies: Option<PathBuf>,
     pub environment: Option<String>,
     pub mode: Option<crate::policy::Mode>,
+    /// `--admin-listen ADDR` or `off`.
+    pub admin_listen: Option<String>,
+    pub admin_tokens: Option<PathBuf>,
+    pub state_dir: Option<PathBuf>,
 }
 
 impl Config {

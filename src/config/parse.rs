@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use toml_edit::{ImDocument, Item, Table};
 
-use super::{ClientTlsMode, Config, Overrides, UpstreamAddr, UpstreamTlsMode};
+use super::{ClientTlsMode, Config, OnMissingTicket, Overrides, UpstreamAddr, UpstreamTlsMode};
 
 /// One configuration problem: where it is and what is wrong.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -177,6 +177,21 @@ pub(super) fn apply_toml(cfg: &mut Config, file: &Path, text: &str, errors: &mut
                     apply_catalog(cfg, &mut cx, item, t);
                 }
             }
+            "admin" => {
+                if let Some(t) = table(&mut cx, item, key) {
+                    apply_admin(cfg, &mut cx, t);
+                }
+            }
+            "state" => {
+                if let Some(t) = table(&mut cx, item, key) {
+                    apply_state(cfg, &mut cx, t);
+                }
+            }
+            "holds" => {
+                if let Some(t) = table(&mut cx, item, key) {
+                    apply_holds(cfg, &mut cx, t);
+                }
+            }
             _ => unknown(&mut cx, kspan, key),
         }
     }
@@ -312,6 +327,98 @@ fn apply_catalog(cfg: &mut Config, cx: &mut Ctx<'_>, whole: &Item, t: &Table) {
             "the [catalog] section needs dsn (e.g. \"host=127.0.0.1 user=pgwarden\")",
         );
     }
+}
+
+fn apply_admin(cfg: &mut Config, cx: &mut Ctx<'_>, t: &Table) {
+    for (key, item) in t.iter() {
+        let full = format!("admin.{key}");
+        match key {
+            "listen" => {
+                if let Some(v) = string(cx, item, &full) {
+                    match parse_admin_listen(&v) {
+                        Ok(a) => cfg.admin.listen = a,
+                        Err(m) => cx.err(item, &full, m),
+                    }
+                }
+            }
+            "tokens" => cfg.admin.tokens = non_empty_path(cx, item, &full),
+            "tls_cert" => cfg.admin.tls_cert = non_empty_path(cx, item, &full),
+            "tls_key" => cfg.admin.tls_key = non_empty_path(cx, item, &full),
+            _ => unknown(cx, t.key(key).and_then(|k| k.span()), &full),
+        }
+    }
+}
+
+fn apply_state(cfg: &mut Config, cx: &mut Ctx<'_>, t: &Table) {
+    for (key, item) in t.iter() {
+        let full = format!("state.{key}");
+        match key {
+            "dir" => {
+                if let Some(p) = non_empty_path(cx, item, &full) {
+                    cfg.state_dir = p;
+                }
+            }
+            _ => unknown(cx, t.key(key).and_then(|k| k.span()), &full),
+        }
+    }
+}
+
+/// Longest hold timeout accepted: a held statement keeps its client session and its
+/// upstream connection (and in a transaction, its locks) for that long.
+const MAX_HOLD_TIMEOUT: Duration = Duration::from_secs(7 * 24 * 3600);
+
+fn apply_holds(cfg: &mut Config, cx: &mut Ctx<'_>, t: &Table) {
+    for (key, item) in t.iter() {
+        let full = format!("holds.{key}");
+        match key {
+            "timeout" => match duration(cx, item, &full) {
+                Some(d) if d >= Duration::from_secs(1) && d <= MAX_HOLD_TIMEOUT => {
+                    cfg.holds.timeout = d
+                }
+                Some(_) => cx.err(item, &full, "must be between 1s and 7days"),
+                None => {}
+            },
+            "reminder" => match duration(cx, item, &full) {
+                Some(d) if d >= Duration::from_secs(1) => cfg.holds.reminder = d,
+                Some(_) => cx.err(item, &full, "must be at least 1s"),
+                None => {}
+            },
+            "show_literals" => {
+                if let Some(b) = boolean(cx, item, &full) {
+                    cfg.holds.show_literals = b;
+                }
+            }
+            "on_missing_ticket" => {
+                if let Some(v) = string(cx, item, &full) {
+                    match v.as_str() {
+                        "refuse" => cfg.holds.on_missing_ticket = OnMissingTicket::Refuse,
+                        "hold" => cfg.holds.on_missing_ticket = OnMissingTicket::Hold,
+                        _ => cx.err(item, &full, format!("{v:?} is not one of refuse, hold")),
+                    }
+                }
+            }
+            _ => unknown(cx, t.key(key).and_then(|k| k.span()), &full),
+        }
+    }
+}
+
+/// `[admin] listen` / `--admin-listen`: an IP address and port, or `off`.
+pub fn parse_admin_listen(s: &str) -> Result<Option<std::net::SocketAddr>, String> {
+    if s == "off" {
+        return Ok(None);
+    }
+    s.parse().map(Some).map_err(|_| {
+        format!("{s:?} is not an IP address and port (e.g. \"127.0.0.1:6433\") or \"off\"")
+    })
+}
+
+fn non_empty_path(cx: &mut Ctx<'_>, item: &Item, key: &str) -> Option<PathBuf> {
+    let v = string(cx, item, key)?;
+    if v.is_empty() {
+        cx.err(item, key, "must not be empty");
+        return None;
+    }
+    Some(PathBuf::from(v))
 }
 
 /// A size: an integer of bytes, or a string like "1GiB", "512MB", "100kB" (units of 1024).
@@ -481,6 +588,18 @@ pub(super) fn apply_overrides(cfg: &mut Config, o: &Overrides, errors: &mut Vec<
             Err(m) => errors.push(ConfigError::new(Path::new("--upstream"), 0, "", m)),
         }
     }
+    if let Some(l) = &o.admin_listen {
+        match parse_admin_listen(l) {
+            Ok(a) => cfg.admin.listen = a,
+            Err(m) => errors.push(ConfigError::new(Path::new("--admin-listen"), 0, "", m)),
+        }
+    }
+    if let Some(t) = &o.admin_tokens {
+        cfg.admin.tokens = Some(t.clone());
+    }
+    if let Some(d) = &o.state_dir {
+        cfg.state_dir = d.clone();
+    }
 }
 
 /// Checks that need the whole configuration.
@@ -504,6 +623,14 @@ pub(super) fn check(cfg: &Config, file: Option<&Path>, errors: &mut Vec<ConfigEr
             0,
             "upstream.ca",
             "upstream.tls verify-ca and verify-full need upstream.ca (a PEM CA bundle)",
+        ));
+    }
+    if cfg.admin.tls_cert.is_some() != cfg.admin.tls_key.is_some() {
+        errors.push(ConfigError::new(
+            file,
+            0,
+            "admin",
+            "admin.tls_cert and admin.tls_key go together: set both for HTTPS, or neither",
         ));
     }
     if matches!(cfg.upstream.address, UpstreamAddr::Unix(_))
@@ -603,6 +730,95 @@ connections = 2
         assert!(err.contains("catalog.dsn"), "{err}");
         assert!(err.contains("p.toml:3: catalog.large_bytes"), "{err}");
         assert!(err.contains("p.toml:4: catalog.size: unknown key"), "{err}");
+    }
+
+    #[test]
+    fn admin_state_and_holds_sections() {
+        let text = r#"
+[admin]
+listen = "0.0.0.0:7433"
+tokens = "/etc/pgwarden/tokens.toml"
+tls_cert = "a.pem"
+tls_key = "a.key"
+[state]
+dir = "/var/lib/pgwarden"
+[holds]
+timeout = "5m"
+reminder = "10s"
+show_literals = true
+on_missing_ticket = "hold"
+"#;
+        let cfg = Config::from_toml(Path::new("p.toml"), text).unwrap();
+        assert_eq!(cfg.admin.listen, Some("0.0.0.0:7433".parse().unwrap()));
+        assert_eq!(
+            cfg.admin.tokens.as_deref(),
+            Some(Path::new("/etc/pgwarden/tokens.toml"))
+        );
+        assert_eq!(cfg.admin.tls_key.as_deref(), Some(Path::new("a.key")));
+        assert_eq!(cfg.state_dir, PathBuf::from("/var/lib/pgwarden"));
+        assert_eq!(cfg.holds.timeout, Duration::from_secs(300));
+        assert_eq!(cfg.holds.reminder, Duration::from_secs(10));
+        assert!(cfg.holds.show_literals);
+        assert_eq!(cfg.holds.on_missing_ticket, OnMissingTicket::Hold);
+
+        let defaults = Config::from_toml(Path::new("p.toml"), "").unwrap();
+        assert_eq!(
+            defaults.admin.listen,
+            Some("127.0.0.1:6433".parse().unwrap())
+        );
+        assert_eq!(defaults.state_dir, PathBuf::from("pgwarden-state"));
+        assert_eq!(defaults.holds.timeout, Duration::from_secs(900));
+        assert_eq!(defaults.holds.on_missing_ticket, OnMissingTicket::Refuse);
+
+        let off = Config::from_toml(Path::new("p.toml"), "[admin]\nlisten = \"off\"\n").unwrap();
+        assert_eq!(off.admin.listen, None);
+    }
+
+    #[test]
+    fn admin_state_and_holds_errors_have_lines() {
+        let text = "[admin]\nlisten = \"nowhere\"\ntoken = \"t\"\ntls_cert = \"c.pem\"\n[state]\ndri = \"x\"\n[holds]\ntimeout = \"0s\"\non_missing_ticket = \"allow\"\nshow_literals = \"yes\"\n";
+        let err = Config::from_toml(Path::new("p.toml"), text).unwrap_err();
+        let got: Vec<_> = err.0.iter().map(|e| (e.line, e.key.clone())).collect();
+        assert_eq!(
+            got,
+            vec![
+                (2, "admin.listen".into()),
+                (3, "admin.token".into()),
+                (6, "state.dri".into()),
+                (8, "holds.timeout".into()),
+                (9, "holds.on_missing_ticket".into()),
+                (10, "holds.show_literals".into()),
+                (0, "admin".into()),
+            ],
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn admin_flags_override_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("p.toml");
+        std::fs::write(
+            &file,
+            "[admin]\nlisten = \"127.0.0.1:1\"\n[state]\ndir = \"a\"\n",
+        )
+        .unwrap();
+        let o = Overrides {
+            admin_listen: Some("off".into()),
+            admin_tokens: Some(PathBuf::from("t.toml")),
+            state_dir: Some(PathBuf::from("b")),
+            ..Overrides::default()
+        };
+        let cfg = Config::load(Some(&file), &o).unwrap();
+        assert_eq!(cfg.admin.listen, None);
+        assert_eq!(cfg.admin.tokens, Some(PathBuf::from("t.toml")));
+        assert_eq!(cfg.state_dir, PathBuf::from("b"));
+        let bad = Overrides {
+            admin_listen: Some("6433".into()),
+            ..Overrides::default()
+        };
+        let err = Config::load(None, &bad).unwrap_err().to_string();
+        assert!(err.contains("--admin-listen"), "{err}");
     }
 
     #[test]

@@ -9,16 +9,20 @@
 //! - [`plpgsql`]: DO blocks and function bodies.
 //! - [`cache`]: inspections cached by exact text, and by literal-free key when no fact
 //!   depends on a literal ([`normalize`]).
+//! - [`fingerprint`]: the per-statement fingerprint tickets pin (`scope.statements`).
 
 pub mod cache;
 mod details;
 pub mod facts;
+pub mod fingerprint;
 pub mod normalize;
 pub mod plpgsql;
 mod predicate;
 mod walk;
 
 use std::panic::AssertUnwindSafe;
+
+pub use fingerprint::{fingerprint, fingerprints, FingerprintError};
 
 pub use facts::{
     Class, CopyFacts, CopyTarget, Facts, Flag, Inspection, Lookup, Nesting, SetFacts, Statement,
