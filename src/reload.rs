@@ -39,11 +39,24 @@ pub fn reload(shared: &Shared) -> Result<String, ReloadError> {
 /// Reloads and logs the outcome.
 pub fn reload_and_log(shared: &Shared, why: &str) {
     let old = shared.policy.load().version.clone();
+    use crate::approval::events::Event;
     match reload(shared) {
         Ok(v) if v == old => tracing::info!(version = %v, why, "policy unchanged"),
-        Ok(v) => tracing::info!(version = %v, previous = %old, why, "policy reloaded"),
+        Ok(v) => {
+            tracing::info!(version = %v, previous = %old, why, "policy reloaded");
+            shared.events.emit(Event::PolicyReloaded {
+                version: v,
+                ok: true,
+                error: None,
+            });
+        }
         Err(e) => {
-            tracing::error!(error = %e, version = %old, why, "policy reload refused; the running policy stays")
+            tracing::error!(error = %e, version = %old, why, "policy reload refused; the running policy stays");
+            shared.events.emit(Event::PolicyReloaded {
+                version: old,
+                ok: false,
+                error: Some(e.to_string()),
+            });
         }
     }
 }

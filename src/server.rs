@@ -21,6 +21,14 @@ use crate::wire::sqlstate::SqlState;
 pub struct Server {
     listener: TcpListener,
     shared: Arc<Shared>,
+    admin: Option<Admin>,
+}
+
+/// The admin HTTP listener, bound, with what it serves.
+struct Admin {
+    listener: TcpListener,
+    state: crate::admin::AdminState,
+    tls: Option<tokio_rustls::TlsAcceptor>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -32,6 +40,15 @@ pub enum ServerError {
     },
     #[error(transparent)]
     Tls(#[from] crate::tls::TlsError),
+    #[error("cannot open the state store in {dir}: {error}")]
+    State { dir: String, error: String },
+    #[error("cannot read the admin tokens file: {0}")]
+    Tokens(String),
+    #[error("cannot listen for the admin API on {addr}: {source}")]
+    AdminBind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
     #[error("invalid policy set {dir}:\n{errors}")]
     Policy {
         dir: String,
@@ -64,14 +81,71 @@ impl Server {
                     addr: config.listen,
                     source,
                 })?;
+        let events = crate::approval::events::EventSink::new();
+        let approvals =
+            crate::approval::Approvals::open(&config.state_dir, events).map_err(|e| {
+                ServerError::State {
+                    dir: config.state_dir.display().to_string(),
+                    error: e.to_string(),
+                }
+            })?;
+        let tokens = Arc::new(match &config.admin.tokens {
+            Some(p) => crate::admin::auth::TokenSet::load(p)
+                .map_err(|e| ServerError::Tokens(e.to_string()))?,
+            None => crate::admin::auth::TokenSet::empty(),
+        });
+        let admin_tls = match (&config.admin.tls_cert, &config.admin.tls_key) {
+            (Some(c), Some(k)) => Some(crate::tls::http_acceptor(c, k)?),
+            _ => None,
+        };
+        let admin_listener = match config.admin.listen {
+            Some(addr) => Some(
+                crate::admin::bind(addr)
+                    .await
+                    .map_err(|source| ServerError::AdminBind { addr, source })?,
+            ),
+            None => None,
+        };
         let shared = Arc::new(Shared::new(
             Arc::new(config),
             acceptor,
             connector,
             shutdown,
             policy,
+            Some(approvals.clone()),
+            tokens.clone(),
         ));
-        Ok(Server { listener, shared })
+        let admin = admin_listener.map(|listener| {
+            let policy_shared = shared.clone();
+            let readiness = crate::admin::Readiness::new(
+                move || {
+                    let p = policy_shared.policy.load();
+                    if p.version == "empty" {
+                        Err("no policy loaded".into())
+                    } else {
+                        Ok(())
+                    }
+                },
+                Some(shared.upstream.address.clone()),
+            );
+            Admin {
+                listener,
+                state: crate::admin::AdminState::new(approvals, tokens, readiness),
+                tls: admin_tls,
+            }
+        });
+        Ok(Server {
+            listener,
+            shared,
+            admin,
+        })
+    }
+
+    /// The admin API's address, when it listens.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin
+            .as_ref()
+            .and_then(|a| a.listener.local_addr().ok())
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -94,6 +168,16 @@ impl Server {
             self.shared.clone(),
             Duration::from_secs(2),
         ));
+        let expiry = self.shared.approvals.as_ref().map(|a| a.spawn_expiry());
+        let admin = self.admin.map(|a| {
+            tracing::info!(address = ?a.listener.local_addr().ok(), "admin API serving");
+            tokio::spawn(crate::admin::serve(
+                a.listener,
+                crate::admin::router(a.state),
+                a.tls,
+                shutdown.clone(),
+            ))
+        });
         loop {
             let (tcp, peer) = tokio::select! {
                 r = self.listener.accept() => match r {
@@ -137,6 +221,12 @@ impl Server {
         let bound = self.shared.config.shutdown_grace + Duration::from_secs(5);
         if tokio::time::timeout(bound, tracker.wait()).await.is_err() {
             tracing::warn!("sessions still open after the shutdown bound; exiting anyway");
+        }
+        if let Some(a) = admin {
+            let _ = tokio::time::timeout(Duration::from_secs(5), a).await;
+        }
+        if let Some(e) = expiry {
+            e.abort();
         }
         tracing::info!("pgwarden stopped");
     }

@@ -67,14 +67,8 @@ pub struct Holds {
     pub on_missing_ticket: OnMissingTicket,
 }
 
-/// `[holds] on_missing_ticket`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum OnMissingTicket {
-    /// Refuse it (42501) with a hint to attach a ticket.
-    Refuse,
-    /// Hold it for an approver instead.
-    Hold,
-}
+/// `[holds] on_missing_ticket`: refuse (42501, with a hint to attach a ticket) or hold.
+pub use crate::policy::OnMissingTicket;
 
 /// TLS between clients and pgwarden.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -7,7 +7,11 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use super::verdict::{Gate, Resumed, Verdict, View, Waiting};
+use super::waits;
+use super::workflow::{self, Route};
 use super::Shared;
+use crate::approval::events::Event;
+use crate::approval::model::{HeldRule, NewHold, NewReview};
 use crate::catalog::client::{default_search_path, Source};
 use crate::catalog::{self, Answer, Answers, Question};
 use crate::policy::testcases::encoding_readable;
@@ -15,10 +19,11 @@ use crate::policy::{Action, Decision, SessionContext};
 use crate::sql::{Inspection, ReadAs, Unparsed};
 use crate::wire::messages::{PgError, Severity};
 use crate::wire::read::TxStatus;
-use crate::wire::sqlstate::SqlState;
 
 /// The name of the session setting that attaches a change ticket.
 pub const TICKET_SETTING: &str = "pgwarden.ticket";
+/// The name of the session setting that turns break-glass on, with its reason.
+pub const BREAK_GLASS_SETTING: &str = "pgwarden.break_glass";
 
 /// Session settings decisions read, tracked as SET statements are forwarded.
 #[derive(Debug, Clone, Default)]
@@ -27,6 +32,7 @@ struct Settings {
     lock_timeout_set: bool,
     search_path: Option<String>,
     ticket: Option<String>,
+    break_glass: Option<String>,
 }
 
 pub struct PolicyGate {
@@ -43,7 +49,10 @@ pub struct PolicyGate {
     readies: u64,
     shared: Arc<Shared>,
     base: SessionContext,
+    session_id: u64,
     ticket: Option<String>,
+    /// The break-glass reason set in this session (used only if the policy lets the user).
+    break_glass: Option<String>,
     prepared: HashMap<String, Arc<Inspection>>,
     /// `SET LOCAL lock_timeout` in the open transaction: set (non-zero) or not.
     local_lock_timeout: Option<bool>,
@@ -70,7 +79,7 @@ pub struct PolicyGate {
 }
 
 impl PolicyGate {
-    pub fn new(shared: Arc<Shared>, base: SessionContext) -> Self {
+    pub fn new(shared: Arc<Shared>, base: SessionContext, session_id: u64) -> Self {
         let ticket = base.ticket.clone();
         let mut gate = PolicyGate {
             version_checked: false,
@@ -82,7 +91,9 @@ impl PolicyGate {
             readies: 0,
             shared,
             base,
+            session_id,
             ticket,
+            break_glass: None,
             prepared: HashMap::new(),
             supplied: Default::default(),
             resumed: None,
@@ -250,7 +261,7 @@ impl PolicyGate {
             let d = self.decide(&ins, &view);
             report(&d, &ins);
             if d.action.refuses() {
-                let mut e = refusal(&d, self.ticket.as_deref(), &ins);
+                let mut e = workflow::refusal(&d, &ins, None);
                 e.severity = Severity::Fatal;
                 return Err(e);
             }
@@ -265,6 +276,7 @@ impl PolicyGate {
             lock_timeout_set: self.base.lock_timeout_set,
             search_path: self.search_path_value.clone(),
             ticket: self.ticket.clone(),
+            break_glass: self.break_glass.clone(),
         }
     }
 
@@ -273,6 +285,7 @@ impl PolicyGate {
         self.base.lock_timeout_set = s.lock_timeout_set;
         self.search_path_value = s.search_path;
         self.ticket = s.ticket;
+        self.break_glass = s.break_glass;
     }
 
     /// Forgets creations named without a schema (after search_path changes or DISCARD): the
@@ -326,6 +339,9 @@ impl PolicyGate {
                 if let Some(set) = &op.set {
                     match set.name.as_str() {
                         TICKET_SETTING => self.ticket = set.value.clone().filter(|v| !v.is_empty()),
+                        BREAK_GLASS_SETTING => {
+                            self.break_glass = set.value.clone().filter(|v| !v.trim().is_empty())
+                        }
                         // SET LOCAL lasts until the transaction ends.
                         "lock_timeout" if set.local => {
                             self.local_lock_timeout =
@@ -370,6 +386,7 @@ impl PolicyGate {
                             self.forget_unqualified();
                             self.search_path_value = None;
                             self.ticket = None;
+                            self.break_glass = None;
                             self.base.lock_timeout_set = false;
                             self.role = None;
                         }
@@ -488,15 +505,188 @@ impl PolicyGate {
         }
     }
 
-    fn enforce(&mut self, ins: Arc<Inspection>, view: &View<'_>) -> Verdict {
+    /// Decides `ins` (the text `key` names) and routes the decision through the workflow:
+    /// forward, refuse, or wait for a ticket check, a hold or a break-glass record, after
+    /// which the same text is decided again with the wait's answer.
+    fn enforce(&mut self, ins: Arc<Inspection>, view: &View<'_>, text: &[u8]) -> Verdict {
         let d = self.decide(&ins, view);
         report(&d, &ins);
-        if d.action.refuses() {
-            Verdict::Refuse(refusal(&d, self.ticket.as_deref(), &ins))
-        } else {
+        if !d.action.refuses() && self.resumed.is_none() {
+            // The hot path: nothing to route.
             self.remember(&ins, view.pending_ready);
-            Verdict::Forward
+            if !d.matches.is_empty() {
+                self.emit_decision(&d, &ins, None, false);
+            }
+            return Verdict::Forward;
         }
+        let key = text_key(text);
+        let key = key.as_str();
+        let resumed = self.resumed.take().filter(|r| r.key() == key);
+        if !d.action.refuses() && resumed.is_none() {
+            self.remember(&ins, view.pending_ready);
+            if !d.matches.is_empty() {
+                self.emit_decision(&d, &ins, None, false);
+            }
+            return Verdict::Forward;
+        }
+        let policy = self.shared.policy.load();
+        let ticket = statement_ticket(&ins).or(self.ticket.as_deref());
+        let standing = workflow::Standing {
+            store: self.shared.approvals.is_some(),
+            approvers: self.shared.config.admin.listen.is_some(),
+            ticket,
+            break_glass: self
+                .break_glass
+                .as_deref()
+                .filter(|_| policy.break_glass_allows(&self.base.user)),
+            on_missing_ticket: self.shared.config.holds.on_missing_ticket,
+        };
+        let route = workflow::route(&d, &ins, standing, resumed.as_ref());
+        let ticket = ticket.map(str::to_owned);
+        let approvals = self.shared.approvals.clone();
+        match (route, approvals) {
+            (
+                Route::Forward {
+                    ticket,
+                    break_glass,
+                    ..
+                },
+                _,
+            ) => {
+                self.remember(&ins, view.pending_ready);
+                self.emit_decision(&d, &ins, ticket, break_glass);
+                Verdict::Forward
+            }
+            (Route::Refuse(e), _) => {
+                self.emit_decision(&d, &ins, ticket, false);
+                Verdict::Refuse(e)
+            }
+            (Route::CheckTicket { id }, Some(a)) => {
+                let showing = self.showing(&d, &ins, &policy.environment);
+                Verdict::Wait(waits::ticket(
+                    a,
+                    id,
+                    self.session_id,
+                    showing,
+                    key.to_owned(),
+                ))
+            }
+            (Route::Hold { note }, Some(a)) => {
+                let new = self.new_hold(&d, &ins);
+                let reminder = self.shared.config.holds.reminder;
+                Verdict::Wait(waits::hold(a, new, note, reminder, key.to_owned()))
+            }
+            (Route::BreakGlass { reason }, Some(a)) => {
+                let review = NewReview {
+                    user: self.base.user.clone(),
+                    database: self.base.database.clone(),
+                    client_addr: self.base.client_addr.map(|a| a.to_string()),
+                    reason,
+                    sql: self.shown_sql(&ins),
+                    rules: deciding_rules(&d),
+                };
+                Verdict::Wait(waits::break_glass(a, review, key.to_owned()))
+            }
+            // Routes that need the store are only taken with one.
+            (_, None) => Verdict::Refuse(workflow::refusal(&d, &ins, None)),
+        }
+    }
+
+    fn emit_decision(
+        &self,
+        d: &Decision,
+        ins: &Inspection,
+        ticket: Option<String>,
+        break_glass: bool,
+    ) {
+        self.shared.events.emit(Event::Decision {
+            session: self.session_id,
+            user: self.base.user.clone(),
+            database: self.base.database.clone(),
+            action: d.action,
+            rules: d.matches.iter().map(|m| m.rule.clone()).collect(),
+            tags: statement_tags(ins),
+            policy_version: d.policy_version.clone(),
+            ticket,
+            break_glass,
+        });
+    }
+
+    /// The statement as approvers see it: literals redacted unless configured otherwise.
+    fn shown_sql(&self, ins: &Inspection) -> String {
+        let text: Vec<&str> = ins.statements.iter().map(|s| s.text.as_str()).collect();
+        let text = text.join(";\n");
+        if self.shared.config.holds.show_literals {
+            text
+        } else {
+            pg_query::normalize(&text)
+                .unwrap_or_else(|_| "(statement text not shown: it could not be redacted)".into())
+        }
+    }
+
+    fn new_hold(&self, d: &Decision, ins: &Inspection) -> NewHold {
+        let wf = d.workflow();
+        NewHold {
+            sql: self.shown_sql(ins),
+            user: self.base.user.clone(),
+            database: self.base.database.clone(),
+            client_addr: self.base.client_addr.map(|a| a.to_string()),
+            application_name: self.base.application.clone(),
+            rules: d
+                .matches
+                .iter()
+                .filter(|m| !m.monitor && m.action == d.action)
+                .map(|m| HeldRule {
+                    id: m.rule.clone(),
+                    message: m.message.clone(),
+                    hint: m.hint.clone(),
+                })
+                .collect(),
+            approvals_required: wf.approvals.unwrap_or(1).max(1),
+            approver_groups: wf.approver_groups,
+            timeout: wf.hold_timeout.unwrap_or(self.shared.config.holds.timeout),
+        }
+    }
+
+    /// What the statements that need the ticket show it.
+    fn showing(&self, d: &Decision, ins: &Inspection, environment: &str) -> waits::Showing {
+        let needing: Vec<&crate::policy::RuleMatch> = d
+            .matches
+            .iter()
+            .filter(|m| !m.monitor && m.action == Action::RequireTicket)
+            .collect();
+        let mut s = waits::Showing {
+            environment: environment.to_owned(),
+            database: self.base.database.clone(),
+            user: self.base.user.clone(),
+            ..Default::default()
+        };
+        for m in &needing {
+            if !s.rules.contains(&m.rule) {
+                s.rules.push(m.rule.clone());
+            }
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        for m in &needing {
+            if !seen.insert(m.statement) {
+                continue;
+            }
+            let Some(st) = ins.statements.get(m.statement) else {
+                continue;
+            };
+            if let Some(op) = st.ops.first() {
+                s.tags.push(op.tag.clone());
+            }
+            for op in &st.ops {
+                s.objects.extend(op.objects.iter().cloned());
+            }
+            // A statement with no fingerprint matches no pinned statement.
+            s.fingerprints.push(
+                crate::sql::fingerprint(&st.text, ReadAs::default())
+                    .unwrap_or_else(|_| "unreadable".into()),
+            );
+        }
+        s
     }
 }
 
@@ -569,7 +759,7 @@ impl Gate for PolicyGate {
                 notes: Vec::new(),
                 memo: Default::default(),
             };
-            return self.enforce(Arc::new(ins), view);
+            return self.enforce(Arc::new(ins), view, &oid.to_be_bytes());
         };
         let mut op = crate::sql::Facts::new(
             "FUNCTION CALL",
@@ -590,7 +780,7 @@ impl Gate for PolicyGate {
             notes: Vec::new(),
             memo: Default::default(),
         };
-        self.enforce(Arc::new(ins), view)
+        self.enforce(Arc::new(ins), view, &oid.to_be_bytes())
     }
 
     fn check(&mut self, text: &[u8], view: &View<'_>) -> Verdict {
@@ -619,6 +809,7 @@ impl PolicyGate {
             return self.enforce(
                 Arc::new(unreadable("statement text is not valid UTF-8")),
                 view,
+                text,
             );
         };
         let scs = view.params.standard_conforming_strings.unwrap_or(true);
@@ -636,7 +827,7 @@ impl PolicyGate {
                     standard_conforming_strings: scs,
                 },
             ) {
-                Ok(ins) => self.enforce(ins, view),
+                Ok(ins) => self.enforce(ins, view, text.as_bytes()),
                 Err(fetch) => Verdict::Wait(fetch),
             };
         }
@@ -648,6 +839,7 @@ impl PolicyGate {
             return self.enforce(
                 Arc::new(unreadable("non-ASCII statement text sent before the previous statements were answered: pgwarden cannot be sure which client_encoding the server will read it with; send it after ReadyForQuery")),
                 view,
+                text.as_bytes(),
             );
         }
         let on = self.shared.cache.inspect(
@@ -676,9 +868,9 @@ impl PolicyGate {
         let d2 = self.decide(&second, view);
         if d2.action.refuses() && !self.decide(&first, view).action.refuses() {
             report(&d2, &second);
-            return Verdict::Refuse(refusal(&d2, self.ticket.as_deref(), &second));
+            return Verdict::Refuse(workflow::refusal(&d2, &second, None));
         }
-        self.enforce(first, view)
+        self.enforce(first, view, text.as_bytes())
     }
 }
 
@@ -745,51 +937,34 @@ fn report(d: &Decision, ins: &Inspection) {
     }
 }
 
-/// The error a refused statement gets: 42501, the rule, its file, and the way through.
-pub fn refusal(d: &Decision, ticket: Option<&str>, ins: &Inspection) -> PgError {
-    let m = d
-        .deciding()
-        .expect("a refusing decision has a deciding match");
-    let others: Vec<&str> = d
-        .matches
+/// Names the message a wait's answer is for (SHA-256 of its text).
+fn text_key(text: &[u8]) -> String {
+    use sha2::{Digest, Sha256};
+    hex::encode(Sha256::digest(text))
+}
+
+/// The ticket a statement names in a `/* pgwarden:ticket=... */` comment.
+fn statement_ticket(ins: &Inspection) -> Option<&str> {
+    ins.statements
         .iter()
-        .filter(|o| o.rule != m.rule)
-        .map(|o| o.rule.as_str())
-        .collect();
-    let mut detail = format!(
-        "Refused by rule {} ({}) in policy file {}, policy version {}.",
-        m.rule,
-        m.action.name(),
-        m.file,
-        d.policy_version
-    );
-    if !others.is_empty() {
-        detail.push_str(&format!(" Also matched: {}.", others.join(", ")));
-    }
-    if let Some(u) = &ins.unparsed {
-        detail.push_str(&format!(" {}", u.reason));
-    }
-    for n in &ins.notes {
-        detail.push_str(&format!(" {n}"));
-    }
-    let way = match m.action {
-        Action::RequireTicket => match ticket {
-            None => Some("Attach an approved change ticket: SET pgwarden.ticket = 'CHG-123', or add /* pgwarden:ticket=CHG-123 */ to the statement.".to_owned()),
-            Some(t) => Some(format!("Ticket {t} is attached, but this pgwarden has no ticket store to verify it against, so it cannot be accepted yet.")),
-        },
-        Action::Hold => Some("This statement needs a human approval, and approvals are not configured on this pgwarden yet; ask the platform team.".to_owned()),
-        _ => None,
-    };
-    let hint = match (&m.hint, way) {
-        (Some(h), Some(w)) => Some(format!("{h} {w}")),
-        (Some(h), None) => Some(h.clone()),
-        (None, w) => w,
-    };
-    PgError {
-        severity: Severity::Error,
-        code: SqlState::INSUFFICIENT_PRIVILEGE,
-        message: format!("pgwarden: {}: {}", m.rule, m.message),
-        detail: Some(detail),
-        hint,
-    }
+        .flat_map(|s| s.tickets.first())
+        .next()
+        .map(String::as_str)
+}
+
+/// The tag of each statement.
+fn statement_tags(ins: &Inspection) -> Vec<String> {
+    ins.statements
+        .iter()
+        .filter_map(|s| s.ops.first().map(|o| o.tag.clone()))
+        .collect()
+}
+
+/// The rules whose action decided.
+fn deciding_rules(d: &Decision) -> Vec<String> {
+    d.matches
+        .iter()
+        .filter(|m| !m.monitor && m.action == d.action)
+        .map(|m| m.rule.clone())
+        .collect()
 }

@@ -10,6 +10,7 @@ pub mod relay;
 pub mod startup;
 pub mod state;
 pub mod verdict;
+pub mod waits;
 pub mod workflow;
 
 use std::net::SocketAddr;
@@ -42,6 +43,12 @@ pub struct Shared {
     pub cache: InspectCache,
     /// The live catalog, when `[catalog]` is configured.
     pub catalog: Option<Arc<crate::catalog::Catalog>>,
+    /// Tickets, holds and reviews (the state store); without it holds and tickets refuse.
+    pub approvals: Option<crate::approval::Approvals>,
+    /// The admin API's tokens (re-read on SIGHUP).
+    pub tokens: Arc<crate::admin::auth::TokenSet>,
+    /// Every decision and lifecycle event goes out through here.
+    pub events: crate::approval::events::EventSink,
     next_id: AtomicU64,
 }
 
@@ -52,6 +59,8 @@ impl Shared {
         connector: Option<tokio_rustls::TlsConnector>,
         shutdown: CancellationToken,
         policy: Policy,
+        approvals: Option<crate::approval::Approvals>,
+        tokens: Arc<crate::admin::auth::TokenSet>,
     ) -> Self {
         let catalog = config.catalog.clone().and_then(|c| {
             crate::catalog::Catalog::new(c)
@@ -59,8 +68,15 @@ impl Shared {
                 .ok()
                 .map(Arc::new)
         });
+        let events = approvals
+            .as_ref()
+            .map(|a| a.events().clone())
+            .unwrap_or_default();
         Shared {
             catalog,
+            approvals,
+            tokens,
+            events,
             policy: arc_swap::ArcSwap::from_pointee(policy),
             cache: InspectCache::default(),
             upstream: Arc::new(config.upstream.clone()),
@@ -142,7 +158,7 @@ async fn serve(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr, id: u64) {
         lock_timeout_set: false,
         now: jiff::Timestamp::now(),
     };
-    let mut gate = gate::PolicyGate::new(shared.clone(), base);
+    let mut gate = gate::PolicyGate::new(shared.clone(), base, id);
     // Settings in the startup packet (`role=...`, `options=-c role=...`) are decided like SET
     // statements.
     if let Err(refusal) = gate.check_startup_settings(&startup.all_settings()) {

@@ -209,7 +209,7 @@ where
                 done => {
                     waiting = None;
                     if let Some(Step::Done(answer)) = done {
-                        gate.resume(answer);
+                        gate.resume(*answer);
                     }
                     match st.client_frames(&mut cin, &mut c2s, gate) {
                         Ok(w) => waiting = begin_wait(w, &mut cancels),

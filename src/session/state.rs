@@ -494,8 +494,7 @@ mod tests {
         let mut out = BytesMut::new();
         let err = s
             .client_frames(&mut cin, &mut out, &mut OpenGate)
-            .err()
-            .expect("a fatal error");
+            .expect_err("a fatal error");
         assert_eq!(err.code, SqlState::PROTOCOL_VIOLATION);
         assert!(out.is_empty());
     }
@@ -610,8 +609,7 @@ mod tests {
         let mut cin = BytesMut::from(&msg(b'Q', b"SELECT 1\0")[..]);
         let e = s
             .client_frames(&mut cin, &mut BytesMut::new(), &mut OpenGate)
-            .err()
-            .expect("a fatal error");
+            .expect_err("a fatal error");
         assert!(e.message.contains("expected password response"));
     }
 }

@@ -83,6 +83,18 @@ pub enum Resumed {
     },
 }
 
+impl Resumed {
+    /// The text (one reading of it) the answer is for.
+    pub fn key(&self) -> &str {
+        match self {
+            Resumed::Answers { key, .. }
+            | Resumed::Hold { key, .. }
+            | Resumed::Ticket { key, .. }
+            | Resumed::BreakGlass { key, .. } => key,
+        }
+    }
+}
+
 /// The ways a hold ends, as the session sees them.
 #[derive(Debug, Clone)]
 pub enum HoldEnd {
@@ -98,8 +110,9 @@ pub enum HoldEnd {
 #[derive(Debug)]
 pub enum Step {
     /// A notice for the client (sent at the next server frame boundary).
-    Notice(PgError),
-    Done(Resumed),
+    Notice(Box<PgError>),
+    /// The wait is over: the answer to resume the gate with.
+    Done(Box<Resumed>),
 }
 
 /// A wait in progress. Dropping it (the session ends) drops whatever it owns: a hold's
@@ -122,7 +135,7 @@ impl Waiting {
     /// its own timeout).
     pub fn once(work: impl Future<Output = Resumed> + Send + 'static) -> Waiting {
         Waiting {
-            steps: stream::once(async move { Step::Done(work.await) }).boxed(),
+            steps: stream::once(async move { Step::Done(Box::new(work.await)) }).boxed(),
             interrupt: None,
         }
     }
@@ -166,7 +179,7 @@ mod tests {
         });
         w.interrupt();
         match w.next().await {
-            Some(Step::Done(Resumed::Answers { key, .. })) => assert_eq!(key, "k"),
+            Some(Step::Done(r)) => assert_eq!(r.key(), "k"),
             other => panic!("unexpected {other:?}"),
         }
         assert!(w.next().await.is_none());

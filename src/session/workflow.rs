@@ -44,6 +44,8 @@ pub enum Route {
 pub struct Standing<'a> {
     /// Tickets and holds can be served (a state store is open).
     pub store: bool,
+    /// Holds can be approved (the admin listener is on): otherwise a hold refuses at once.
+    pub approvers: bool,
     /// The ticket attached to the statement or the session.
     pub ticket: Option<&'a str>,
     /// The break-glass reason, when the session set one and the policy lets this user.
@@ -99,11 +101,23 @@ pub fn route(d: &Decision, ins: &Inspection, s: Standing<'_>, resumed: Option<&R
             .on_missing_ticket
             .unwrap_or(s.on_missing_ticket);
         return match on_missing {
-            OnMissingTicket::Hold => Route::Hold { note: Some(why) },
+            OnMissingTicket::Hold => hold(d, ins, s, Some(why)),
             OnMissingTicket::Refuse => Route::Refuse(refusal(d, ins, Some(&why))),
         };
     }
-    Route::Hold { note: None }
+    hold(d, ins, s, None)
+}
+
+/// Holds the statement, when someone can approve it.
+fn hold(d: &Decision, ins: &Inspection, s: Standing<'_>, note: Option<String>) -> Route {
+    if s.approvers {
+        return Route::Hold { note };
+    }
+    let why = format!(
+        "{}The admin listener ([admin] listen) is off, so nobody could approve a hold: the statement is refused instead.",
+        note.map(|n| n + " ").unwrap_or_default()
+    );
+    Route::Refuse(refusal(d, ins, Some(&why)))
 }
 
 fn forward(ticket: Option<String>, break_glass: bool, hold: Option<u64>) -> Route {

@@ -31,8 +31,9 @@ impl Running {
         std::fs::write(
             &cfg,
             format!(
-                "listen = \"127.0.0.1:0\"\npolicies = \"{}\"\n{extra_config}\n[upstream]\naddress = \"127.0.0.1:5432\"\n",
-                dir.path().join("policies").display()
+                "listen = \"127.0.0.1:0\"\npolicies = \"{}\"\n{extra_config}\n[state]\ndir = \"{}\"\n[admin]\nlisten = \"127.0.0.1:0\"\n[upstream]\naddress = \"127.0.0.1:5432\"\n",
+                dir.path().join("policies").display(),
+                dir.path().join("state").display()
             ),
         )
         .unwrap();

@@ -9,6 +9,7 @@ mod catalog;
 mod clients;
 mod corpus;
 mod enforce;
+mod holds;
 mod hostile;
 mod lifecycle;
 mod protocol;

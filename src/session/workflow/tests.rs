@@ -30,6 +30,7 @@ fn ins() -> Inspection {
 fn standing<'a>(ticket: Option<&'a str>, bg: Option<&'a str>) -> Standing<'a> {
     Standing {
         store: true,
+        approvers: true,
         ticket,
         break_glass: bg,
         on_missing_ticket: OnMissingTicket::Refuse,
@@ -263,4 +264,29 @@ fn notices_name_the_hold_and_the_way_to_approve() {
     let r = reminder_notice(&h);
     assert!(r.message.contains("(1 of 2 approvals)"));
     assert_eq!(n.to_bytes()[0], b'N');
+}
+
+#[test]
+fn without_approvers_holds_refuse_at_once_but_tickets_are_still_checked() {
+    let i = ins();
+    let mut s = standing(None, None);
+    s.approvers = false;
+    let Route::Refuse(e) = route(&decision(Action::Hold, Workflow::default()), &i, s, None) else {
+        panic!("a hold nobody can approve refuses")
+    };
+    assert!(e.detail.unwrap().contains("admin listener"));
+    let wf = Workflow {
+        on_missing_ticket: Some(OnMissingTicket::Hold),
+        ..Workflow::default()
+    };
+    let Route::Refuse(e) = route(&decision(Action::RequireTicket, wf.clone()), &i, s, None) else {
+        panic!("a missing ticket cannot fall back to a hold nobody can approve")
+    };
+    let detail = e.detail.unwrap();
+    assert!(detail.contains("No change ticket is attached."), "{detail}");
+    s.ticket = Some("CHG-1");
+    assert!(matches!(
+        route(&decision(Action::RequireTicket, wf), &i, s, None),
+        Route::CheckTicket { .. }
+    ));
 }

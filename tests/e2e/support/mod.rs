@@ -3,6 +3,7 @@
 
 #![allow(dead_code)]
 
+pub mod admin;
 pub mod certs;
 pub mod cluster;
 pub mod raw;
@@ -27,8 +28,11 @@ pub struct Proxy {
     pub addr: SocketAddr,
     pub shutdown: CancellationToken,
     pub shared: std::sync::Arc<pgwarden::session::Shared>,
+    /// The admin API's address.
+    pub admin: Option<SocketAddr>,
     task: tokio::task::JoinHandle<()>,
     _policy_dir: tempfile::TempDir,
+    _state_dir: tempfile::TempDir,
 }
 
 /// The policy pack shipped in the repository.
@@ -46,30 +50,45 @@ impl Proxy {
     /// Unless `f` sets `policies`, the proxy runs with an empty policy (a bare relay).
     pub async fn start_with(f: impl FnOnce(&mut Config)) -> Proxy {
         let policy_dir = tempfile::tempdir().unwrap();
+        let state_dir = tempfile::tempdir().unwrap();
         let mut cfg = Config {
             policies: policy_dir.path().to_path_buf(),
+            state_dir: state_dir.path().to_path_buf(),
             ..Config::default()
         };
         cfg.upstream.address = UpstreamAddr::Tcp {
             host: PG_HOST.into(),
             port: PG_PORT,
         };
+        // The admin listener only where a test asks for it (holds then wait for approval).
+        cfg.admin.listen = None;
         f(&mut cfg);
         cfg.listen = "127.0.0.1:0".parse().unwrap();
+        if cfg.admin.listen.is_some() {
+            cfg.admin.listen = Some("127.0.0.1:0".parse().unwrap());
+        }
         let shutdown = CancellationToken::new();
         let server = Server::bind(cfg, shutdown.clone())
             .await
             .expect("proxy binds");
         let addr = server.local_addr();
+        let admin = server.admin_addr();
         let shared = server.shared();
         let task = tokio::spawn(server.run());
         Proxy {
             addr,
             shutdown,
             shared,
+            admin,
             task,
             _policy_dir: policy_dir,
+            _state_dir: state_dir,
         }
+    }
+
+    /// The admin API's base URL.
+    pub fn admin_url(&self) -> String {
+        format!("http://{}", self.admin.expect("the admin API listens"))
     }
 
     pub fn port(&self) -> u16 {
