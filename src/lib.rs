@@ -25,6 +25,8 @@
 //! - [`cancel`]: the cancel-key map and CancelRequest forwarding.
 //! - [`sql`]: statement inspection with PostgreSQL's grammar (pg_query) → facts; pure, cached.
 //! - [`policy`]: policy files → compiled rules → `decide(facts, session)`; pure.
+//! - [`workflow`]: workflow as code, pure: a refusing decision → forward, refuse, check a
+//!   ticket, hold for approval, break-glass; the texts clients see; `policy test` cases.
 //! - [`reload`]: policy hot reload (SIGHUP, file watch), validated and tested before the swap.
 //! - [`commands`]: `check`, `explain`, `policy validate|test`: the same decisions offline;
 //!   `holds`, `tickets`, `reviews`: clients of the admin API; `tokens add`.
@@ -45,3 +47,4 @@ pub mod sql;
 pub mod tls;
 pub mod upstream;
 pub mod wire;
+pub mod workflow;

@@ -141,6 +141,17 @@ enum PolicyCommand {
         #[arg(default_value = "policies")]
         dir: PathBuf,
     },
+    /// The stages a statement of RULE goes through: windows, ticket, hold, approvals, timeout.
+    ExplainWorkflow {
+        rule: String,
+        #[arg(long, value_name = "DIR", default_value = "policies")]
+        policies: PathBuf,
+        #[arg(long = "env", value_name = "NAME", default_value = "production")]
+        environment: String,
+        /// The proxy's config file, for its [holds] defaults (timeout, reminder, on_missing_ticket).
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -183,6 +194,17 @@ fn main() -> anyhow::Result<()> {
                 commands::policy::validate(&dir, &environment)
             }
             PolicyCommand::Test { dir } => commands::policy::test(&dir),
+            PolicyCommand::ExplainWorkflow {
+                rule,
+                policies,
+                environment,
+                config,
+            } => commands::policy::explain_workflow(
+                &policies,
+                &environment,
+                &rule,
+                config.as_deref(),
+            ),
         },
         Command::Holds(a) => commands::holds::run(a),
         Command::Tickets(a) => commands::tickets::run(a),

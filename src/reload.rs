@@ -6,8 +6,9 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use crate::policy::{load_dir, testcases};
+use crate::policy::load_dir;
 use crate::session::Shared;
+use crate::workflow::cases as testcases;
 
 /// Why a reload was refused.
 #[derive(Debug, thiserror::Error)]

@@ -42,6 +42,34 @@ pub struct Presented<'a> {
     pub now: Timestamp,
 }
 
+/// What a statement presents, owned (a wait carries it to the store).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Shown {
+    pub environment: String,
+    pub database: String,
+    pub user: String,
+    pub rules: Vec<String>,
+    pub tags: Vec<String>,
+    pub objects: Vec<String>,
+    pub fingerprints: Vec<String>,
+}
+
+impl Shown {
+    /// Borrowed, as seen at `now`.
+    pub fn presented(&self, now: Timestamp) -> Presented<'_> {
+        Presented {
+            environment: &self.environment,
+            database: &self.database,
+            user: &self.user,
+            rules: &self.rules,
+            tags: &self.tags,
+            objects: &self.objects,
+            fingerprints: &self.fingerprints,
+            now,
+        }
+    }
+}
+
 /// Why a ticket does not cover a statement. Its `Display` is a clause meant to follow the
 /// ticket's name: "ticket CHG-12 does not cover this: it is used up (3 of 3 uses)".
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -9,8 +9,8 @@ use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use toml_edit::{ImDocument, Item, Table};
 
-use super::matcher::{Globs, SessionMatcher, StatementMatcher, Window};
-use super::raw::{RawMatch, RawRule, RawSession, RawWindow};
+use super::matcher::{Globs, Period, SessionMatcher, StatementMatcher, Window};
+use super::raw::{RawMatch, RawPeriod, RawRule, RawSession, RawWindow};
 use super::{Action, Policy, Rule, Severity};
 use crate::sql::{Class, CopyTarget, Flag, Nesting, WhereState};
 
@@ -539,7 +539,36 @@ fn compile_session(s: &RawSession, err: &mut impl FnMut(String)) -> SessionMatch
         in_transaction: s.in_transaction,
         lock_timeout_set: s.lock_timeout_set,
         window: s.window.as_ref().and_then(|w| compile_window(w, err)),
+        outside_window: s
+            .outside_window
+            .as_ref()
+            .and_then(|w| compile_window(w, err)),
+        during: s
+            .during
+            .as_ref()
+            .map(|ps| ps.iter().filter_map(|p| compile_period(p, err)).collect()),
     }
+}
+
+fn compile_period(p: &RawPeriod, err: &mut impl FnMut(String)) -> Option<Period> {
+    let mut at = |what: &str, v: &str| match v.parse::<jiff::Timestamp>() {
+        Ok(t) => Some(t),
+        Err(e) => {
+            err(format!(
+                "during.{what} {v:?}: {e} (an RFC 3339 instant with an offset)"
+            ));
+            None
+        }
+    };
+    let (from, until) = (at("from", &p.from)?, at("until", &p.until)?);
+    if until <= from {
+        err(format!(
+            "during: until {} is not after from {}",
+            p.until, p.from
+        ));
+        return None;
+    }
+    Some(Period { from, until })
 }
 
 fn minutes(s: &str) -> Option<u16> {

@@ -331,6 +331,19 @@ impl Window {
     }
 }
 
+/// A period between two instants, `until` excluded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Period {
+    pub from: jiff::Timestamp,
+    pub until: jiff::Timestamp,
+}
+
+impl Period {
+    pub fn contains(&self, at: jiff::Timestamp) -> bool {
+        self.from <= at && at < self.until
+    }
+}
+
 /// The session a statement arrives in.
 #[derive(Debug, Clone)]
 pub struct SessionContext {
@@ -384,6 +397,8 @@ pub struct SessionMatcher {
     pub in_transaction: Option<bool>,
     pub lock_timeout_set: Option<bool>,
     pub window: Option<Window>,
+    pub outside_window: Option<Window>,
+    pub during: Option<Vec<Period>>,
 }
 
 impl SessionMatcher {
@@ -403,5 +418,13 @@ impl SessionMatcher {
                 .lock_timeout_set
                 .is_none_or(|t| t == s.lock_timeout_set)
             && self.window.as_ref().is_none_or(|w| w.contains(s.now))
+            && self
+                .outside_window
+                .as_ref()
+                .is_none_or(|w| !w.contains(s.now))
+            && self
+                .during
+                .as_ref()
+                .is_none_or(|ps| ps.iter().any(|p| p.contains(s.now)))
     }
 }

@@ -1,12 +1,11 @@
 //! Policy as code: rule files (`policies/*.toml`) are read strictly ([`raw`]), compiled with
 //! every error reported at once ([`compile`]), and applied by [`Policy::decide`], a pure
 //! function from an inspection and a session to a [`Decision`]. The same code decides on the
-//! wire, in `pgwarden check`, and in `pgwarden policy test` ([`testcases`]).
+//! wire, in `pgwarden check`, and in `pgwarden policy test` ([`crate::workflow::cases`]).
 
 pub mod compile;
 pub mod matcher;
 pub mod raw;
-pub mod testcases;
 
 use std::path::PathBuf;
 

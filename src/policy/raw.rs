@@ -143,7 +143,20 @@ pub struct RawSession {
     pub in_transaction: Option<bool>,
     /// Whether the session has a non-zero lock_timeout (SET lock_timeout, startup options).
     pub lock_timeout_set: Option<bool>,
+    /// Only inside this weekly window.
     pub window: Option<RawWindow>,
+    /// Only outside this weekly window (a change window: `action` applies outside it).
+    pub outside_window: Option<RawWindow>,
+    /// Only during one of these periods (a freeze).
+    pub during: Option<Vec<RawPeriod>>,
+}
+
+/// A period between two instants (RFC 3339, `2026-11-27T00:00:00+01:00`), `until` excluded.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPeriod {
+    pub from: String,
+    pub until: String,
 }
 
 /// A time window in a named time zone: `{ tz = "Europe/Berlin", days = ["sat", "sun"] }`,
@@ -181,7 +194,23 @@ pub struct RawCase {
     pub client_addr: Option<String>,
     pub tls: Option<bool>,
     pub in_transaction: Option<bool>,
+    /// The ticket attached to the session: approved and covering everything unless the
+    /// fields below say otherwise.
     pub ticket: Option<String>,
+    /// `pending`, `approved`, `rejected`, `revoked` or `expired`.
+    pub ticket_status: Option<String>,
+    /// The ticket's scope, as `POST /api/tickets` takes it: `{ objects = ["public.orders*"] }`.
+    pub ticket_scope: Option<BTreeMap<String, Vec<String>>>,
+    /// RFC 3339 instants bounding the ticket's validity.
+    pub ticket_valid_from: Option<String>,
+    pub ticket_valid_until: Option<String>,
+    /// Uses so far and the ticket's limit.
+    pub ticket_uses: Option<u32>,
+    pub ticket_max_uses: Option<u32>,
+    /// `[holds] on_missing_ticket` of the proxy the case stands for (default `refuse`).
+    pub on_missing_ticket: Option<String>,
+    /// The session's `pgwarden.break_glass` reason.
+    pub break_glass: Option<String>,
     /// Objects created earlier in the session (for `created_in_session`).
     pub created: Option<Vec<String>>,
     pub lock_timeout_set: Option<bool>,

@@ -8,17 +8,17 @@ use std::sync::Arc;
 
 use super::verdict::{Gate, Resumed, Verdict, View, Waiting};
 use super::waits;
-use super::workflow::{self, Route};
 use super::Shared;
 use crate::approval::events::Event;
 use crate::approval::model::{HeldRule, NewHold, NewReview};
 use crate::catalog::client::{default_search_path, Source};
 use crate::catalog::{self, Answer, Answers, Question};
-use crate::policy::testcases::encoding_readable;
-use crate::policy::{Action, Decision, SessionContext};
+use crate::policy::{Decision, SessionContext};
 use crate::sql::{Inspection, ReadAs, Unparsed};
 use crate::wire::messages::{PgError, Severity};
 use crate::wire::read::TxStatus;
+use crate::workflow::cases::encoding_readable;
+use crate::workflow::{self, Route};
 
 /// The name of the session setting that attaches a change ticket.
 pub const TICKET_SETTING: &str = "pgwarden.ticket";
@@ -530,7 +530,7 @@ impl PolicyGate {
             return Verdict::Forward;
         }
         let policy = self.shared.policy.load();
-        let ticket = statement_ticket(&ins).or(self.ticket.as_deref());
+        let ticket = workflow::statement_ticket(&ins).or(self.ticket.as_deref());
         let standing = workflow::Standing {
             store: self.shared.approvals.is_some(),
             approvers: self.shared.config.admin.listen.is_some(),
@@ -562,7 +562,13 @@ impl PolicyGate {
                 Verdict::Refuse(e)
             }
             (Route::CheckTicket { id }, Some(a)) => {
-                let showing = self.showing(&d, &ins, &policy.environment);
+                let showing = workflow::showing(
+                    &d,
+                    &ins,
+                    &policy.environment,
+                    &self.base.database,
+                    &self.base.user,
+                );
                 Verdict::Wait(waits::ticket(
                     a,
                     id,
@@ -646,47 +652,6 @@ impl PolicyGate {
             approver_groups: wf.approver_groups,
             timeout: wf.hold_timeout.unwrap_or(self.shared.config.holds.timeout),
         }
-    }
-
-    /// What the statements that need the ticket show it.
-    fn showing(&self, d: &Decision, ins: &Inspection, environment: &str) -> waits::Showing {
-        let needing: Vec<&crate::policy::RuleMatch> = d
-            .matches
-            .iter()
-            .filter(|m| !m.monitor && m.action == Action::RequireTicket)
-            .collect();
-        let mut s = waits::Showing {
-            environment: environment.to_owned(),
-            database: self.base.database.clone(),
-            user: self.base.user.clone(),
-            ..Default::default()
-        };
-        for m in &needing {
-            if !s.rules.contains(&m.rule) {
-                s.rules.push(m.rule.clone());
-            }
-        }
-        let mut seen = std::collections::BTreeSet::new();
-        for m in &needing {
-            if !seen.insert(m.statement) {
-                continue;
-            }
-            let Some(st) = ins.statements.get(m.statement) else {
-                continue;
-            };
-            if let Some(op) = st.ops.first() {
-                s.tags.push(op.tag.clone());
-            }
-            for op in &st.ops {
-                s.objects.extend(op.objects.iter().cloned());
-            }
-            // A statement with no fingerprint matches no pinned statement.
-            s.fingerprints.push(
-                crate::sql::fingerprint(&st.text, ReadAs::default())
-                    .unwrap_or_else(|_| "unreadable".into()),
-            );
-        }
-        s
     }
 }
 
@@ -941,15 +906,6 @@ fn report(d: &Decision, ins: &Inspection) {
 fn text_key(text: &[u8]) -> String {
     use sha2::{Digest, Sha256};
     hex::encode(Sha256::digest(text))
-}
-
-/// The ticket a statement names in a `/* pgwarden:ticket=... */` comment.
-fn statement_ticket(ins: &Inspection) -> Option<&str> {
-    ins.statements
-        .iter()
-        .flat_map(|s| s.tickets.first())
-        .next()
-        .map(String::as_str)
 }
 
 /// The tag of each statement.

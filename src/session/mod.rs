@@ -11,7 +11,6 @@ pub mod startup;
 pub mod state;
 pub mod verdict;
 pub mod waits;
-pub mod workflow;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -10,10 +10,9 @@ use futures_util::stream::{self, BoxStream, StreamExt};
 use tokio::sync::oneshot;
 
 use super::params::ServerParams;
-use crate::approval::model::{Hold, Review, Ticket};
-use crate::catalog::Answers;
 use crate::wire::messages::PgError;
 use crate::wire::read::TxStatus;
+pub use crate::workflow::{HoldEnd, Resumed};
 
 /// What the session does with a client message.
 #[derive(Debug)]
@@ -61,49 +60,6 @@ impl Gate for OpenGate {
     fn check(&mut self, _: &[u8], _: &View<'_>) -> Verdict {
         Verdict::Forward
     }
-}
-
-/// How a wait ended: the answer the gate decides the waiting message with.
-#[derive(Debug)]
-pub enum Resumed {
-    /// Live-catalog answers for one reading (`key`) of the waiting text.
-    Answers { key: String, answers: Answers },
-    /// The hold of the waiting text (`key`) ended.
-    Hold { key: String, end: HoldEnd },
-    /// The attached ticket was checked against the waiting text (and a use counted).
-    Ticket {
-        key: String,
-        id: String,
-        outcome: Result<Ticket, String>,
-    },
-    /// The break-glass use was recorded for review (or could not be).
-    BreakGlass {
-        key: String,
-        outcome: Result<Review, String>,
-    },
-}
-
-impl Resumed {
-    /// The text (one reading of it) the answer is for.
-    pub fn key(&self) -> &str {
-        match self {
-            Resumed::Answers { key, .. }
-            | Resumed::Hold { key, .. }
-            | Resumed::Ticket { key, .. }
-            | Resumed::BreakGlass { key, .. } => key,
-        }
-    }
-}
-
-/// The ways a hold ends, as the session sees them.
-#[derive(Debug, Clone)]
-pub enum HoldEnd {
-    /// Approved, denied, expired or withdrawn by an admin: the record says which.
-    Ended(Hold),
-    /// The client cancelled (CancelRequest): withdrawn.
-    Cancelled(Hold),
-    /// The hold could not be recorded: nothing may run unrecorded.
-    Failed(String),
 }
 
 /// One step of a wait.

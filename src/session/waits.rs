@@ -12,9 +12,10 @@ use tokio::sync::oneshot;
 use tokio::time::{sleep_until, Instant};
 
 use super::verdict::{HoldEnd, Resumed, Step, Waiting};
-use super::workflow::{held_notice, reminder_notice};
+use crate::approval::cover::Shown;
 use crate::approval::model::{HoldStatus, NewHold, NewReview};
-use crate::approval::{Approvals, HoldGuard, Presented};
+use crate::approval::{Approvals, HoldGuard};
+use crate::workflow::{held_notice, reminder_notice};
 
 /// Why a hold the client cancelled was withdrawn.
 pub const CANCELLED: &str = "the client cancelled the statement";
@@ -107,37 +108,16 @@ pub fn hold(
     Waiting::interruptible(steps.boxed(), tx)
 }
 
-/// What a statement shows a ticket, owned (see [`Presented`]).
-#[derive(Debug, Clone, Default)]
-pub struct Showing {
-    pub environment: String,
-    pub database: String,
-    pub user: String,
-    pub rules: Vec<String>,
-    pub tags: Vec<String>,
-    pub objects: Vec<String>,
-    pub fingerprints: Vec<String>,
-}
-
 /// Checks ticket `id` against the statement, counting a use when it covers it.
 pub fn ticket(
     approvals: Approvals,
     id: String,
     session: u64,
-    showing: Showing,
+    showing: Shown,
     key: String,
 ) -> Waiting {
     Waiting::once(async move {
-        let p = Presented {
-            environment: &showing.environment,
-            database: &showing.database,
-            user: &showing.user,
-            rules: &showing.rules,
-            tags: &showing.tags,
-            objects: &showing.objects,
-            fingerprints: &showing.fingerprints,
-            now: jiff::Timestamp::now(),
-        };
+        let p = showing.presented(jiff::Timestamp::now());
         let outcome = approvals
             .use_ticket_in_session(&id, session, &p)
             .await

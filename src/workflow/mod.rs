@@ -1,18 +1,65 @@
-//! What a refusing decision turns into: the pure routing from a policy decision, the
+//! Workflow as code, pure: what a refusing decision turns into. The routing from a policy decision, the
 //! session's ticket and break-glass, and the answer of the last wait for the same text, to
 //! the next step (forward, refuse, check the ticket, hold for approval, record a
 //! break-glass use); and the texts clients see for each ending (refusal, denial, timeout,
-//! cancel, hold notices). The gate performs the steps; nothing here does I/O.
+//! cancel, hold notices). The session's gate performs the steps; nothing here does I/O.
+//! [`cases`] runs `pgwarden policy test` cases through the same decisions and routing.
 
 use std::time::Duration;
 
-use crate::approval::model::{Hold, HoldStatus};
+use crate::approval::cover::Shown;
+use crate::approval::model::{Hold, HoldStatus, Review, Ticket};
+use crate::catalog::Answers;
 use crate::policy::{Action, Decision, OnMissingTicket};
-use crate::sql::Inspection;
+use crate::sql::{Inspection, ReadAs};
 use crate::wire::messages::{PgError, Severity};
 use crate::wire::sqlstate::SqlState;
 
-use super::verdict::{HoldEnd, Resumed};
+pub mod cases;
+pub mod stages;
+
+/// How a wait ended: the answer the gate decides the waiting message with.
+#[derive(Debug)]
+pub enum Resumed {
+    /// Live-catalog answers for one reading (`key`) of the waiting text.
+    Answers { key: String, answers: Answers },
+    /// The hold of the waiting text (`key`) ended.
+    Hold { key: String, end: HoldEnd },
+    /// The attached ticket was checked against the waiting text (and a use counted).
+    Ticket {
+        key: String,
+        id: String,
+        outcome: Result<Ticket, String>,
+    },
+    /// The break-glass use was recorded for review (or could not be).
+    BreakGlass {
+        key: String,
+        outcome: Result<Review, String>,
+    },
+}
+
+impl Resumed {
+    /// The text (one reading of it) the answer is for.
+    pub fn key(&self) -> &str {
+        match self {
+            Resumed::Answers { key, .. }
+            | Resumed::Hold { key, .. }
+            | Resumed::Ticket { key, .. }
+            | Resumed::BreakGlass { key, .. } => key,
+        }
+    }
+}
+
+/// The ways a hold ends, as the session sees them.
+#[derive(Debug, Clone)]
+pub enum HoldEnd {
+    /// Approved, denied, expired or withdrawn by an admin: the record says which.
+    Ended(Hold),
+    /// The client cancelled (CancelRequest): withdrawn.
+    Cancelled(Hold),
+    /// The hold could not be recorded: nothing may run unrecorded.
+    Failed(String),
+}
 
 /// Where a decided statement goes next.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -118,6 +165,64 @@ fn hold(d: &Decision, ins: &Inspection, s: Standing<'_>, note: Option<String>) -
         note.map(|n| n + " ").unwrap_or_default()
     );
     Route::Refuse(refusal(d, ins, Some(&why)))
+}
+
+/// What the statement shows a ticket: the require_ticket rules that matched and the tags,
+/// objects and fingerprints of the statements they matched.
+pub fn showing(
+    d: &Decision,
+    ins: &Inspection,
+    environment: &str,
+    database: &str,
+    user: &str,
+) -> Shown {
+    let needing: Vec<&crate::policy::RuleMatch> = d
+        .matches
+        .iter()
+        .filter(|m| !m.monitor && m.action == Action::RequireTicket)
+        .collect();
+    let mut s = Shown {
+        environment: environment.to_owned(),
+        database: database.to_owned(),
+        user: user.to_owned(),
+        ..Default::default()
+    };
+    for m in &needing {
+        if !s.rules.contains(&m.rule) {
+            s.rules.push(m.rule.clone());
+        }
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    for m in &needing {
+        if !seen.insert(m.statement) {
+            continue;
+        }
+        let Some(st) = ins.statements.get(m.statement) else {
+            continue;
+        };
+        if let Some(op) = st.ops.first() {
+            s.tags.push(op.tag.clone());
+        }
+        for op in &st.ops {
+            s.objects.extend(op.objects.iter().cloned());
+        }
+        // A statement with no fingerprint matches no pinned statement.
+        s.fingerprints.push(
+            crate::sql::fingerprint(&st.text, ReadAs::default())
+                .unwrap_or_else(|_| "unreadable".into()),
+        );
+    }
+    s
+}
+
+/// The ticket named in a statement's `/* pgwarden:ticket=CHG-7 */` comment, which takes
+/// precedence over the session's.
+pub fn statement_ticket(ins: &Inspection) -> Option<&str> {
+    ins.statements
+        .iter()
+        .flat_map(|s| s.tickets.first())
+        .next()
+        .map(String::as_str)
 }
 
 fn forward(ticket: Option<String>, break_glass: bool, hold: Option<u64>) -> Route {

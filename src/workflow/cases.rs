@@ -1,15 +1,22 @@
 //! `pgwarden policy test`: test cases kept beside the policies (`tests/*.toml` in the policy
-//! directory), each a SQL string, a session, and the expected action and rules, decided by
-//! the same code as the wire.
+//! directory), each a SQL string, a session (its ticket with status and scope, break-glass,
+//! the clock), and the expected outcome and rules, decided and routed by the same code as the
+//! wire. The outcome is what the statement meets: `allow` (it runs: allowed, or covered by
+//! the ticket, or break-glass), `alert` (it runs, reported), `hold` (it waits for
+//! approval), `require_ticket` or `block` (refused).
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use super::raw::{RawCase, RawCatalog, RawTestFile};
-use super::{compile, Action, Mode, Policy, PolicyError, PolicyErrors, SessionContext};
+use super::{route, showing, statement_ticket, Resumed, Route, Standing};
+use crate::approval::cover::{cover, Uncovered};
+use crate::approval::model::{Requester, Scope, Ticket, TicketStatus};
 use crate::catalog::{self, Answer, Answers, Question, Thresholds};
+use crate::policy::raw::{RawCase, RawCatalog, RawTestFile};
+use crate::policy::{compile, Action, Mode, Policy, PolicyError, PolicyErrors, SessionContext};
+use crate::policy::{Decision, OnMissingTicket};
 use crate::sql::Lookup;
-use crate::sql::{self, ReadAs};
+use crate::sql::{self, Inspection, ReadAs};
 
 /// The outcome of one case.
 #[derive(Debug, Clone)]
@@ -124,6 +131,19 @@ fn run_case(policy: &Policy, file: &Path, c: &RawCase) -> CaseResult {
     let Some(expect) = Action::parse(&c.expect) else {
         return fail(format!("expect {:?} is not an action", c.expect));
     };
+    let ticket = match case_ticket(c) {
+        Ok(t) => t,
+        Err(e) => return fail(e),
+    };
+    let on_missing_ticket = match c.on_missing_ticket.as_deref() {
+        None | Some("refuse") => OnMissingTicket::Refuse,
+        Some("hold") => OnMissingTicket::Hold,
+        Some(o) => {
+            return fail(format!(
+                "on_missing_ticket {o:?}: use \"refuse\" or \"hold\""
+            ))
+        }
+    };
     let session = match case_session(c) {
         Ok(s) => s,
         Err(e) => return fail(e),
@@ -142,12 +162,17 @@ fn run_case(policy: &Policy, file: &Path, c: &RawCase) -> CaseResult {
     got_rules.sort();
     got_rules.dedup();
     let mut problems = Vec::new();
-    if d.action != expect {
-        problems.push(format!(
-            "expected {}, got {}",
-            expect.name(),
-            d.action.name()
-        ));
+    let got = outcome(
+        policy,
+        &ins,
+        &d,
+        &session,
+        ticket.as_ref(),
+        on_missing_ticket,
+        c,
+    );
+    if got != expect {
+        problems.push(format!("expected {}, got {}", expect.name(), got.name()));
     }
     if let Some(want) = &c.rules {
         let mut want: Vec<&str> = want.iter().map(String::as_str).collect();
@@ -162,10 +187,106 @@ fn run_case(policy: &Policy, file: &Path, c: &RawCase) -> CaseResult {
         name: c.name.clone(),
         passed: problems.is_empty(),
         detail: if problems.is_empty() {
-            format!("{} {:?}", d.action.name(), got_rules)
+            format!("{} {:?}", got.name(), got_rules)
         } else {
             problems.join("; ")
         },
+    }
+}
+
+/// The ticket a case attaches: approved and unlimited unless it says otherwise.
+fn case_ticket(c: &RawCase) -> Result<Option<Ticket>, String> {
+    let Some(id) = &c.ticket else {
+        return Ok(None);
+    };
+    let status = match c.ticket_status.as_deref() {
+        None => TicketStatus::Approved,
+        Some(s) => TicketStatus::parse(s)
+            .ok_or_else(|| format!("ticket_status {s:?} is not a ticket status"))?,
+    };
+    let scope: Scope = match &c.ticket_scope {
+        None => Scope::default(),
+        Some(m) => serde_json::to_value(m)
+            .and_then(serde_json::from_value)
+            .map_err(|e| format!("ticket_scope: {e}"))?,
+    };
+    let instant = |what: &str, v: &Option<String>| -> Result<Option<jiff::Timestamp>, String> {
+        v.as_deref()
+            .map(|t| t.parse().map_err(|e| format!("{what} {t:?}: {e}")))
+            .transpose()
+    };
+    Ok(Some(Ticket {
+        id: id.clone(),
+        title: "test case".into(),
+        requester: Requester::default(),
+        status,
+        approvals: Vec::new(),
+        approvals_required: 1,
+        approver_groups: Vec::new(),
+        valid_from: instant("ticket_valid_from", &c.ticket_valid_from)?,
+        valid_until: instant("ticket_valid_until", &c.ticket_valid_until)?,
+        max_uses: c.ticket_max_uses,
+        uses: c.ticket_uses.unwrap_or(0),
+        scope,
+        created_at: jiff::Timestamp::UNIX_EPOCH,
+        closed_by: None,
+        reason: None,
+    }))
+}
+
+/// What the statement meets on the wire: the decision routed as the session routes it,
+/// with the case's ticket checked as the store would check it.
+fn outcome(
+    policy: &Policy,
+    ins: &Inspection,
+    d: &Decision,
+    session: &SessionContext,
+    ticket: Option<&Ticket>,
+    on_missing_ticket: OnMissingTicket,
+    c: &RawCase,
+) -> Action {
+    let standing = Standing {
+        store: true,
+        approvers: true,
+        ticket: statement_ticket(ins).or(ticket.map(|t| t.id.as_str())),
+        break_glass: c
+            .break_glass
+            .as_deref()
+            .filter(|_| policy.break_glass_allows(&session.user)),
+        on_missing_ticket,
+    };
+    let mut resumed = None;
+    loop {
+        match route(d, ins, standing, resumed.as_ref()) {
+            Route::Forward { .. } | Route::BreakGlass { .. } if d.action.refuses() => {
+                return Action::Allow
+            }
+            Route::Forward { .. } | Route::BreakGlass { .. } => return d.action,
+            Route::Hold { .. } => return Action::Hold,
+            Route::Refuse(_) => return d.action,
+            Route::CheckTicket { id } => {
+                // The case's ticket is the one attached; another named only in the SQL is
+                // unknown to the store.
+                let shown = showing(
+                    d,
+                    ins,
+                    &policy.environment,
+                    &session.database,
+                    &session.user,
+                );
+                let outcome = match ticket.filter(|t| t.id == id) {
+                    Some(t) => cover(t, &shown.presented(session.now))
+                        .map(|()| t.clone())
+                        .map_err(|u| u.to_string()),
+                    None => Err(Uncovered::Unknown.to_string()),
+                };
+                resumed = Some(Resumed::Ticket {
+                    key: String::new(),
+                    id,
+                    outcome,
+                });
+            }
+        }
     }
 }
 

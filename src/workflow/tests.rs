@@ -290,3 +290,24 @@ fn without_approvers_holds_refuse_at_once_but_tickets_are_still_checked() {
         Route::CheckTicket { .. }
     ));
 }
+
+#[test]
+fn shipped_pack_passes_its_own_test_cases() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("policies");
+    let results = cases::run_dir(&dir).expect("the shipped pack loads");
+    let failed: Vec<_> = results
+        .iter()
+        .filter(|r| !r.passed)
+        .map(|r| format!("{}: {}", r.name, r.detail))
+        .collect();
+    assert!(failed.is_empty(), "{failed:#?}");
+    let rules = crate::policy::load_dir(&dir, "production")
+        .unwrap()
+        .rules
+        .len();
+    assert!(
+        results.len() >= 2 * rules,
+        "{} cases for {rules} rules",
+        results.len()
+    );
+}
