@@ -294,7 +294,7 @@ async fn wait_for_signal(
             _ = term.recv() => { tracing::info!("SIGTERM: shutting down"); break }
             _ = int.recv() => { tracing::info!("SIGINT: shutting down"); break }
             _ = hup.recv() => {
-                pgwarden::reload::reload_and_log(&shared, "SIGHUP");
+                pgwarden::reload::reload_and_log(shared.reload_target(), "SIGHUP");
                 match shared.tokens.reload() {
                     Ok(n) => tracing::info!(tokens = n, "admin tokens re-read"),
                     Err(e) => tracing::error!(error = %e, "admin tokens file refused; the running tokens stay"),

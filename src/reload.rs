@@ -1,14 +1,28 @@
 //! Policy hot reload: on SIGHUP, and when the policy files change (polled every two seconds),
 //! the whole set is loaded, validated and its own test cases run; only a set that passes
 //! replaces the running one, atomically. A bad set is logged and the running one stays.
+//! It works on a [`Target`] (the directory, the environment, the running policy's slot and the
+//! event sink), not on the session layer's shared state.
 
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use crate::policy::load_dir;
-use crate::session::Shared;
+use arc_swap::ArcSwap;
+use tokio_util::sync::CancellationToken;
+
+use crate::approval::events::{Event, EventSink};
+use crate::policy::{load_dir, Policy};
 use crate::workflow::cases as testcases;
+
+/// What a reload reads and replaces.
+#[derive(Clone, Copy)]
+pub struct Target<'a> {
+    pub dir: &'a Path,
+    pub environment: &'a str,
+    pub policy: &'a ArcSwap<Policy>,
+    pub events: &'a EventSink,
+}
 
 /// Why a reload was refused.
 #[derive(Debug, thiserror::Error)]
@@ -20,9 +34,9 @@ pub enum ReloadError {
 }
 
 /// Loads, validates and tests the policy directory, then swaps it in. Returns the version.
-pub fn reload(shared: &Shared) -> Result<String, ReloadError> {
-    let dir = &shared.config.policies;
-    let policy = load_dir(dir, &shared.config.environment).map_err(ReloadError::Invalid)?;
+pub fn reload(t: Target<'_>) -> Result<String, ReloadError> {
+    let dir = t.dir;
+    let policy = load_dir(dir, t.environment).map_err(ReloadError::Invalid)?;
     let results = testcases::run_dir(dir).map_err(ReloadError::Invalid)?;
     let failed: Vec<String> = results
         .iter()
@@ -33,19 +47,18 @@ pub fn reload(shared: &Shared) -> Result<String, ReloadError> {
         return Err(ReloadError::TestsFailed(failed.join("; ")));
     }
     let version = policy.version.clone();
-    shared.policy.store(Arc::new(policy));
+    t.policy.store(Arc::new(policy));
     Ok(version)
 }
 
 /// Reloads and logs the outcome.
-pub fn reload_and_log(shared: &Shared, why: &str) {
-    let old = shared.policy.load().version.clone();
-    use crate::approval::events::Event;
-    match reload(shared) {
+pub fn reload_and_log(t: Target<'_>, why: &str) {
+    let old = t.policy.load().version.clone();
+    match reload(t) {
         Ok(v) if v == old => tracing::info!(version = %v, why, "policy unchanged"),
         Ok(v) => {
             tracing::info!(version = %v, previous = %old, why, "policy reloaded");
-            shared.events.emit(Event::PolicyReloaded {
+            t.events.emit(Event::PolicyReloaded {
                 version: v,
                 ok: true,
                 error: None,
@@ -53,7 +66,7 @@ pub fn reload_and_log(shared: &Shared, why: &str) {
         }
         Err(e) => {
             tracing::error!(error = %e, version = %old, why, "policy reload refused; the running policy stays");
-            shared.events.emit(Event::PolicyReloaded {
+            t.events.emit(Event::PolicyReloaded {
                 version: old,
                 ok: false,
                 error: Some(e.to_string()),
@@ -79,20 +92,25 @@ fn fingerprint(dir: &Path) -> Vec<(String, u64, Option<SystemTime>)> {
     out
 }
 
-/// Watches the policy directory until shutdown.
-pub async fn watch(shared: Arc<Shared>, every: Duration) {
-    let mut last = fingerprint(&shared.config.policies);
+/// Watches the policy directory until shutdown, calling `changed` when its files change.
+pub async fn watch(
+    dir: std::path::PathBuf,
+    every: Duration,
+    shutdown: CancellationToken,
+    changed: impl Fn(),
+) {
+    let mut last = fingerprint(&dir);
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             _ = tick.tick() => {}
-            _ = shared.shutdown.cancelled() => return,
+            _ = shutdown.cancelled() => return,
         }
-        let now = fingerprint(&shared.config.policies);
+        let now = fingerprint(&dir);
         if now != last {
             last = now;
-            reload_and_log(&shared, "policy files changed");
+            changed();
         }
     }
 }

@@ -164,9 +164,12 @@ impl Server {
         let limit = Arc::new(Semaphore::new(self.shared.config.max_client_connections));
         let shutdown = self.shared.shutdown.clone();
         tracing::info!(listen = %self.local_addr(), upstream = %self.shared.upstream.address, "pgwarden serving");
+        let watched = self.shared.clone();
         tokio::spawn(crate::reload::watch(
-            self.shared.clone(),
+            self.shared.config.policies.clone(),
             Duration::from_secs(2),
+            shutdown.clone(),
+            move || crate::reload::reload_and_log(watched.reload_target(), "policy files changed"),
         ));
         let expiry = self.shared.approvals.as_ref().map(|a| a.spawn_expiry());
         let admin = self.admin.map(|a| {

@@ -15,53 +15,9 @@ use dashmap::DashMap;
 use tokio::time::{timeout, Instant};
 use tokio_postgres::{Client, NoTls};
 
-use super::{Answer, Answers, Question, RelationSize, Thresholds};
+use super::{Answer, Answers, Question, RelationSize};
+pub use crate::config::catalog::CatalogConfig;
 use crate::sql::Lookup;
-
-/// The `[catalog]` section of the configuration.
-#[derive(Clone, PartialEq)]
-pub struct CatalogConfig {
-    /// libpq-style connection string (`host=... port=... user=... password=...`); the
-    /// database is the client session's.
-    pub dsn: String,
-    /// How long an answer is reused.
-    pub ttl: Duration,
-    /// How long a statement may wait for its answers before they count as failed.
-    pub timeout: Duration,
-    pub thresholds: Thresholds,
-    /// Roles (besides superuser-like attributes and the powerful predefined roles) whose
-    /// members count as privileged.
-    pub admin_roles: Vec<String>,
-    /// Catalog sessions per database, used in turn.
-    pub connections: usize,
-}
-
-impl std::fmt::Debug for CatalogConfig {
-    /// The DSN may carry a password: it is not printed.
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("CatalogConfig")
-            .field("dsn", &"<redacted>")
-            .field("ttl", &self.ttl)
-            .field("timeout", &self.timeout)
-            .field("thresholds", &self.thresholds)
-            .field("admin_roles", &self.admin_roles)
-            .field("connections", &self.connections)
-            .finish()
-    }
-}
-
-impl Default for CatalogConfig {
-    fn default() -> Self {
-        CatalogConfig {
-            dsn: String::new(),
-            ttl: Duration::from_secs(60),
-            timeout: Duration::from_secs(2),
-            thresholds: Thresholds::default(),
-            admin_roles: Vec::new(),
-            connections: 4,
-        }
-    }
-}
 
 /// Predefined roles whose members can read or write server files, run programs or signal
 /// other backends, or read and write every table.

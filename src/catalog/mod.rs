@@ -15,31 +15,11 @@ use std::collections::{HashMap, HashSet};
 
 use serde::Deserialize;
 
+pub use crate::config::catalog::{CatalogConfig, Thresholds};
 pub use client::Catalog;
 pub use types::binary_coercible;
 
 use crate::sql::{Facts, Inspection, Lookup, Nesting};
-
-/// When a relation or a write counts as large. Defaults from the policy catalogue.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Thresholds {
-    /// Estimated rows (`reltuples`, summed over partitions) from which a table is large.
-    pub large_rows: f64,
-    /// Total size (heap, TOAST, indexes) from which a table is large.
-    pub large_bytes: u64,
-    /// Planner-estimated rows from which a write is large (`dml.large-write`).
-    pub large_write_rows: f64,
-}
-
-impl Default for Thresholds {
-    fn default() -> Self {
-        Thresholds {
-            large_rows: 100_000.0,
-            large_bytes: 1 << 30,
-            large_write_rows: 10_000.0,
-        }
-    }
-}
 
 /// Which kinds of catalog facts the loaded policy's rules use: nothing is asked that no rule
 /// would look at.

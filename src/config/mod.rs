@@ -2,6 +2,7 @@
 //! the file, the key and the line, and all errors are reported at once), then command-line
 //! flags that override it, giving one validated [`Config`].
 
+pub mod catalog;
 mod parse;
 
 use std::net::SocketAddr;
@@ -32,7 +33,7 @@ pub struct Config {
     /// `enforce`, or `monitor` (decide and report, refuse nothing).
     pub mode: crate::policy::Mode,
     /// The optional catalog connection for live facts (table sizes, planner estimates…).
-    pub catalog: Option<crate::catalog::client::CatalogConfig>,
+    pub catalog: Option<catalog::CatalogConfig>,
     /// The admin HTTP listener (`[admin]`).
     pub admin: Admin,
     /// Where durable state (tickets, holds, reviews) lives (`[state] dir`).

@@ -259,7 +259,7 @@ fn apply_upstream(cfg: &mut Config, cx: &mut Ctx<'_>, t: &Table) {
 }
 
 fn apply_catalog(cfg: &mut Config, cx: &mut Ctx<'_>, whole: &Item, t: &Table) {
-    let mut c = crate::catalog::client::CatalogConfig::default();
+    let mut c = super::catalog::CatalogConfig::default();
     let mut dsn = false;
     for (key, item) in t.iter() {
         let full = format!("catalog.{key}");

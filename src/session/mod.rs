@@ -52,6 +52,16 @@ pub struct Shared {
 }
 
 impl Shared {
+    /// What a policy reload reads and replaces.
+    pub fn reload_target(&self) -> crate::reload::Target<'_> {
+        crate::reload::Target {
+            dir: &self.config.policies,
+            environment: &self.config.environment,
+            policy: &self.policy,
+            events: &self.events,
+        }
+    }
+
     pub fn new(
         config: Arc<Config>,
         acceptor: Option<tokio_rustls::TlsAcceptor>,

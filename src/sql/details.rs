@@ -14,7 +14,7 @@ use pg_query::protobuf::{
 use serde_json::Value;
 
 use super::facts::{Facts, Flag, Lookup};
-use super::walk::{
+use super::nodes::{
     bool_field, const_text, int_field, name_of, node_body, node_kind, object_type_words, range_var,
     role_name, roles_in, str_field,
 };
@@ -99,7 +99,7 @@ fn defelem_bool(d: &Value) -> bool {
     if let Some(i) = node_body(a, "Integer") {
         return int_field(i, "ival") != 0;
     }
-    const_text(a).is_none_or(|t| super::walk::is_true_word(&t))
+    const_text(a).is_none_or(|t| super::nodes::is_true_word(&t))
 }
 
 /// Adds the details of statement node `kind` to `f`.
@@ -176,7 +176,7 @@ pub(super) fn add(kind: &str, b: &Value, f: &mut Facts) {
         }
         "CreateFunctionStmt" => {
             let lang =
-                super::walk::defelem_text(b.get("options"), "language").unwrap_or_else(|| {
+                super::nodes::defelem_text(b.get("options"), "language").unwrap_or_else(|| {
                     // A SQL-standard body (BEGIN ATOMIC ... END, RETURN ...) is SQL.
                     if b.get("sql_body").is_some_and(|v| !v.is_null()) {
                         "sql".into()
@@ -479,7 +479,7 @@ fn create_table(b: &Value, f: &mut Facts) {
 /// (pg_catalog's internal one for SQL-standard spellings), its modifiers, array brackets.
 fn type_word(t: &Value) -> Option<String> {
     let mut parts = Vec::new();
-    super::walk::collect_strings(t.get("names"), &mut parts);
+    super::nodes::collect_strings(t.get("names"), &mut parts);
     let mut s = parts.last()?.to_ascii_lowercase();
     let mods: Vec<String> = list(t.get("typmods")).filter_map(const_text).collect();
     if !mods.is_empty() {

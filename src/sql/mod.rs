@@ -15,6 +15,7 @@ pub mod cache;
 mod details;
 pub mod facts;
 pub mod fingerprint;
+mod nodes;
 pub mod normalize;
 pub mod plpgsql;
 mod predicate;

@@ -55,7 +55,7 @@ pub fn literal_sensitive(tree: &Value) -> bool {
                     return true;
                 }
                 if k == "FuncCall"
-                    && super::walk::name_of(v.get("funcname")).ends_with("set_config")
+                    && super::nodes::name_of(v.get("funcname")).ends_with("set_config")
                 {
                     return true;
                 }
@@ -71,7 +71,7 @@ pub fn literal_sensitive(tree: &Value) -> bool {
 }
 
 fn is_const(v: &Value) -> bool {
-    super::walk::const_text(v).is_some()
+    super::nodes::const_text(v).is_some()
 }
 
 /// A node whose truth value a constant can decide.

@@ -6,7 +6,7 @@
 use pg_query::protobuf::{AExprKind, BoolExprType};
 use serde_json::Value;
 
-use super::walk::{aexpr_is_op, bool_expr_type, const_text, name_of, node_body, same_tree};
+use super::nodes::{aexpr_is_op, bool_expr_type, const_text, name_of, node_body, same_tree};
 
 pub fn trivially_true(v: &Value) -> bool {
     truth(v) == Some(true)

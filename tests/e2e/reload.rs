@@ -42,7 +42,7 @@ async fn valid_sets_replace_and_invalid_sets_do_not() {
     let v0 = proxy.shared.policy.load().version.clone();
 
     std::fs::write(dir.path().join("block.toml"), BLOCK_42).unwrap();
-    let v1 = pgwarden::reload::reload(&proxy.shared).unwrap();
+    let v1 = pgwarden::reload::reload(proxy.shared.reload_target()).unwrap();
     assert_ne!(v0, v1);
     assert!(!answers(&proxy).await);
 
@@ -52,7 +52,7 @@ async fn valid_sets_replace_and_invalid_sets_do_not() {
         "[[rule]]\nid = \"x\"\nbogus = 1\n",
     )
     .unwrap();
-    assert!(pgwarden::reload::reload(&proxy.shared).is_err());
+    assert!(pgwarden::reload::reload(proxy.shared.reload_target()).is_err());
     assert_eq!(proxy.shared.policy.load().version, v1);
     assert!(!answers(&proxy).await);
 
@@ -64,7 +64,7 @@ async fn valid_sets_replace_and_invalid_sets_do_not() {
         "[[case]]\nname = \"expects allow\"\nsql = \"SELECT 42\"\napplication = \"reload-test\"\nexpect = \"allow\"\n",
     )
     .unwrap();
-    assert!(pgwarden::reload::reload(&proxy.shared).is_err());
+    assert!(pgwarden::reload::reload(proxy.shared.reload_target()).is_err());
     assert_eq!(proxy.shared.policy.load().version, v1);
     proxy.stop().await;
 }
