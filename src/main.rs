@@ -104,6 +104,29 @@ struct CheckArgs {
     /// Configuration file whose `[catalog]` thresholds (and dsn, unless --catalog) apply.
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
+    /// Decide as the proxy would with this change ticket attached, read from the admin API
+    /// (`--admin`, `--token`): whether it covers each file, and if not, why.
+    #[arg(long, value_name = "ID")]
+    ticket: Option<String>,
+    /// Database the statements run in (for session conditions and ticket scopes).
+    #[arg(long, value_name = "NAME", default_value = "")]
+    database: String,
+    /// Admin API the ticket is read from (with --ticket).
+    #[arg(
+        long,
+        env = "PGWARDEN_ADMIN_URL",
+        default_value = commands::client::DEFAULT_ADMIN_URL,
+        value_name = "URL"
+    )]
+    admin: String,
+    /// API token (with --ticket); prefer the environment variable.
+    #[arg(
+        long,
+        env = "PGWARDEN_TOKEN",
+        hide_env_values = true,
+        value_name = "TOKEN"
+    )]
+    token: Option<String>,
     /// SQL files; `-` reads standard input.
     #[arg(required = true, value_name = "FILE")]
     files: Vec<String>,
@@ -166,16 +189,23 @@ fn main() -> anyhow::Result<()> {
         .init();
     let code = match cli.command {
         Command::Serve(args) => return serve(args),
-        Command::Check(a) => match live_catalog(a.catalog.as_deref(), a.config.as_deref()) {
-            Ok(live) => commands::check::run(
+        Command::Check(a) => match (
+            live_catalog(a.catalog.as_deref(), a.config.as_deref()),
+            check_ticket(&a),
+        ) {
+            (Ok(live), Ok(ticket)) => commands::check::run(
+                &commands::check::Session {
+                    environment: &a.environment,
+                    user: &a.user,
+                    database: &a.database,
+                },
                 &a.policies,
-                &a.environment,
-                &a.user,
                 a.format,
                 &a.files,
                 live.as_ref(),
+                ticket.as_ref(),
             ),
-            Err(e) => {
+            (Err(e), _) | (_, Err(e)) => {
                 eprintln!("pgwarden: {e}");
                 commands::EXIT_ERROR
             }
@@ -212,6 +242,25 @@ fn main() -> anyhow::Result<()> {
         Command::Tokens { command } => commands::tokens::run(command),
     };
     std::process::exit(code);
+}
+
+/// The ticket `check --ticket` decides with, read from the admin API, with the proxy's
+/// `[holds] on_missing_ticket` from `--config`.
+fn check_ticket(a: &CheckArgs) -> Result<Option<commands::check::WithTicket>, String> {
+    let Some(id) = &a.ticket else {
+        return Ok(None);
+    };
+    let on_missing_ticket = match &a.config {
+        Some(f) => {
+            Config::load(Some(f), &Overrides::default())
+                .map_err(|e| e.to_string())?
+                .holds
+                .on_missing_ticket
+        }
+        None => Config::default().holds.on_missing_ticket,
+    };
+    commands::check::WithTicket::fetch(id, &a.admin, a.token.as_deref(), on_missing_ticket)
+        .map(Some)
 }
 
 /// The live catalog `check` and `explain` read from: `--catalog`, else the config file's

@@ -1,16 +1,20 @@
 //! `pgwarden check FILE...`: decide offline on SQL files (migrations) with the same code as
-//! the wire. Output as text, JSON or SARIF (for code-scanning UIs).
+//! the wire; with `--ticket ID`, as the proxy would with that change ticket attached (read
+//! from the admin API). Output as text, JSON or SARIF (for code-scanning UIs).
 
 use std::io::Read;
 use std::path::Path;
 
 use serde_json::json;
 
+use super::client::{segment, AdminClient, CliError, ClientArgs, OutputFormat};
 use super::{line_at, load_or_report, EXIT_ERROR, EXIT_OK, EXIT_REFUSED};
+use crate::approval::model::Ticket;
 use crate::catalog::client::CatalogConfig;
 use crate::catalog::Catalog;
-use crate::policy::{Action, Decision, Mode, Policy, SessionContext};
+use crate::policy::{Action, Decision, Mode, OnMissingTicket, Policy, SessionContext};
 use crate::sql::{self, Inspection, ReadAs};
+use crate::workflow::offline::{offline, Attached, Outcome};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Format {
@@ -19,11 +23,59 @@ pub enum Format {
     Sarif,
 }
 
+/// The session the files are decided for.
+pub struct Session<'a> {
+    pub environment: &'a str,
+    pub user: &'a str,
+    pub database: &'a str,
+}
+
+/// `--ticket`: the ticket as the store has it (none: unknown) and what a missing cover does.
+pub struct WithTicket {
+    pub id: String,
+    pub ticket: Option<Ticket>,
+    pub on_missing_ticket: OnMissingTicket,
+}
+
+impl WithTicket {
+    /// Reads ticket `id` from the admin API at `admin` (404: unknown to the store).
+    pub fn fetch(
+        id: &str,
+        admin: &str,
+        token: Option<&str>,
+        on_missing_ticket: OnMissingTicket,
+    ) -> Result<WithTicket, String> {
+        let args = ClientArgs {
+            admin: admin.to_owned(),
+            token: token.map(str::to_owned),
+            format: OutputFormat::Text,
+        };
+        let client = AdminClient::new(&args).map_err(|e| e.to_string())?;
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| e.to_string())?;
+        let path = format!("/api/tickets/{}", segment(id));
+        let ticket = match rt.block_on(client.get::<Ticket>(&path)) {
+            Ok(a) => Some(a.value),
+            Err(CliError::Refused { status: 404, .. }) => None,
+            Err(e) => return Err(format!("reading ticket {id}: {e}")),
+        };
+        Ok(WithTicket {
+            id: id.to_owned(),
+            ticket,
+            on_missing_ticket,
+        })
+    }
+}
+
 /// One file's decision.
 pub struct FileResult {
     pub path: String,
     pub text: String,
     pub decision: Decision,
+    /// With `--ticket`: where the file ends up with the ticket attached.
+    pub outcome: Option<Outcome>,
     pub statements: Vec<usize>,
     /// Lookups that failed, and rules decided as if every table were large (no catalog).
     pub notes: Vec<String>,
@@ -162,16 +214,17 @@ pub fn inspect_and_decide(
 }
 
 pub fn run(
+    session: &Session<'_>,
     policies: &Path,
-    env: &str,
-    user: &str,
     format: Format,
     files: &[String],
     catalog: Option<&LiveCatalog>,
+    ticket: Option<&WithTicket>,
 ) -> i32 {
-    let Some(policy) = load_or_report(policies, env) else {
+    let Some(policy) = load_or_report(policies, session.environment) else {
         return EXIT_ERROR;
     };
+    let user = session.user;
     let mut results = Vec::new();
     for f in files {
         let text = if f == "-" {
@@ -190,12 +243,34 @@ pub fn run(
                 }
             }
         };
-        let (decision, statements, notes) = decide_text(&policy, &text, user, catalog);
+        let (ins, decision, notes) = inspect_and_decide(&policy, &text, user, catalog);
+        let outcome = ticket.map(|t| {
+            let ctx = SessionContext {
+                user: user.to_owned(),
+                database: session.database.to_owned(),
+                ticket: Some(t.id.clone()),
+                ..SessionContext::default()
+            };
+            let attached = Attached {
+                ticket: Some(&t.id),
+                known: t.ticket.as_ref(),
+                break_glass: None,
+            };
+            offline(
+                &policy,
+                &ins,
+                &decision,
+                &ctx,
+                attached,
+                t.on_missing_ticket,
+            )
+        });
         results.push(FileResult {
             path: f.clone(),
+            statements: ins.statements.iter().map(|s| s.location).collect(),
             text,
             decision,
-            statements,
+            outcome,
             notes,
         });
     }
@@ -210,10 +285,19 @@ pub fn run(
             serde_json::to_string_pretty(&sarif(&results, &policy)).expect("json")
         ),
     }
-    if results.iter().any(|r| r.decision.action.refuses()) {
+    if results.iter().any(|r| r.action().refuses()) {
         EXIT_REFUSED
     } else {
         EXIT_OK
+    }
+}
+
+impl FileResult {
+    /// Where the file ends up: with `--ticket` the routed outcome, else the decision.
+    pub fn action(&self) -> Action {
+        self.outcome
+            .as_ref()
+            .map_or(self.decision.action, |o| o.action)
     }
 }
 
@@ -240,7 +324,14 @@ fn print_text(results: &[FileResult]) {
         for n in &r.notes {
             println!("{}: note: {n}", r.path);
         }
-        println!("{}: {}", r.path, r.decision.action.name());
+        if let Some(o) = &r.outcome {
+            match (&o.ticket, &o.why) {
+                (Some(t), _) => println!("{}: ticket {t} covers it", r.path),
+                (None, Some(why)) => println!("{}: {why}", r.path),
+                (None, None) => {}
+            }
+        }
+        println!("{}: {}", r.path, r.action().name());
     }
 }
 
@@ -250,7 +341,12 @@ fn json_report(results: &[FileResult], policy: &Policy) -> serde_json::Value {
         "environment": policy.environment,
         "files": results.iter().map(|r| json!({
             "path": r.path,
-            "action": r.decision.action,
+            "action": r.action(),
+            "decision": r.decision.action,
+            "ticket": r.outcome.as_ref().map(|o| json!({
+                "covered_by": o.ticket,
+                "why": o.why,
+            })),
             "notes": r.notes,
             "matches": r.decision.matches.iter().map(|m| json!({
                 "rule": m.rule,

@@ -8,15 +8,14 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use super::{route, showing, statement_ticket, Resumed, Route, Standing};
-use crate::approval::cover::{cover, Uncovered};
+use super::offline::{offline, Attached};
 use crate::approval::model::{Requester, Scope, Ticket, TicketStatus};
 use crate::catalog::{self, Answer, Answers, Question, Thresholds};
 use crate::policy::raw::{RawCase, RawCatalog, RawTestFile};
+use crate::policy::OnMissingTicket;
 use crate::policy::{compile, Action, Mode, Policy, PolicyError, PolicyErrors, SessionContext};
-use crate::policy::{Decision, OnMissingTicket};
 use crate::sql::Lookup;
-use crate::sql::{self, Inspection, ReadAs};
+use crate::sql::{self, ReadAs};
 
 /// The outcome of one case.
 #[derive(Debug, Clone)]
@@ -162,15 +161,20 @@ fn run_case(policy: &Policy, file: &Path, c: &RawCase) -> CaseResult {
     got_rules.sort();
     got_rules.dedup();
     let mut problems = Vec::new();
-    let got = outcome(
+    let bg = c.break_glass.as_deref();
+    let got = offline(
         policy,
         &ins,
         &d,
         &session,
-        ticket.as_ref(),
+        Attached {
+            ticket: ticket.as_ref().map(|t| t.id.as_str()),
+            known: ticket.as_ref(),
+            break_glass: bg,
+        },
         on_missing_ticket,
-        c,
-    );
+    )
+    .action;
     if got != expect {
         problems.push(format!("expected {}, got {}", expect.name(), got.name()));
     }
@@ -232,62 +236,6 @@ fn case_ticket(c: &RawCase) -> Result<Option<Ticket>, String> {
         closed_by: None,
         reason: None,
     }))
-}
-
-/// What the statement meets on the wire: the decision routed as the session routes it,
-/// with the case's ticket checked as the store would check it.
-fn outcome(
-    policy: &Policy,
-    ins: &Inspection,
-    d: &Decision,
-    session: &SessionContext,
-    ticket: Option<&Ticket>,
-    on_missing_ticket: OnMissingTicket,
-    c: &RawCase,
-) -> Action {
-    let standing = Standing {
-        store: true,
-        approvers: true,
-        ticket: statement_ticket(ins).or(ticket.map(|t| t.id.as_str())),
-        break_glass: c
-            .break_glass
-            .as_deref()
-            .filter(|_| policy.break_glass_allows(&session.user)),
-        on_missing_ticket,
-    };
-    let mut resumed = None;
-    loop {
-        match route(d, ins, standing, resumed.as_ref()) {
-            Route::Forward { .. } | Route::BreakGlass { .. } if d.action.refuses() => {
-                return Action::Allow
-            }
-            Route::Forward { .. } | Route::BreakGlass { .. } => return d.action,
-            Route::Hold { .. } => return Action::Hold,
-            Route::Refuse(_) => return d.action,
-            Route::CheckTicket { id } => {
-                // The case's ticket is the one attached; another named only in the SQL is
-                // unknown to the store.
-                let shown = showing(
-                    d,
-                    ins,
-                    &policy.environment,
-                    &session.database,
-                    &session.user,
-                );
-                let outcome = match ticket.filter(|t| t.id == id) {
-                    Some(t) => cover(t, &shown.presented(session.now))
-                        .map(|()| t.clone())
-                        .map_err(|u| u.to_string()),
-                    None => Err(Uncovered::Unknown.to_string()),
-                };
-                resumed = Some(Resumed::Ticket {
-                    key: String::new(),
-                    id,
-                    outcome,
-                });
-            }
-        }
-    }
 }
 
 /// The answers a case's `[case.catalog]` gives to `qs`, as the live catalog would.

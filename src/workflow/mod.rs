@@ -16,6 +16,7 @@ use crate::wire::messages::{PgError, Severity};
 use crate::wire::sqlstate::SqlState;
 
 pub mod cases;
+pub mod offline;
 pub mod stages;
 
 /// How a wait ended: the answer the gate decides the waiting message with.

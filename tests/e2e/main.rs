@@ -6,6 +6,7 @@ mod support;
 
 mod auth;
 mod catalog;
+mod check_ticket;
 mod clients;
 mod corpus;
 mod enforce;
