@@ -311,3 +311,128 @@ fn shipped_pack_passes_its_own_test_cases() {
         results.len()
     );
 }
+
+fn example(name: &str) -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("policies/examples")
+        .join(name)
+}
+
+#[test]
+fn change_window_example_passes_its_cases() {
+    let results = cases::run_dir(&example("change-windows")).expect("the example loads");
+    let failed: Vec<_> = results
+        .iter()
+        .filter(|r| !r.passed)
+        .map(|r| format!("{}: {}", r.name, r.detail))
+        .collect();
+    assert!(failed.is_empty(), "{failed:#?}");
+    assert!(results.len() >= 10);
+}
+
+#[test]
+fn a_case_that_expects_the_wrong_outcome_fails() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("r.toml"),
+        "[[rule]]\nid = \"t.drop\"\ndescription = \"d\"\naction = \"require_ticket\"\nmessage = \"m\"\n[rule.match]\ntags = [\"DROP TABLE\"]\n",
+    )
+    .unwrap();
+    std::fs::create_dir(dir.path().join("tests")).unwrap();
+    std::fs::write(
+        dir.path().join("tests/c.toml"),
+        r#"
+[[case]]
+name = "covered, but expected refused"
+sql = "DROP TABLE t"
+ticket = "CHG-1"
+expect = "require_ticket"
+
+[[case]]
+name = "revoked, but expected to run"
+sql = "DROP TABLE t"
+ticket = "CHG-1"
+ticket_status = "revoked"
+expect = "allow"
+
+[[case]]
+name = "a bad status is an error"
+sql = "DROP TABLE t"
+ticket = "CHG-1"
+ticket_status = "maybe"
+expect = "allow"
+"#,
+    )
+    .unwrap();
+    let results = cases::run_dir(dir.path()).unwrap();
+    assert_eq!(results.len(), 3);
+    assert!(results.iter().all(|r| !r.passed), "{results:#?}");
+    assert!(results[0]
+        .detail
+        .contains("expected require_ticket, got allow"));
+    assert!(results[1]
+        .detail
+        .contains("expected allow, got require_ticket"));
+    assert!(results[2].detail.contains("not a ticket status"));
+}
+
+#[test]
+fn a_freeze_period_must_end_after_it_starts() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("r.toml"),
+        "[[rule]]\nid = \"t.freeze\"\ndescription = \"d\"\naction = \"hold\"\nmessage = \"m\"\n[rule.session]\nduring = [{ from = \"2026-12-20T00:00:00Z\", until = \"2026-12-19T00:00:00Z\" }, { from = \"tomorrow\", until = \"2026-12-19T00:00:00Z\" }]\n",
+    )
+    .unwrap();
+    let e = crate::policy::load_dir(dir.path(), "production")
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("is not after from"), "{e}");
+    assert!(e.contains("during.from \"tomorrow\""), "{e}");
+}
+
+#[test]
+fn explain_workflow_names_every_stage() {
+    let dir = example("change-windows");
+    let policy = crate::policy::load_dir(&dir, "production").unwrap();
+    let holds = crate::config::Config::default().holds;
+    let rule = |id: &str| policy.rules.iter().find(|r| r.id == id).unwrap();
+    let text = stages::stages(&policy, rule("window.ddl-outside-maintenance"), &holds).join("\n");
+    assert!(
+        text.contains("only outside Sat 02:00-06:00 Europe/Berlin"),
+        "{text}"
+    );
+    assert!(text.contains("one approver in group dba"), "{text}");
+    assert!(
+        text.contains("Not decided within 15m (the rule's hold_timeout)"),
+        "{text}"
+    );
+    let text = stages::stages(&policy, rule("freeze.year-end"), &holds).join("\n");
+    assert!(
+        text.contains("2 distinct approvers in group change-board"),
+        "{text}"
+    );
+    assert!(
+        text.contains("only during 2026-12-17T23:00:00Z to 2027-01-03T23:00:00Z"),
+        "{text}"
+    );
+    let text = stages::stages(&policy, rule("ticket.delete-without-where"), &holds).join("\n");
+    assert!(
+        text.contains("the rule's on_missing_ticket = \"hold\""),
+        "{text}"
+    );
+    assert!(text.contains("Hold: the statement waits"), "{text}");
+    let shipped = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("policies");
+    let policy = crate::policy::load_dir(&shipped, "production").unwrap();
+    let r = policy
+        .rules
+        .iter()
+        .find(|r| r.id == "destructive.drop-table")
+        .unwrap();
+    let text = stages::stages(&policy, r, &holds).join("\n");
+    assert!(
+        text.contains("[holds] on_missing_ticket = \"refuse\""),
+        "{text}"
+    );
+    assert!(!text.contains("Hold:"), "{text}");
+}
