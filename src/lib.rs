@@ -10,7 +10,8 @@
 //!                                          state: what the protocol says about the session
 //!                                            │ gate: every Query / Parse → sql::inspect → policy::decide
 //!                                            ▼
-//!                                   forward, or refuse (42501) with the server kept in step
+//!              forward, refuse (42501) with the server kept in step, or wait (a ticket check,
+//!              a hold until approvers decide) while the client is still read
 //! ```
 //!
 //! - [`config`]: the TOML file and flags, validated, all errors at once.
