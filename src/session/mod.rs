@@ -4,6 +4,7 @@
 //! with everything else pgwarden does.
 
 pub mod gate;
+pub mod ledger;
 pub mod params;
 pub mod refusal;
 pub mod relay;

@@ -30,7 +30,6 @@ struct Pending {
 #[derive(Debug, Default)]
 pub struct Refusals {
     pending: VecDeque<Pending>,
-    readies: u64,
 }
 
 /// An unguessable marker: a client cannot make one of its own errors look like a refusal.
@@ -42,44 +41,33 @@ fn marker() -> String {
 }
 
 impl Refusals {
-    /// Records a refusal and returns the marker text to send in its place. `pending_ready`
-    /// is the number of ReadyForQuery messages the server owes before this statement's batch.
-    pub fn refuse(&mut self, error: PgError, pending_ready: u32) -> String {
+    /// Records a refusal and returns the marker text to send in its place. `batch_end` is
+    /// the number of the ReadyForQuery (counted from the session's start) ending its batch.
+    pub fn refuse(&mut self, error: PgError, batch_end: u64) -> String {
         let marker = marker();
-        self.push(SYNTAX_ERROR, Some(marker.clone()), error, pending_ready);
+        self.push(SYNTAX_ERROR, Some(marker.clone()), error, batch_end);
         marker
     }
 
     /// Records a refused FunctionCall; the stand-in is [`function_call_frame`] (OID 0).
-    pub fn refuse_function_call(&mut self, error: PgError, pending_ready: u32) {
-        self.push(UNDEFINED_FUNCTION, None, error, pending_ready);
+    pub fn refuse_function_call(&mut self, error: PgError, batch_end: u64) {
+        self.push(UNDEFINED_FUNCTION, None, error, batch_end);
     }
 
-    fn push(
-        &mut self,
-        code: &'static str,
-        needle: Option<String>,
-        error: PgError,
-        pending_ready: u32,
-    ) {
+    fn push(&mut self, code: &'static str, needle: Option<String>, error: PgError, batch_end: u64) {
         self.pending.push_back(Pending {
             code,
             needle,
             error,
-            until_ready: self.readies + u64::from(pending_ready) + 1,
+            until_ready: batch_end,
         });
     }
 
     /// A ReadyForQuery arrived: batches end; refusals whose stand-in never ran (an earlier
     /// error in the batch skipped it, as PostgreSQL would have skipped the statement) expire.
     /// Entries are in batch order, so this only looks at the front.
-    pub fn on_ready(&mut self) {
-        self.readies += 1;
-        while self
-            .pending
-            .front()
-            .is_some_and(|p| p.until_ready <= self.readies)
-        {
+    pub fn on_ready(&mut self, ready: u64) {
+        while self.pending.front().is_some_and(|p| p.until_ready <= ready) {
             self.pending.pop_front();
         }
     }
@@ -150,12 +138,13 @@ mod tests {
     #[test]
     fn substitutes_only_its_own_marker() {
         let mut r = Refusals::default();
-        let m = r.refuse(err("no"), 1);
+        // Its batch ends with the second ReadyForQuery of the session.
+        let m = r.refuse(err("no"), 2);
         // A genuine syntax error is left alone.
         assert!(r
             .substitute(b"SERROR\0VERROR\0C42601\0Msyntax error at or near \"x\"\0\0")
             .is_none());
-        r.on_ready();
+        r.on_ready(1);
         // Translated messages quote differently: the bare marker is enough.
         let german = format!("SFEHLER\0VERROR\0C42601\0MSyntaxfehler bei \u{bb}{m}\u{ab}\0\0");
         let out = r.substitute(german.as_bytes()).unwrap();
@@ -171,8 +160,8 @@ mod tests {
     #[test]
     fn skipped_markers_expire() {
         let mut r = Refusals::default();
-        r.refuse(err("no"), 0);
-        r.on_ready();
+        r.refuse(err("no"), 1);
+        r.on_ready(1);
         assert!(r.is_empty());
     }
 

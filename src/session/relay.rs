@@ -176,8 +176,8 @@ where
                 Ok(0) => end = Some(server_gone(&st, &mut s2c)),
                 Ok(_) => match st.server_frames(&mut sin, &mut s2c) {
                     Ok(()) => {
-                        for (failed, tx) in st.ready_events.drain(..) {
-                            gate.on_ready(failed, tx);
+                        for (failed, tx, ready) in st.ready_events.drain(..) {
+                            gate.on_ready(failed, tx, ready);
                         }
                         if let Some(key) = st.new_cancel_key.take() {
                             cancel_guard = Some(ctx.shared.cancels.register(key, CancelTarget {

@@ -55,6 +55,9 @@ pub struct SessionState {
     /// Client messages forwarded that will each be answered by one ReadyForQuery
     /// (Query, Sync, FunctionCall).
     pending_ready: u32,
+    /// ReadyForQuery messages seen since the session started: the one count refusals and
+    /// the gate's ledger are keyed on.
+    readies: u64,
     /// Extended-protocol messages forwarded since the last Sync.
     unsynced: bool,
     /// Something that runs SQL (Query, Execute, FunctionCall) was forwarded and not all of it
@@ -78,7 +81,7 @@ pub struct SessionState {
     batch_error: bool,
     /// Batches that ended (failed?, transaction state after), for the gate: drained by the
     /// relay after each call to `server_frames`.
-    pub ready_events: Vec<(bool, TxStatus)>,
+    pub ready_events: Vec<(bool, TxStatus, u64)>,
 }
 
 /// What becomes of one gated client frame.
@@ -98,6 +101,7 @@ impl SessionState {
             params: ServerParams::default(),
             links,
             pending_ready: 0,
+            readies: 0,
             unsynced: false,
             executed: false,
             client_streaming: 0,
@@ -224,8 +228,7 @@ impl SessionState {
                 Verdict::Forward => Gated::Forward,
                 Verdict::Wait(p) => Gated::Wait(p),
                 Verdict::Refuse(error) => {
-                    self.refusals
-                        .refuse_function_call(error, self.pending_ready);
+                    self.refusals.refuse_function_call(error, self.batch_end());
                     Gated::StandIn(function_call_frame())
                 }
             });
@@ -248,7 +251,7 @@ impl SessionState {
             Verdict::Forward => Ok(Gated::Forward),
             Verdict::Wait(p) => Ok(Gated::Wait(p)),
             Verdict::Refuse(error) => {
-                let marker = self.refusals.refuse(error, self.pending_ready);
+                let marker = self.refusals.refuse(error, self.batch_end());
                 Ok(Gated::StandIn(match name {
                     None => query_frame(&marker),
                     Some(n) => parse_frame(n, &marker),
@@ -263,6 +266,7 @@ impl SessionState {
             tx: self.tx,
             settled: self.phase == Phase::Ready && self.pending_ready == 0 && !self.executed,
             pending_ready: self.pending_ready,
+            batch_end: self.batch_end(),
         }
     }
 
@@ -370,6 +374,11 @@ impl SessionState {
         Some(frame)
     }
 
+    /// The number of the ReadyForQuery that ends the batch a message sent now belongs to.
+    fn batch_end(&self) -> u64 {
+        self.readies + u64::from(self.pending_ready) + 1
+    }
+
     fn read_server_frame(&mut self, tag: u8, body: &[u8]) {
         match tag {
             b'Z' => {
@@ -380,9 +389,11 @@ impl SessionState {
                 if self.pending_ready == 0 {
                     self.executed = false;
                 }
-                self.refusals.on_ready();
+                self.readies += 1;
+                self.refusals.on_ready(self.readies);
                 if self.phase == Phase::Ready {
-                    self.ready_events.push((self.batch_error, self.tx));
+                    self.ready_events
+                        .push((self.batch_error, self.tx, self.readies));
                 }
                 self.batch_error = false;
                 self.phase = Phase::Ready;

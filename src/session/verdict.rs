@@ -34,6 +34,9 @@ pub struct View<'a> {
     pub settled: bool,
     /// ReadyForQuery messages the server owes before the batch this text belongs to.
     pub pending_ready: u32,
+    /// The number (counted from the session's start, the session state's one count) of the
+    /// ReadyForQuery that ends the batch this text belongs to.
+    pub batch_end: u64,
 }
 
 /// Decides on the client messages that carry SQL before they are forwarded.
@@ -45,9 +48,10 @@ pub trait Gate {
         Verdict::Forward
     }
 
-    /// A batch ended (ReadyForQuery): whether an error was raised in it, and the
-    /// transaction state after it. Effects of statements take hold here, not when forwarded.
-    fn on_ready(&mut self, _failed: bool, _tx: TxStatus) {}
+    /// A batch ended with ReadyForQuery number `ready` (see [`View::batch_end`]): whether an
+    /// error was raised in it, and the transaction state after it. Effects of statements take
+    /// hold here, not when forwarded.
+    fn on_ready(&mut self, _failed: bool, _tx: TxStatus, _ready: u64) {}
 
     /// A wait this gate asked for ended with `answer`; the same message is checked next.
     fn resume(&mut self, _answer: Resumed) {}

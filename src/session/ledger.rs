@@ -1,0 +1,422 @@
+//! The session ledger: what statements let through have changed in the session, as far as
+//! decisions care. Settings (SET ROLE, lock_timeout, search_path, the ticket, break-glass)
+//! count when forwarded and are undone when their batch fails or their transaction rolls back;
+//! tables (and their indexes) count as created in this session once their batch succeeded and
+//! their transaction committed; SQL-level PREPAREd statements are kept for EXECUTE. Pure: fed
+//! the inspections of forwarded statements and the server's ReadyForQuery messages.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::Arc;
+
+use crate::sql::Inspection;
+use crate::wire::read::TxStatus;
+
+/// The name of the session setting that attaches a change ticket.
+pub const TICKET_SETTING: &str = "pgwarden.ticket";
+/// The name of the session setting that turns break-glass on, with its reason.
+pub const BREAK_GLASS_SETTING: &str = "pgwarden.break_glass";
+
+/// Session settings decisions read, tracked as SET statements are forwarded.
+#[derive(Debug, Clone, Default)]
+struct Settings {
+    role: Option<String>,
+    lock_timeout_set: bool,
+    search_path: Option<String>,
+    ticket: Option<String>,
+    break_glass: Option<String>,
+}
+
+/// What forwarded statements changed in one session.
+#[derive(Debug)]
+pub struct Ledger {
+    /// Creations forwarded whose batch has not ended: (ReadyForQuery number ending it, names).
+    pending_created: VecDeque<(u64, Vec<String>)>,
+    /// Created inside the open transaction: kept if it commits, dropped if it rolls back.
+    txn_created: Vec<String>,
+    /// Created and committed in this session.
+    created: HashSet<String>,
+    /// A ROLLBACK was forwarded in the open transaction.
+    rolling_back: bool,
+    last_tx: TxStatus,
+    /// ReadyForQuery messages seen since the session started (the session state's count).
+    readies: u64,
+    ticket: Option<String>,
+    /// The break-glass reason set in this session (used only if the policy lets the user).
+    break_glass: Option<String>,
+    prepared: HashMap<String, Arc<Inspection>>,
+    /// `SET LOCAL lock_timeout` in the open transaction: set (non-zero) or not.
+    local_lock_timeout: Option<bool>,
+    /// The role from SET ROLE (None: no role set, statements run as the session user).
+    role: Option<String>,
+    /// `SET LOCAL ROLE` in the open transaction.
+    local_role: Option<Option<String>>,
+    /// `SET LOCAL search_path` in the open transaction.
+    local_search_path: bool,
+    /// The search_path set for the session / the open transaction (estimates plan under it).
+    search_path_value: Option<String>,
+    local_search_path_value: Option<String>,
+    /// Indexes created in this session, with their tables.
+    index_tables: HashMap<String, String>,
+    /// The session settings as of the last commit (restored when a batch fails or its
+    /// transaction rolls back: the server undoes a SET then, LOCAL or not).
+    confirmed: Settings,
+    /// The session's lock_timeout is set (SET lock_timeout, startup options).
+    lock_timeout_set: bool,
+    /// Committed creations and those of the open transaction: what decisions see.
+    published: Arc<HashSet<String>>,
+}
+
+impl Ledger {
+    /// A session that starts with these settings (from its startup packet) and creations.
+    pub fn new(
+        ticket: Option<String>,
+        lock_timeout_set: bool,
+        created: Arc<HashSet<String>>,
+    ) -> Ledger {
+        let mut l = Ledger {
+            pending_created: VecDeque::new(),
+            txn_created: Vec::new(),
+            created: (*created).clone(),
+            rolling_back: false,
+            last_tx: TxStatus::Idle,
+            readies: 0,
+            ticket,
+            break_glass: None,
+            prepared: HashMap::new(),
+            local_lock_timeout: None,
+            role: None,
+            local_role: None,
+            local_search_path: false,
+            search_path_value: None,
+            local_search_path_value: None,
+            index_tables: HashMap::new(),
+            confirmed: Settings::default(),
+            lock_timeout_set,
+            published: created,
+        };
+        l.confirmed = l.settings();
+        l
+    }
+
+    /// The attached ticket (`SET pgwarden.ticket`, startup options).
+    pub fn ticket(&self) -> Option<&str> {
+        self.ticket.as_deref()
+    }
+
+    /// The break-glass reason the session set.
+    pub fn break_glass(&self) -> Option<&str> {
+        self.break_glass.as_deref()
+    }
+
+    /// The role SET ROLE chose (SET LOCAL ROLE first); none: the session user.
+    pub fn role(&self) -> Option<String> {
+        self.local_role.clone().unwrap_or_else(|| self.role.clone())
+    }
+
+    /// Whether lock_timeout is non-zero now (SET LOCAL first).
+    pub fn lock_timeout_set(&self) -> bool {
+        self.local_lock_timeout.unwrap_or(self.lock_timeout_set)
+    }
+
+    /// The search_path the session set (SET LOCAL first); none: the server's default.
+    pub fn search_path(&self) -> Option<&str> {
+        self.local_search_path_value
+            .as_deref()
+            .or(self.search_path_value.as_deref())
+    }
+
+    /// Tables (and indexes) created in this session, as decisions see them.
+    pub fn created(&self) -> &Arc<HashSet<String>> {
+        &self.published
+    }
+
+    /// The statement a SQL-level PREPARE defined under `name`.
+    pub fn prepared(&self, name: &str) -> Option<&Arc<Inspection>> {
+        self.prepared.get(name)
+    }
+
+    fn settings(&self) -> Settings {
+        Settings {
+            role: self.role.clone(),
+            lock_timeout_set: self.lock_timeout_set,
+            search_path: self.search_path_value.clone(),
+            ticket: self.ticket.clone(),
+            break_glass: self.break_glass.clone(),
+        }
+    }
+
+    fn restore(&mut self, s: Settings) {
+        self.role = s.role;
+        self.lock_timeout_set = s.lock_timeout_set;
+        self.search_path_value = s.search_path;
+        self.ticket = s.ticket;
+        self.break_glass = s.break_glass;
+    }
+
+    /// Forgets creations named without a schema (after search_path changes or DISCARD): the
+    /// same name may now resolve to a table this session did not create.
+    fn forget_unqualified(&mut self) {
+        let unqualified: Vec<String> = self
+            .created
+            .iter()
+            .chain(&self.txn_created)
+            .chain(self.pending_created.iter().flat_map(|(_, p)| p))
+            .filter(|n| !n.contains('.'))
+            .cloned()
+            .collect();
+        self.forget_created(&unqualified);
+    }
+
+    fn forget_created(&mut self, names: &[String]) {
+        // Indexes go with their tables.
+        let mut names = names.to_vec();
+        let dropped: Vec<String> = self
+            .index_tables
+            .iter()
+            .filter(|(i, t)| names.contains(t) || names.contains(i))
+            .map(|(i, _)| i.clone())
+            .collect();
+        for i in dropped {
+            self.index_tables.remove(&i);
+            names.push(i);
+        }
+        let names = &names[..];
+        self.created.retain(|c| !names.contains(c));
+        self.txn_created.retain(|c| !names.contains(c));
+        for (_, p) in &mut self.pending_created {
+            p.retain(|c| !names.contains(c));
+        }
+        self.publish_created();
+    }
+
+    /// What decisions see: committed creations and those of the open transaction.
+    fn publish_created(&mut self) {
+        let mut all = self.created.clone();
+        all.extend(self.txn_created.iter().cloned());
+        self.published = Arc::new(all);
+    }
+
+    /// Session facts from a statement that was let through. Creations count only once their
+    /// batch ends without an error ([`Gate::on_ready`]).
+    pub fn remember(&mut self, ins: &Arc<Inspection>, batch_end: u64) {
+        for (i, s) in ins.statements.iter().enumerate() {
+            for (k, op) in s.ops.iter().enumerate() {
+                if let Some(set) = &op.set {
+                    match set.name.as_str() {
+                        TICKET_SETTING => self.ticket = set.value.clone().filter(|v| !v.is_empty()),
+                        BREAK_GLASS_SETTING => {
+                            self.break_glass = set.value.clone().filter(|v| !v.trim().is_empty())
+                        }
+                        // SET LOCAL lasts until the transaction ends.
+                        "lock_timeout" if set.local => {
+                            self.local_lock_timeout =
+                                Some(set.value.as_deref().is_some_and(nonzero_duration))
+                        }
+                        "lock_timeout" => {
+                            self.lock_timeout_set =
+                                set.value.as_deref().is_some_and(nonzero_duration)
+                        }
+                        "role" => {
+                            // "$user" in search_path now means another schema.
+                            self.forget_unqualified();
+                            let role = set
+                                .value
+                                .clone()
+                                .filter(|v| !v.eq_ignore_ascii_case("none"));
+                            if set.local {
+                                self.local_role = Some(role);
+                            } else {
+                                self.role = role;
+                            }
+                        }
+                        // Unqualified names may now resolve to other schemas' tables.
+                        "search_path" => {
+                            self.forget_unqualified();
+                            if set.local {
+                                self.local_search_path_value = set.value.clone();
+                            } else {
+                                self.search_path_value = set.value.clone();
+                            }
+                            // SET LOCAL ends with the transaction: names created under it
+                            // mean other tables afterwards.
+                            self.local_search_path |= set.local;
+                        }
+                        // A new session user drops any role set before.
+                        "session_authorization" => {
+                            self.forget_unqualified();
+                            self.role = None;
+                            self.local_role = None;
+                        }
+                        "all" if set.value.is_none() => {
+                            self.forget_unqualified();
+                            self.search_path_value = None;
+                            self.ticket = None;
+                            self.break_glass = None;
+                            self.lock_timeout_set = false;
+                            self.role = None;
+                        }
+                        _ => {}
+                    }
+                }
+                match op.tag.as_str() {
+                    // Not IF NOT EXISTS (it may have created nothing), not ON COMMIT DROP,
+                    // not nested in CREATE SCHEMA or a DO body.
+                    _ if op.creates_table(k == 0) => {
+                        let until = batch_end;
+                        self.pending_created.push_back((until, op.objects.clone()));
+                    }
+                    // An index on a table created in this session is one too (its DROP
+                    // INDEX locks nothing anyone else uses).
+                    "CREATE INDEX" if !op.created_index_names(k == 0).is_empty() => {
+                        let earlier = ins.created_before(i);
+                        let new_table = op.objects.iter().all(|o| {
+                            self.published.contains(o)
+                                || earlier.contains(o)
+                                || self.pending_created.iter().any(|(_, p)| p.contains(o))
+                        });
+                        if new_table {
+                            let names = op.created_index_names(true);
+                            if let Some(t) = op.objects.first() {
+                                for n in &names {
+                                    self.index_tables.insert(n.clone(), t.clone());
+                                }
+                            }
+                            let until = batch_end;
+                            self.pending_created.push_back((until, names));
+                        }
+                    }
+                    // Renamed or moved: the name may come to mean an older table.
+                    _ if op
+                        .subcommands
+                        .iter()
+                        .any(|c| c == "RENAME" || c == "SET SCHEMA") =>
+                    {
+                        self.forget_created(&op.objects);
+                    }
+                    // Once dropped, the name may well resolve to an older table next time.
+                    "DROP TABLE" | "DROP MATERIALIZED VIEW" | "DROP INDEX" => {
+                        self.forget_created(&op.objects);
+                    }
+                    // Creations of the open transaction may be undone (ROLLBACK TO a
+                    // savepoint, ROLLBACK AND CHAIN too): forget them.
+                    t if t.starts_with("ROLLBACK") || t == "ABORT" => {
+                        self.rolling_back = true;
+                        // Whole-transaction rollback undoes its SETs (to a savepoint: those
+                        // since it; taken as all of them, pgwarden does not track savepoints).
+                        self.restore(self.confirmed.clone());
+                        let undone: Vec<String> = self
+                            .txn_created
+                            .iter()
+                            .chain(self.pending_created.iter().flat_map(|(_, p)| p))
+                            .cloned()
+                            .collect();
+                        self.forget_created(&undone);
+                    }
+                    // DISCARD ALL resets settings and forgets prepared statements.
+                    "DISCARD"
+                        if s.text.split_whitespace().nth(1).is_some_and(|w| {
+                            w.trim_end_matches(';').eq_ignore_ascii_case("all")
+                        }) =>
+                    {
+                        self.ticket = None;
+                        self.break_glass = None;
+                        self.search_path_value = None;
+                        self.lock_timeout_set = false;
+                        self.role = None;
+                        self.prepared.clear();
+                        self.forget_unqualified();
+                    }
+                    // DISCARD TEMP drops temporary tables: their names may now resolve to
+                    // older tables.
+                    "DISCARD" => self.forget_unqualified(),
+                    _ => {}
+                }
+                match (op.tag.as_str(), &op.prepared_name) {
+                    ("PREPARE", Some(name)) => {
+                        self.prepared.insert(name.clone(), ins.clone());
+                    }
+                    // DEALLOCATE ALL forgets everything; after DEALLOCATE name the entry is
+                    // stale but harmless: the server refuses to EXECUTE it.
+                    ("DEALLOCATE", _)
+                        if s.text.split_whitespace().nth(1).is_some_and(|w| {
+                            w.trim_end_matches(';').eq_ignore_ascii_case("all")
+                        }) =>
+                    {
+                        self.prepared.clear();
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+
+    /// A batch ended with ReadyForQuery number `ready` (counted from the session's start):
+    /// creations of batches it ended count (unless they failed), settings stand or are undone.
+    pub fn on_ready(&mut self, failed: bool, tx: TxStatus, ready: u64) {
+        self.readies = ready;
+        if tx == TxStatus::Idle {
+            // Settings changed since the last confirmed point stand if this batch (or the
+            // transaction it ended) committed, and are undone by the server otherwise.
+            let committed = !failed && !self.rolling_back && self.last_tx != TxStatus::Failed;
+            if committed {
+                self.confirmed = self.settings();
+            } else {
+                self.restore(self.confirmed.clone());
+            }
+            // SET LOCAL ends with the transaction.
+            self.local_lock_timeout = None;
+            self.local_role = None;
+            self.local_search_path_value = None;
+            if std::mem::take(&mut self.local_search_path) {
+                self.forget_unqualified();
+            }
+        }
+        if self.pending_created.is_empty() && self.txn_created.is_empty() {
+            // The common case: nothing was created; nothing to publish.
+            self.last_tx = tx;
+            if tx == TxStatus::Idle {
+                self.rolling_back = false;
+            }
+            return;
+        }
+        while let Some((until, names)) = self.pending_created.pop_front() {
+            if until > self.readies {
+                self.pending_created.push_front((until, names));
+                break;
+            }
+            if !failed {
+                if tx == TxStatus::Idle {
+                    self.created.extend(names);
+                } else {
+                    self.txn_created.extend(names);
+                }
+            }
+        }
+        if tx == TxStatus::Idle && self.last_tx != TxStatus::Idle {
+            // The transaction ended: committed unless rolled back or failed.
+            let txn = std::mem::take(&mut self.txn_created);
+            if !self.rolling_back && self.last_tx == TxStatus::InBlock && !failed {
+                self.created.extend(txn);
+            }
+        }
+        if tx == TxStatus::Idle {
+            self.rolling_back = false;
+        }
+        self.last_tx = tx;
+        self.publish_created();
+    }
+}
+
+/// A lock_timeout value other than zero (`'0'`, `0`, `'0ms'` are zero; so is garbage, which
+/// the server would refuse anyway).
+fn nonzero_duration(v: &str) -> bool {
+    let digits: String = v
+        .trim()
+        .chars()
+        .take_while(|c| c.is_ascii_digit() || *c == '.')
+        .collect();
+    digits.parse::<f64>().is_ok_and(|n| n > 0.0)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,204 @@
+//! The ledger on its own: inspections of forwarded statements in, ReadyForQuery numbers in,
+//! the session facts decisions read out.
+
+use super::*;
+use crate::sql::{inspect, ReadAs};
+
+fn ins(sql: &str) -> Arc<Inspection> {
+    Arc::new(inspect(sql, ReadAs::default()))
+}
+
+/// A fresh session whose startup ReadyForQuery (number 1) has arrived.
+fn ledger() -> Ledger {
+    let mut l = Ledger::new(None, false, Default::default());
+    l.on_ready(false, TxStatus::Idle, 1);
+    l
+}
+
+/// Forwards `sql` as its own batch (ended by ReadyForQuery `n`) that ends as `failed`, `tx`.
+fn batch(l: &mut Ledger, sql: &str, n: u64, failed: bool, tx: TxStatus) {
+    l.remember(&ins(sql), n);
+    l.on_ready(failed, tx, n);
+}
+
+#[test]
+fn a_created_table_counts_once_its_batch_succeeded() {
+    let mut l = ledger();
+    l.remember(&ins("CREATE TABLE t (id int)"), 2);
+    assert!(!l.created().contains("t"), "not before its batch ends");
+    l.on_ready(false, TxStatus::Idle, 2);
+    assert!(l.created().contains("t"));
+    batch(&mut l, "CREATE TABLE u (id int)", 3, true, TxStatus::Idle);
+    assert!(!l.created().contains("u"), "a failed batch created nothing");
+}
+
+#[test]
+fn creations_in_a_transaction_count_when_it_commits_and_go_when_it_rolls_back() {
+    let mut l = ledger();
+    batch(&mut l, "BEGIN", 2, false, TxStatus::InBlock);
+    batch(
+        &mut l,
+        "CREATE TABLE t (id int)",
+        3,
+        false,
+        TxStatus::InBlock,
+    );
+    assert!(l.created().contains("t"), "seen inside its transaction");
+    batch(&mut l, "COMMIT", 4, false, TxStatus::Idle);
+    assert!(l.created().contains("t"));
+
+    batch(&mut l, "BEGIN", 5, false, TxStatus::InBlock);
+    batch(
+        &mut l,
+        "CREATE TABLE r (id int)",
+        6,
+        false,
+        TxStatus::InBlock,
+    );
+    batch(&mut l, "ROLLBACK", 7, false, TxStatus::Idle);
+    assert!(!l.created().contains("r"));
+    assert!(l.created().contains("t"));
+}
+
+#[test]
+fn a_batch_ending_later_does_not_count_early() {
+    let mut l = ledger();
+    // Pipelined: the creation's batch ends with ReadyForQuery 3, after another batch (2).
+    l.remember(&ins("CREATE TABLE t (id int)"), 3);
+    l.on_ready(false, TxStatus::Idle, 2);
+    assert!(!l.created().contains("t"));
+    l.on_ready(false, TxStatus::Idle, 3);
+    assert!(l.created().contains("t"));
+}
+
+#[test]
+fn drop_rename_and_search_path_forget_creations() {
+    let mut l = ledger();
+    batch(
+        &mut l,
+        "CREATE TABLE a (id int); CREATE TABLE public.b (id int); CREATE TABLE c (id int)",
+        2,
+        false,
+        TxStatus::Idle,
+    );
+    batch(
+        &mut l,
+        "CREATE INDEX c_i ON c (id)",
+        3,
+        false,
+        TxStatus::Idle,
+    );
+    assert!(
+        l.created().contains("c_i"),
+        "an index on a new table is new"
+    );
+    batch(&mut l, "DROP TABLE a", 4, false, TxStatus::Idle);
+    assert!(!l.created().contains("a"));
+    batch(&mut l, "DROP TABLE c", 5, false, TxStatus::Idle);
+    assert!(!l.created().contains("c_i"), "indexes go with their table");
+    batch(&mut l, "CREATE TABLE d (id int)", 6, false, TxStatus::Idle);
+    batch(&mut l, "SET search_path = other", 7, false, TxStatus::Idle);
+    assert!(
+        !l.created().contains("d"),
+        "an unqualified name may mean another table now"
+    );
+    assert!(
+        l.created().contains("public.b"),
+        "a qualified one still means the same"
+    );
+    assert_eq!(l.search_path(), Some("other"));
+}
+
+#[test]
+fn settings_stand_when_committed_and_are_undone_otherwise() {
+    let mut l = ledger();
+    batch(
+        &mut l,
+        "SET pgwarden.ticket = 'CHG-1'",
+        2,
+        false,
+        TxStatus::Idle,
+    );
+    assert_eq!(l.ticket(), Some("CHG-1"));
+    // A SET in a batch that fails is undone by the server.
+    batch(
+        &mut l,
+        "SET pgwarden.ticket = 'CHG-2'; SELECT 1/0",
+        3,
+        true,
+        TxStatus::Idle,
+    );
+    assert_eq!(l.ticket(), Some("CHG-1"));
+    // And in a transaction rolled back.
+    batch(&mut l, "BEGIN", 4, false, TxStatus::InBlock);
+    batch(
+        &mut l,
+        "SET pgwarden.break_glass = 'incident'",
+        5,
+        false,
+        TxStatus::InBlock,
+    );
+    assert_eq!(
+        l.break_glass(),
+        Some("incident"),
+        "in effect inside the transaction"
+    );
+    batch(&mut l, "ROLLBACK", 6, false, TxStatus::Idle);
+    assert_eq!(l.break_glass(), None);
+    batch(&mut l, "RESET pgwarden.ticket", 7, false, TxStatus::Idle);
+    assert_eq!(l.ticket(), None);
+}
+
+#[test]
+fn reset_all_and_discard_all_clear_the_ticket_and_break_glass() {
+    for clear in ["RESET ALL", "DISCARD ALL"] {
+        let mut l = ledger();
+        batch(
+            &mut l,
+            "SET pgwarden.ticket = 'CHG-1'; SET pgwarden.break_glass = 'why'; SET ROLE admin",
+            2,
+            false,
+            TxStatus::Idle,
+        );
+        assert_eq!(l.role().as_deref(), Some("admin"));
+        batch(&mut l, clear, 3, false, TxStatus::Idle);
+        assert_eq!(l.ticket(), None, "{clear}");
+        assert_eq!(l.break_glass(), None, "{clear}");
+        assert_eq!(l.role(), None, "{clear}");
+    }
+}
+
+#[test]
+fn set_local_lasts_until_the_transaction_ends() {
+    let mut l = ledger();
+    batch(&mut l, "BEGIN", 2, false, TxStatus::InBlock);
+    batch(
+        &mut l,
+        "SET LOCAL lock_timeout = '2s'; SET LOCAL ROLE deployer",
+        3,
+        false,
+        TxStatus::InBlock,
+    );
+    assert!(l.lock_timeout_set());
+    assert_eq!(l.role().as_deref(), Some("deployer"));
+    batch(&mut l, "COMMIT", 4, false, TxStatus::Idle);
+    assert!(!l.lock_timeout_set());
+    assert_eq!(l.role(), None);
+    batch(&mut l, "SET lock_timeout = 0", 5, false, TxStatus::Idle);
+    assert!(!l.lock_timeout_set(), "0 turns it off");
+}
+
+#[test]
+fn prepared_statements_are_kept_for_execute_until_deallocated() {
+    let mut l = ledger();
+    batch(
+        &mut l,
+        "PREPARE p AS DELETE FROM t",
+        2,
+        false,
+        TxStatus::Idle,
+    );
+    assert!(l.prepared("p").is_some());
+    batch(&mut l, "DEALLOCATE ALL", 3, false, TxStatus::Idle);
+    assert!(l.prepared("p").is_none());
+}
