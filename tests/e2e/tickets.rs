@@ -1417,3 +1417,203 @@ async fn tickets_approvals_and_holds_survive_a_restart_and_a_kill_9() {
     assert_eq!(a.ticket("CHG-801").await["uses"], 1);
     assert_eq!(p.stop().await, 0);
 }
+
+
+// ---- what a ticket lets through, counted and re-checked
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sql_level_execute_is_checked_against_the_ticket_again() {
+    let fx = fixture().await;
+    let a = fx.admin();
+    let tables = Tables::new(&["tk_exe"]).await;
+    let t = tables.name(0);
+    a.create("alice", json!({"id": "CHG-900", "title": "prepared"}))
+        .await;
+    a.approved("CHG-900", "bob").await;
+    let c = connect(&fx.dsn(PG_USER)).await;
+    let e = c
+        .batch_execute(&format!("PREPARE del AS DELETE FROM {t} WHERE id = $1"))
+        .await
+        .unwrap_err();
+    refused_by(&e, "test.tk-delete", NO_TICKET);
+    attach(&c, "CHG-900").await;
+    c.batch_execute(&format!("PREPARE del AS DELETE FROM {t} WHERE id = $1"))
+        .await
+        .unwrap();
+    c.batch_execute("EXECUTE del(1)").await.unwrap();
+    let uses = a.ticket("CHG-900").await["uses"].as_u64().unwrap();
+    let (s, _) = a
+        .post(
+            Some("root"),
+            "/api/tickets/CHG-900/revoke",
+            json!({"reason": "stop"}),
+        )
+        .await;
+    assert_eq!(s, 200);
+    let e = c.batch_execute("EXECUTE del(2)").await.unwrap_err();
+    not_covered(&e, "test.tk-delete", "CHG-900", "it was revoked");
+    let n: i64 = direct()
+        .await
+        .query_one(&format!("SELECT count(*) FROM {t}") as &str, &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 1, "EXECUTE del(1) ran, EXECUTE del(2) did not");
+    assert_eq!(a.ticket("CHG-900").await["uses"].as_u64().unwrap(), uses);
+    fx.proxy.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "BUG: a ticket is checked at Parse only: a prepared statement keeps running after its ticket is revoked or used up"]
+async fn a_prepared_statement_is_not_run_under_a_revoked_or_used_up_ticket() {
+    let fx = fixture().await;
+    let a = fx.admin();
+    let tables = Tables::new(&["tk_prep_a", "tk_prep_b"]).await;
+    let (ta, tb) = (tables.name(0), tables.name(1));
+    let count = |t: String| async move {
+        let n: i64 = direct()
+            .await
+            .query_one(&format!("SELECT count(*) FROM {t}") as &str, &[])
+            .await
+            .unwrap()
+            .get(0);
+        n
+    };
+    let c = connect(&fx.dsn(PG_USER)).await;
+
+    // Revoked after the statement was prepared (Parse) under it.
+    a.create("alice", json!({"id": "CHG-910", "title": "t"}))
+        .await;
+    a.approved("CHG-910", "bob").await;
+    attach(&c, "CHG-910").await;
+    let del = c
+        .prepare(&format!("DELETE FROM {ta} WHERE id = $1"))
+        .await
+        .unwrap();
+    let (s, _) = a
+        .post(
+            Some("root"),
+            "/api/tickets/CHG-910/revoke",
+            json!({"reason": "change window closed"}),
+        )
+        .await;
+    assert_eq!(s, 200);
+    let e = c.execute(&del, &[&1i32]).await.unwrap_err();
+    assert_eq!(sqlstate(&e).as_deref(), Some("42501"), "{e:?}");
+    assert_eq!(count(ta.to_owned()).await, 2, "nothing deleted after the revocation");
+
+    // One use allowed: the second execution is a second statement.
+    a.create(
+        "alice",
+        json!({"id": "CHG-911", "title": "t", "max_uses": 1}),
+    )
+    .await;
+    a.approved("CHG-911", "bob").await;
+    attach(&c, "CHG-911").await;
+    let del = c
+        .prepare(&format!("DELETE FROM {tb} WHERE id = $1"))
+        .await
+        .unwrap();
+    c.execute(&del, &[&1i32]).await.unwrap();
+    let e = c.execute(&del, &[&2i32]).await.unwrap_err();
+    assert_eq!(sqlstate(&e).as_deref(), Some("42501"), "{e:?}");
+    assert_eq!(count(tb.to_owned()).await, 1);
+    assert_eq!(a.ticket("CHG-911").await["uses"], 1);
+    fx.proxy.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "BUG: max_uses counts one use per Query string, so one string lets more statements through than the ticket allows"]
+async fn max_uses_counts_every_statement_of_a_query_string() {
+    let fx = fixture().await;
+    let a = fx.admin();
+    let tables = Tables::new(&["tk_mu_a", "tk_mu_b", "tk_mu_c", "tk_mu_d"]).await;
+    let c = connect(&fx.dsn(PG_USER)).await;
+    // Two uses: a string of two statements needing the ticket takes both.
+    a.create(
+        "alice",
+        json!({"id": "CHG-920", "title": "t", "max_uses": 2}),
+    )
+    .await;
+    a.approved("CHG-920", "bob").await;
+    attach(&c, "CHG-920").await;
+    c.batch_execute(&format!(
+        "DROP TABLE {}; DROP TABLE {}",
+        tables.name(0),
+        tables.name(1)
+    ))
+    .await
+    .unwrap();
+    assert_eq!(a.ticket("CHG-920").await["uses"], 2);
+    // One use: two statements are more than it allows.
+    a.create(
+        "alice",
+        json!({"id": "CHG-921", "title": "t", "max_uses": 1}),
+    )
+    .await;
+    a.approved("CHG-921", "bob").await;
+    attach(&c, "CHG-921").await;
+    let e = c
+        .batch_execute(&format!(
+            "DROP TABLE {}; DROP TABLE {}",
+            tables.name(2),
+            tables.name(3)
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(sqlstate(&e).as_deref(), Some("42501"), "{e:?}");
+    assert!(exists(tables.name(2)).await && exists(tables.name(3)).await);
+    fx.proxy.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "BUG: a /* pgwarden:ticket=.. */ comment in one statement attaches the ticket to every statement of its Query string"]
+async fn a_comment_in_one_statement_does_not_cover_the_next_in_the_same_string() {
+    let fx = fixture().await;
+    let a = fx.admin();
+    let tables = Tables::new(&["tk_cm_next"]).await;
+    a.create("alice", json!({"id": "CHG-930", "title": "t"}))
+        .await;
+    a.approved("CHG-930", "bob").await;
+    let c = connect(&fx.dsn(PG_USER)).await;
+    let e = c
+        .batch_execute(&format!(
+            "/* pgwarden:ticket=CHG-930 */ SELECT 1; DROP TABLE {}",
+            tables.name(0)
+        ))
+        .await
+        .unwrap_err();
+    refused_by(&e, "test.tk-drop", NO_TICKET);
+    assert!(exists(tables.name(0)).await);
+    assert_eq!(a.ticket("CHG-930").await["uses"], 0);
+    fx.proxy.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "BUG: a break-glass review lists only the strictest rules bypassed (the hold), not the require_ticket rules of the same string"]
+async fn a_break_glass_review_names_every_rule_it_bypassed() {
+    let fx = fixture().await;
+    let a = fx.admin();
+    let tables = Tables::new(&["tk_bg_all", "hd_bg_all"]).await;
+    let root = connect(&fx.dsn("root")).await;
+    root.batch_execute("SET pgwarden.break_glass = 'incident'")
+        .await
+        .unwrap();
+    root.batch_execute(&format!(
+        "DROP TABLE {}; DROP TABLE {}",
+        tables.name(0),
+        tables.name(1)
+    ))
+    .await
+    .unwrap();
+    let reviews = a.get("/api/reviews").await;
+    let mut rules: Vec<String> = reviews[0]["rules"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r.as_str().unwrap().to_owned())
+        .collect();
+    rules.sort();
+    assert_eq!(rules, ["test.hd-drop", "test.tk-drop"], "{reviews}");
+    fx.proxy.stop().await;
+}
