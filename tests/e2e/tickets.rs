@@ -594,14 +594,17 @@ async fn tickets_that_do_not_cover_are_refused_with_the_precise_reason() {
         )
         .await;
     assert_eq!(s, 403);
-    let (s, v) = a
-        .post(
-            Some("root"),
-            "/api/tickets/CHG-rev/revoke",
-            json!({"reason": "incident over"}),
+    let (code, out, err) = a
+        .cli(
+            "root",
+            &["tickets", "revoke", "CHG-rev", "--reason", "incident over"],
         )
         .await;
-    assert_eq!((s, v["status"].as_str()), (200, Some("revoked")), "{v}");
+    assert_eq!(code, 0, "{out}{err}");
+    assert_eq!(out, "ticket CHG-rev: revoked (1 of 1 approvals)\n");
+    let v = a.ticket("CHG-rev").await;
+    assert_eq!(v["reason"], "incident over");
+    assert_eq!(v["closed_by"], "root");
     refused_under(&c, "CHG-rev", &drop0, DROP, "it was revoked").await;
 
     // Not yet valid.
@@ -745,7 +748,7 @@ async fn a_ticket_past_its_valid_until_is_refused_as_expired() {
         v["error"].as_str().unwrap().contains("is in the past"),
         "{v}"
     );
-    let until = from_now(4);
+    let until = from_now(8);
     a.create(
         "alice",
         json!({"id": "CHG-brief", "title": "t", "valid_until": until}),
@@ -1008,9 +1011,75 @@ async fn ticket_approvals_need_distinct_approvers_who_did_not_ask() {
     // No such ticket.
     assert_eq!(a.approve("CHG-none", "bob").await.0, 404);
 
+    // Rejected from the CLI: final.
+    a.create("alice", json!({"id": "CHG-6r", "title": "to reject"}))
+        .await;
+    let (code, out, err) = a
+        .cli("bob", &["tickets", "reject", "CHG-6r", "--reason", "nope"])
+        .await;
+    assert_eq!(code, 0, "{out}{err}");
+    assert_eq!(out, "ticket CHG-6r: rejected (0 of 1 approvals)\n");
+    assert_eq!(a.approve("CHG-6r", "carol").await.0, 409);
+
+    // Every scope flag of `tickets create` lands in the ticket.
+    let (code, out, err) = a
+        .cli(
+            "alice",
+            &[
+                "tickets",
+                "create",
+                "CHG-6f",
+                "--title",
+                "flags",
+                "--approvals",
+                "2",
+                "--max-uses",
+                "3",
+                "--valid-for",
+                "2h",
+                "--env",
+                "production",
+                "--database",
+                "test",
+                "--user",
+                "postgres",
+                "--rule",
+                "test.tk-*",
+                "--tag",
+                "DROP TABLE",
+                "--object",
+                "public.orders*",
+                "--approver-group",
+                "dba",
+            ],
+        )
+        .await;
+    assert_eq!(code, 0, "{out}{err}");
+    let (code, out, err) = a
+        .cli("vera", &["tickets", "show", "CHG-6f", "--format", "json"])
+        .await;
+    assert_eq!(code, 0, "{out}{err}");
+    let t: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(t, a.ticket("CHG-6f").await, "--format json is the API's answer");
+    assert_eq!(t["approvals_required"], 2);
+    assert_eq!(t["max_uses"], 3);
+    assert_eq!(t["approver_groups"], json!(["dba"]));
+    assert_eq!(
+        t["scope"],
+        json!({"environments": ["production"], "databases": ["test"], "users": ["postgres"],
+               "rules": ["test.tk-*"], "tags": ["DROP TABLE"], "objects": ["public.orders*"],
+               "statements": []})
+    );
+    let created: jiff::Timestamp = t["created_at"].as_str().unwrap().parse().unwrap();
+    let until: jiff::Timestamp = t["valid_until"].as_str().unwrap().parse().unwrap();
+    let span = until.duration_since(created).as_secs();
+    assert!((7100..=7300).contains(&span), "--valid-for 2h: {t}");
+    // Its approver group: dev is no DBA.
+    assert_eq!(a.approve("CHG-6f", "dev").await.0, 403);
+
     // The list, by the API and the CLI (flags instead of the environment).
     let all = a.get("/api/tickets").await;
-    assert_eq!(all.as_array().unwrap().len(), 2, "{all}");
+    assert_eq!(all.as_array().unwrap().len(), 4, "{all}");
     let approved = a.get("/api/tickets?status=approved").await;
     assert_eq!(approved.as_array().unwrap().len(), 1, "{approved}");
     assert_eq!(approved[0]["id"], "CHG-6");
@@ -1319,7 +1388,7 @@ async fn tickets_approvals_and_holds_survive_a_restart_and_a_kill_9() {
     let dir = tempfile::tempdir().unwrap();
     let policies = policy_dir(RULES);
     let tokens = tokens();
-    let tables = Tables::new(&["tk_rs_a", "tk_rs_b", "hd_rs", "tk_rs_c", "tk_rs_d"]).await;
+    let tables = Tables::new(&["tk_rs_a", "tk_rs_b", "hd_rs", "tk_rs_c", "tk_rs_d", "hd_rs_term"]).await;
     let state = dir.path().join("state");
 
     // First run: a ticket with two approvals, used once.
@@ -1340,14 +1409,42 @@ async fn tickets_approvals_and_holds_survive_a_restart_and_a_kill_9() {
         .unwrap();
     assert_eq!(a.ticket("CHG-800").await["uses"], 1);
     drop(c);
+    // A statement waiting on a hold when pgwarden is told to stop.
+    let (held, conn) = tokio_postgres::connect(&p.dsn(), tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    let conn = tokio::spawn(conn);
+    let hd_term = tables.name(5).to_owned();
+    let sql = format!("DROP TABLE {hd_term}");
+    let waiting = tokio::spawn(async move { held.batch_execute(&sql).await });
+    let term_hold = pending_hold(&a.url, a.secret("vera"), &hd_term).await["id"]
+        .as_u64()
+        .unwrap();
     assert!(state.join("pgwarden.db").exists());
     assert_eq!(p.stop().await, 0, "a graceful stop");
+    let r = within(BOUND, "the waiting client to hear", waiting)
+        .await
+        .unwrap();
+    assert!(r.is_err(), "the held statement did not run: {r:?}");
+    let _ = within(BOUND, "the connection to end", conn).await;
+    assert!(exists(&hd_term).await);
 
     // Second run, same store: everything is there and still works.
     let p = Serving::start(dir.path(), policies.path(), &tokens.file);
     let a = p.admin(&tokens);
     let t = a.ticket("CHG-800").await;
     assert_eq!(without_uses(&t), without_uses(&before), "after a restart");
+    // The hold whose session went away with the process is closed, for good.
+    let h = hold_reaches(&a.url, a.secret("vera"), term_hold, "withdrawn").await;
+    assert_eq!(h["closed_by"], "pgwarden", "{h}");
+    let (s, v) = a
+        .post(
+            Some("bob"),
+            &format!("/api/holds/{term_hold}/approve"),
+            json!({}),
+        )
+        .await;
+    assert_eq!(s, 409, "{v}");
     assert_eq!(t["uses"], 1);
     assert_eq!(t["approvals"].as_array().unwrap().len(), 2);
     let c = connect(&format!("{} options='-c pgwarden.ticket=CHG-800'", p.dsn())).await;
