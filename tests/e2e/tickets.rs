@@ -266,7 +266,10 @@ fn refused_by(e: &tokio_postgres::Error, rule: &str, why: &str) {
         db.message()
     );
     let detail = db.detail().unwrap_or_default();
-    assert!(detail.contains(why), "wanted {why:?} in the detail: {detail}");
+    assert!(
+        detail.contains(why),
+        "wanted {why:?} in the detail: {detail}"
+    );
 }
 
 /// The refusal of a statement under `ticket` that the ticket does not cover, for `reason`.
@@ -276,6 +279,16 @@ fn not_covered(e: &tokio_postgres::Error, rule: &str, ticket: &str, reason: &str
         rule,
         &format!("Ticket {ticket} was attached but does not cover this statement: {reason}."),
     );
+}
+
+/// Runs `sql` in `c`, which must fail; returns once the server has ended its batch.
+/// (tokio-postgres returns at the ErrorResponse; a SET sent before the ReadyForQuery behind
+/// it reaches pgwarden would be pipelined behind a failed batch, which pgwarden gets wrong:
+/// see `a_set_pipelined_behind_a_failed_batch_is_not_undone`.)
+async fn fails(c: &tokio_postgres::Client, sql: &str) -> tokio_postgres::Error {
+    let e = c.batch_execute(sql).await.expect_err(sql);
+    c.simple_query("SELECT 1").await.unwrap();
+    e
 }
 
 const NO_TICKET: &str = "No change ticket is attached.";
@@ -317,10 +330,7 @@ async fn set_ticket_lets_a_drop_run_reset_refuses_the_next_and_uses_are_counted(
 
     let c = connect(&fx.dsn(PG_USER)).await;
     // Nothing attached yet.
-    let e = c
-        .batch_execute(&format!("DROP TABLE {}", tables.name(0)))
-        .await
-        .unwrap_err();
+    let e = fails(&c, &format!("DROP TABLE {}", tables.name(0))).await;
     refused_by(&e, "test.tk-drop", NO_TICKET);
     assert!(exists(tables.name(0)).await);
 
@@ -350,10 +360,7 @@ async fn set_ticket_lets_a_drop_run_reset_refuses_the_next_and_uses_are_counted(
         .unwrap()
         .get(0);
     assert_eq!(shown, "");
-    let e = c
-        .batch_execute(&format!("DROP TABLE {}", tables.name(2)))
-        .await
-        .unwrap_err();
+    let e = fails(&c, &format!("DROP TABLE {}", tables.name(2))).await;
     refused_by(&e, "test.tk-drop", NO_TICKET);
     assert_eq!(
         e.as_db_error().unwrap().hint(),
@@ -453,10 +460,7 @@ async fn startup_options_attach_the_ticket_for_tokio_postgres_and_psql() {
         fx.dsn(PG_USER)
     ))
     .await;
-    let e = c
-        .batch_execute(&format!("DROP TABLE {}", t.name(0)))
-        .await
-        .unwrap_err();
+    let e = fails(&c, &format!("DROP TABLE {}", t.name(0))).await;
     not_covered(&e, "test.tk-drop", "CHG-nope", "there is no such ticket");
     assert!(exists(t.name(0)).await);
     fx.proxy.stop().await;
@@ -482,15 +486,15 @@ async fn a_comment_attaches_the_ticket_for_that_statement_only() {
     .unwrap();
     assert!(!exists(tables.name(0)).await);
     // The next statement has no ticket.
-    let e = c
-        .batch_execute(&format!("DROP TABLE {}", tables.name(1)))
-        .await
-        .unwrap_err();
+    let e = fails(&c, &format!("DROP TABLE {}", tables.name(1))).await;
     refused_by(&e, "test.tk-drop", NO_TICKET);
     assert!(exists(tables.name(1)).await);
     // Through the extended protocol as well.
     c.execute(
-        &format!("/* pgwarden:ticket=CHG-301 */ DROP TABLE {}", tables.name(1)) as &str,
+        &format!(
+            "/* pgwarden:ticket=CHG-301 */ DROP TABLE {}",
+            tables.name(1)
+        ) as &str,
         &[],
     )
     .await
@@ -509,10 +513,7 @@ async fn a_comment_attaches_the_ticket_for_that_statement_only() {
     .await
     .unwrap();
     assert!(!exists(tables.name(2)).await);
-    let e = c
-        .batch_execute(&format!("DROP TABLE {}", tables.name(3)))
-        .await
-        .unwrap_err();
+    let e = fails(&c, &format!("DROP TABLE {}", tables.name(3))).await;
     not_covered(&e, "test.tk-drop", "CHG-unknown", "there is no such ticket");
     assert!(exists(tables.name(3)).await);
     assert_eq!(a.ticket("CHG-301").await["uses"], 3);
@@ -533,7 +534,7 @@ async fn refused_under(
     c.batch_execute(&format!("SET pgwarden.ticket = '{ticket}'"))
         .await
         .unwrap();
-    let e = c.batch_execute(sql).await.unwrap_err();
+    let e = fails(&c, sql).await;
     not_covered(&e, rule, ticket, reason);
 }
 
@@ -712,17 +713,11 @@ async fn tickets_that_do_not_cover_are_refused_with_the_precise_reason() {
     // The same scopes cover what they name: the user root, the truncate rule and tag.
     let root = connect(&fx.dsn("root")).await;
     attach(&root, "CHG-user").await;
-    root.batch_execute(&format!("TRUNCATE {t1}"))
-        .await
-        .unwrap();
+    root.batch_execute(&format!("TRUNCATE {t1}")).await.unwrap();
     attach(&c, "CHG-rule").await;
-    c.batch_execute(&format!("TRUNCATE {t1}"))
-        .await
-        .unwrap();
+    c.batch_execute(&format!("TRUNCATE {t1}")).await.unwrap();
     attach(&c, "CHG-tag").await;
-    c.batch_execute(&format!("TRUNCATE {t1}"))
-        .await
-        .unwrap();
+    c.batch_execute(&format!("TRUNCATE {t1}")).await.unwrap();
     for id in ["CHG-user", "CHG-rule", "CHG-tag"] {
         assert_eq!(a.ticket(id).await["uses"], 1, "{id}");
     }
@@ -759,8 +754,8 @@ async fn a_ticket_past_its_valid_until_is_refused_as_expired() {
     let c = connect(&fx.dsn(PG_USER)).await;
     attach(&c, "CHG-brief").await;
     c.batch_execute(&format!("DROP TABLE {}", tables.name(0)))
-    .await
-    .unwrap_or_else(|e| panic!("still valid for seconds: {e:?}"));
+        .await
+        .unwrap_or_else(|e| panic!("still valid for seconds: {e:?}"));
     // The expiry task closes it once its time has passed.
     let t = eventually(BOUND, "the ticket to expire", || async {
         let t = a.ticket("CHG-brief").await;
@@ -768,10 +763,7 @@ async fn a_ticket_past_its_valid_until_is_refused_as_expired() {
     })
     .await;
     assert_eq!(t["uses"], 1);
-    let e = c
-        .batch_execute(&format!("DROP TABLE {}", tables.name(1)))
-        .await
-        .unwrap_err();
+    let e = fails(&c, &format!("DROP TABLE {}", tables.name(1))).await;
     not_covered(
         &e,
         "test.tk-drop",
@@ -853,7 +845,7 @@ async fn a_ticket_of_a_migration_files_statements_covers_those_statements_only()
     assert_eq!(n, 0);
     // Another statement on the same table is not.
     let other = format!("DELETE FROM {ta} WHERE id > 1");
-    let e = c.batch_execute(&other).await.unwrap_err();
+    let e = fails(&c, &other).await;
     not_covered(
         &e,
         "test.tk-delete",
@@ -862,7 +854,7 @@ async fn a_ticket_of_a_migration_files_statements_covers_those_statements_only()
     );
     // Nor the file's statement on another table.
     let other = format!("DROP TABLE {tc}");
-    let e = c.batch_execute(&other).await.unwrap_err();
+    let e = fails(&c, &other).await;
     not_covered(
         &e,
         "test.tk-drop",
@@ -951,9 +943,7 @@ async fn ticket_approvals_need_distinct_approvers_who_did_not_ask() {
     assert_eq!(s, 409);
     // Viewers and anonymous callers never approve.
     assert_eq!(a.approve("CHG-6", "vera").await.0, 403);
-    let (s, _) = a
-        .post(None, "/api/tickets/CHG-6/approve", json!({}))
-        .await;
+    let (s, _) = a.post(None, "/api/tickets/CHG-6/approve", json!({})).await;
     assert_eq!(s, 401);
     // A rejection must say why.
     let (s, _) = a
@@ -983,7 +973,10 @@ async fn ticket_approvals_need_distinct_approvers_who_did_not_ask() {
     let (s, v) = a.approve("CHG-6", "bob").await;
     assert_eq!(s, 409, "approving twice: {v}");
     assert!(
-        v["error"].as_str().unwrap().contains("approved this already"),
+        v["error"]
+            .as_str()
+            .unwrap()
+            .contains("approved this already"),
         "{v}"
     );
     assert_eq!(a.ticket("CHG-6").await["status"], "pending");
@@ -1060,7 +1053,11 @@ async fn ticket_approvals_need_distinct_approvers_who_did_not_ask() {
         .await;
     assert_eq!(code, 0, "{out}{err}");
     let t: Value = serde_json::from_str(&out).unwrap();
-    assert_eq!(t, a.ticket("CHG-6f").await, "--format json is the API's answer");
+    assert_eq!(
+        t,
+        a.ticket("CHG-6f").await,
+        "--format json is the API's answer"
+    );
     assert_eq!(t["approvals_required"], 2);
     assert_eq!(t["max_uses"], 3);
     assert_eq!(t["approver_groups"], json!(["dba"]));
@@ -1104,7 +1101,10 @@ async fn ticket_approvals_need_distinct_approvers_who_did_not_ask() {
         .unwrap_or_else(|| panic!("{text}"));
     let cells: Vec<&str> = row.split_whitespace().collect();
     assert_eq!(&cells[..3], ["CHG-6", "approved", "2/2"], "{row}");
-    assert!(row.contains("alice") && row.ends_with("two approvals"), "{row}");
+    assert!(
+        row.contains("alice") && row.ends_with("two approvals"),
+        "{row}"
+    );
     fx.proxy.stop().await;
 }
 
@@ -1114,7 +1114,15 @@ async fn ticket_approvals_need_distinct_approvers_who_did_not_ask() {
 async fn break_glass_lets_held_and_ticketed_statements_run_for_review_but_not_blocks() {
     let fx = fixture().await;
     let a = fx.admin();
-    let tables = Tables::new(&["tk_bg", "hd_bg", "bk_bg", "tk_bg_opt", "tk_bg_no", "hd_bg_no"]).await;
+    let tables = Tables::new(&[
+        "tk_bg",
+        "hd_bg",
+        "bk_bg",
+        "tk_bg_opt",
+        "tk_bg_no",
+        "hd_bg_no",
+    ])
+    .await;
     let (tk, hd, bk) = (tables.name(0), tables.name(1), tables.name(2));
 
     // root is named in [break_glass]: a ticketed and a held statement run at once.
@@ -1135,10 +1143,7 @@ async fn break_glass_lets_held_and_ticketed_statements_run_for_review_but_not_bl
     let holds = a.get("/api/holds").await;
     assert_eq!(holds, json!([]), "{holds}");
     // A block stays a block.
-    let e = root
-        .batch_execute(&format!("DROP TABLE {bk}"))
-        .await
-        .unwrap_err();
+    let e = fails(&root, &format!("DROP TABLE {bk}")).await;
     refused_by(&e, "test.bk-drop", "Refused by rule test.bk-drop (block)");
     assert!(exists(bk).await);
 
@@ -1185,7 +1190,8 @@ async fn break_glass_lets_held_and_ticketed_statements_run_for_review_but_not_bl
     assert!(out.starts_with("ID "), "{out}");
     for i in [&id, &id2] {
         assert!(
-            out.lines().any(|l| l.starts_with(&format!("{i} ")) && l.contains("root")),
+            out.lines()
+                .any(|l| l.starts_with(&format!("{i} ")) && l.contains("root")),
             "{out}"
         );
     }
@@ -1210,7 +1216,10 @@ async fn break_glass_lets_held_and_ticketed_statements_run_for_review_but_not_bl
     assert_eq!(ids, [id2.parse::<u64>().unwrap()], "{pending}");
     let (code, out, _) = a.cli("vera", &["reviews", "list"]).await;
     assert_eq!(code, 0);
-    assert!(!out.lines().any(|l| l.starts_with(&format!("{id} "))), "{out}");
+    assert!(
+        !out.lines().any(|l| l.starts_with(&format!("{id} "))),
+        "{out}"
+    );
     let reviewed = a.get("/api/reviews?status=reviewed").await;
     assert_eq!(reviewed[0]["id"].to_string(), id);
     assert_eq!(reviewed[0]["reviewed_by"], "bob");
@@ -1233,10 +1242,7 @@ async fn break_glass_lets_held_and_ticketed_statements_run_for_review_but_not_bl
     pg.batch_execute("SET pgwarden.break_glass = 'let me through'")
         .await
         .unwrap();
-    let e = pg
-        .batch_execute(&format!("DROP TABLE {}", tables.name(4)))
-        .await
-        .unwrap_err();
+    let e = fails(&pg, &format!("DROP TABLE {}", tables.name(4))).await;
     refused_by(&e, "test.tk-drop", NO_TICKET);
     assert!(exists(tables.name(4)).await);
     // Its held statement is held as anyone's; deny it to end the wait.
@@ -1254,7 +1260,10 @@ async fn break_glass_lets_held_and_ticketed_statements_run_for_review_but_not_bl
             .await;
         assert_eq!(s, 200, "{v}");
     };
-    let (r, ()) = within(BOUND, "the held statement", async { tokio::join!(drop, deny) }).await;
+    let (r, ()) = within(BOUND, "the held statement", async {
+        tokio::join!(drop, deny)
+    })
+    .await;
     let e = r.unwrap_err();
     assert_eq!(sqlstate(&e).as_deref(), Some("42501"));
     assert!(exists(&hd_no).await);
@@ -1388,7 +1397,15 @@ async fn tickets_approvals_and_holds_survive_a_restart_and_a_kill_9() {
     let dir = tempfile::tempdir().unwrap();
     let policies = policy_dir(RULES);
     let tokens = tokens();
-    let tables = Tables::new(&["tk_rs_a", "tk_rs_b", "hd_rs", "tk_rs_c", "tk_rs_d", "hd_rs_term"]).await;
+    let tables = Tables::new(&[
+        "tk_rs_a",
+        "tk_rs_b",
+        "hd_rs",
+        "tk_rs_c",
+        "tk_rs_d",
+        "hd_rs_term",
+    ])
+    .await;
     let state = dir.path().join("state");
 
     // First run: a ticket with two approvals, used once.
@@ -1515,7 +1532,6 @@ async fn tickets_approvals_and_holds_survive_a_restart_and_a_kill_9() {
     assert_eq!(p.stop().await, 0);
 }
 
-
 // ---- what a ticket lets through, counted and re-checked
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1528,10 +1544,7 @@ async fn sql_level_execute_is_checked_against_the_ticket_again() {
         .await;
     a.approved("CHG-900", "bob").await;
     let c = connect(&fx.dsn(PG_USER)).await;
-    let e = c
-        .batch_execute(&format!("PREPARE del AS DELETE FROM {t} WHERE id = $1"))
-        .await
-        .unwrap_err();
+    let e = fails(&c, &format!("PREPARE del AS DELETE FROM {t} WHERE id = $1")).await;
     refused_by(&e, "test.tk-delete", NO_TICKET);
     attach(&c, "CHG-900").await;
     c.batch_execute(&format!("PREPARE del AS DELETE FROM {t} WHERE id = $1"))
@@ -1547,7 +1560,7 @@ async fn sql_level_execute_is_checked_against_the_ticket_again() {
         )
         .await;
     assert_eq!(s, 200);
-    let e = c.batch_execute("EXECUTE del(2)").await.unwrap_err();
+    let e = fails(&c, "EXECUTE del(2)").await;
     not_covered(&e, "test.tk-delete", "CHG-900", "it was revoked");
     let n: i64 = direct()
         .await
@@ -1597,7 +1610,11 @@ async fn a_prepared_statement_is_not_run_under_a_revoked_or_used_up_ticket() {
     assert_eq!(s, 200);
     let e = c.execute(&del, &[&1i32]).await.unwrap_err();
     assert_eq!(sqlstate(&e).as_deref(), Some("42501"), "{e:?}");
-    assert_eq!(count(ta.to_owned()).await, 2, "nothing deleted after the revocation");
+    assert_eq!(
+        count(ta.to_owned()).await,
+        2,
+        "nothing deleted after the revocation"
+    );
 
     // One use allowed: the second execution is a second statement.
     a.create(
@@ -1650,14 +1667,15 @@ async fn max_uses_counts_every_statement_of_a_query_string() {
     .await;
     a.approved("CHG-921", "bob").await;
     attach(&c, "CHG-921").await;
-    let e = c
-        .batch_execute(&format!(
+    let e = fails(
+        &c,
+        &format!(
             "DROP TABLE {}; DROP TABLE {}",
             tables.name(2),
             tables.name(3)
-        ))
-        .await
-        .unwrap_err();
+        ),
+    )
+    .await;
     assert_eq!(sqlstate(&e).as_deref(), Some("42501"), "{e:?}");
     assert!(exists(tables.name(2)).await && exists(tables.name(3)).await);
     fx.proxy.stop().await;
@@ -1673,13 +1691,14 @@ async fn a_comment_in_one_statement_does_not_cover_the_next_in_the_same_string()
         .await;
     a.approved("CHG-930", "bob").await;
     let c = connect(&fx.dsn(PG_USER)).await;
-    let e = c
-        .batch_execute(&format!(
+    let e = fails(
+        &c,
+        &format!(
             "/* pgwarden:ticket=CHG-930 */ SELECT 1; DROP TABLE {}",
             tables.name(0)
-        ))
-        .await
-        .unwrap_err();
+        ),
+    )
+    .await;
     refused_by(&e, "test.tk-drop", NO_TICKET);
     assert!(exists(tables.name(0)).await);
     assert_eq!(a.ticket("CHG-930").await["uses"], 0);
@@ -1712,5 +1731,239 @@ async fn a_break_glass_review_names_every_rule_it_bypassed() {
         .collect();
     rules.sort();
     assert_eq!(rules, ["test.hd-drop", "test.tk-drop"], "{reviews}");
+    fx.proxy.stop().await;
+}
+
+// ---- the ticket and break-glass follow the server's settings
+
+async fn show(c: &tokio_postgres::Client, name: &str) -> String {
+    c.query_one(&format!("SHOW {name}") as &str, &[])
+        .await
+        .unwrap()
+        .get(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rollback_reset_all_and_discard_all_take_the_ticket_and_break_glass_away() {
+    let fx = fixture().await;
+    let a = fx.admin();
+    let tables = Tables::new(&["tk_rb_a", "tk_rb_b", "tk_rb_c", "tk_rb_d", "tk_rb_e"]).await;
+    a.create("alice", json!({"id": "CHG-940", "title": "t"}))
+        .await;
+    a.approved("CHG-940", "bob").await;
+    let c = connect(&fx.dsn(PG_USER)).await;
+
+    // A SET rolled back never happened.
+    c.batch_execute("BEGIN").await.unwrap();
+    attach(&c, "CHG-940").await;
+    c.batch_execute("ROLLBACK").await.unwrap();
+    assert_eq!(show(&c, "pgwarden.ticket").await, "");
+    let e = fails(&c, &format!("DROP TABLE {}", tables.name(0))).await;
+    refused_by(&e, "test.tk-drop", NO_TICKET);
+    // RESET ALL and DISCARD ALL reset it.
+    for reset in ["RESET ALL", "DISCARD ALL"] {
+        attach(&c, "CHG-940").await;
+        c.batch_execute(reset).await.unwrap();
+        assert_eq!(show(&c, "pgwarden.ticket").await, "", "{reset}");
+        let e = fails(&c, &format!("DROP TABLE {}", tables.name(0))).await;
+        refused_by(&e, "test.tk-drop", NO_TICKET);
+    }
+    assert!(exists(tables.name(0)).await);
+    assert_eq!(a.ticket("CHG-940").await["uses"], 0);
+
+    // Break-glass: rolled back, RESET, RESET ALL.
+    let root = connect(&fx.dsn("root")).await;
+    root.batch_execute("BEGIN; SET pgwarden.break_glass = 'oops'; ROLLBACK")
+        .await
+        .unwrap();
+    let e = fails(&root, &format!("DROP TABLE {}", tables.name(1))).await;
+    refused_by(&e, "test.tk-drop", NO_TICKET);
+    for reset in ["RESET pgwarden.break_glass", "RESET ALL"] {
+        root.batch_execute("SET pgwarden.break_glass = 'briefly'")
+            .await
+            .unwrap();
+        root.batch_execute(reset).await.unwrap();
+        assert_eq!(show(&root, "pgwarden.break_glass").await, "", "{reset}");
+        let e = fails(&root, &format!("DROP TABLE {}", tables.name(1))).await;
+        refused_by(&e, "test.tk-drop", NO_TICKET);
+    }
+    // An empty reason is none.
+    root.batch_execute("SET pgwarden.break_glass = '  '")
+        .await
+        .unwrap();
+    let e = fails(&root, &format!("DROP TABLE {}", tables.name(1))).await;
+    refused_by(&e, "test.tk-drop", NO_TICKET);
+    assert!(exists(tables.name(1)).await);
+    assert_eq!(a.get("/api/reviews?status=all").await, json!([]));
+    fx.proxy.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "BUG: SET LOCAL pgwarden.ticket outlives its transaction at pgwarden (the server has reset it)"]
+async fn set_local_ticket_ends_with_its_transaction() {
+    let fx = fixture().await;
+    let a = fx.admin();
+    let tables = Tables::new(&["tk_loc"]).await;
+    a.create("alice", json!({"id": "CHG-950", "title": "t"}))
+        .await;
+    a.approved("CHG-950", "bob").await;
+    let c = connect(&fx.dsn(PG_USER)).await;
+    c.batch_execute("BEGIN; SET LOCAL pgwarden.ticket = 'CHG-950'; COMMIT")
+        .await
+        .unwrap();
+    assert_eq!(show(&c, "pgwarden.ticket").await, "", "the server reset it");
+    let e = fails(&c, &format!("DROP TABLE {}", tables.name(0))).await;
+    refused_by(&e, "test.tk-drop", NO_TICKET);
+    assert!(exists(tables.name(0)).await);
+    fx.proxy.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "BUG: SET LOCAL pgwarden.break_glass outlives its transaction at pgwarden (the server has reset it)"]
+async fn set_local_break_glass_ends_with_its_transaction() {
+    let fx = fixture().await;
+    let a = fx.admin();
+    let tables = Tables::new(&["tk_bgloc"]).await;
+    let root = connect(&fx.dsn("root")).await;
+    root.batch_execute("BEGIN; SET LOCAL pgwarden.break_glass = 'one transaction'; COMMIT")
+        .await
+        .unwrap();
+    assert_eq!(show(&root, "pgwarden.break_glass").await, "");
+    let e = fails(&root, &format!("DROP TABLE {}", tables.name(0))).await;
+    refused_by(&e, "test.tk-drop", NO_TICKET);
+    assert!(exists(tables.name(0)).await);
+    assert_eq!(a.get("/api/reviews?status=all").await, json!([]));
+    fx.proxy.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "BUG: DISCARD ALL does not end break-glass at pgwarden (the server has reset it; a pooler's reset leaves the bypass on)"]
+async fn discard_all_ends_break_glass() {
+    let fx = fixture().await;
+    let a = fx.admin();
+    let tables = Tables::new(&["tk_bgdisc"]).await;
+    let root = connect(&fx.dsn("root")).await;
+    root.batch_execute("SET pgwarden.break_glass = 'previous client'")
+        .await
+        .unwrap();
+    root.batch_execute("DISCARD ALL").await.unwrap();
+    assert_eq!(show(&root, "pgwarden.break_glass").await, "");
+    let e = fails(&root, &format!("DROP TABLE {}", tables.name(0))).await;
+    refused_by(&e, "test.tk-drop", NO_TICKET);
+    assert!(exists(tables.name(0)).await);
+    assert_eq!(a.get("/api/reviews?status=all").await, json!([]));
+    fx.proxy.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_last_use_of_a_ticket_goes_to_one_session_only() {
+    let fx = fixture().await;
+    let a = fx.admin();
+    let tables = Tables::new(&["tk_race_a", "tk_race_b"]).await;
+    a.create(
+        "alice",
+        json!({"id": "CHG-960", "title": "t", "max_uses": 1}),
+    )
+    .await;
+    a.approved("CHG-960", "bob").await;
+    let dsn = format!("{} options='-c pgwarden.ticket=CHG-960'", fx.dsn(PG_USER));
+    let (c1, c2) = (connect(&dsn).await, connect(&dsn).await);
+    let (s1, s2) = (
+        format!("DROP TABLE {}", tables.name(0)),
+        format!("DROP TABLE {}", tables.name(1)),
+    );
+    let (r1, r2) = tokio::join!(c1.batch_execute(&s1), c2.batch_execute(&s2));
+    let (ok, err) = match (r1, r2) {
+        (Ok(()), Err(e)) => (tables.name(0), e),
+        (Err(e), Ok(())) => (tables.name(1), e),
+        other => panic!("exactly one may run: {other:?}"),
+    };
+    not_covered(
+        &err,
+        "test.tk-drop",
+        "CHG-960",
+        "it is used up (1 of 1 uses)",
+    );
+    assert!(!exists(ok).await);
+    assert_eq!(
+        exists(tables.name(0)).await as u8 + exists(tables.name(1)).await as u8,
+        1
+    );
+    assert_eq!(a.ticket("CHG-960").await["uses"], 1);
+    fx.proxy.stop().await;
+}
+
+// ---- settings pipelined behind a failed batch
+
+/// A raw session through the proxy as `user`, logged in.
+async fn raw_session(fx: &Fixture, user: &str) -> tokio::net::TcpStream {
+    let mut s = tokio::net::TcpStream::connect(fx.proxy.addr).await.unwrap();
+    crate::support::raw::login(&mut s, user, PG_DB).await;
+    s
+}
+
+/// Sends `queries` in one write and reads their answers up to the last ReadyForQuery:
+/// the SQLSTATE of each query's error, or `None` where it succeeded.
+async fn pipelined(s: &mut tokio::net::TcpStream, queries: &[&str]) -> Vec<Option<String>> {
+    use crate::support::raw::{query, read_msg};
+    use tokio::io::AsyncWriteExt;
+    let mut bytes = Vec::new();
+    for q in queries {
+        bytes.extend(query(q));
+    }
+    s.write_all(&bytes).await.unwrap();
+    let mut out = Vec::new();
+    let mut error = None;
+    while out.len() < queries.len() {
+        let m = within(BOUND, "an answer", read_msg(s))
+            .await
+            .expect("the session goes on");
+        match m.tag {
+            b'E' => error = m.sqlstate(),
+            b'Z' => out.push(error.take()),
+            _ => {}
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "BUG: a SET pgwarden.ticket pipelined behind a failed batch is undone when that batch's ReadyForQuery arrives"]
+async fn a_set_pipelined_behind_a_failed_batch_is_not_undone() {
+    let fx = fixture().await;
+    let a = fx.admin();
+    let tables = Tables::new(&["tk_pipe"]).await;
+    a.create("alice", json!({"id": "CHG-970", "title": "t"}))
+        .await;
+    a.approved("CHG-970", "bob").await;
+    let mut s = raw_session(&fx, PG_USER).await;
+    let drop = format!("DROP TABLE {}", tables.name(0));
+    // The DROP is refused (no ticket yet); the SET behind it succeeds on the server.
+    let r = pipelined(&mut s, &[&drop, "SET pgwarden.ticket = 'CHG-970'"]).await;
+    assert_eq!(r, [Some("42501".to_owned()), None]);
+    let r = pipelined(&mut s, &["SHOW pgwarden.ticket", &drop]).await;
+    assert_eq!(r, [None, None], "the ticket is attached: the DROP runs");
+    assert!(!exists(tables.name(0)).await);
+    fx.proxy.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "BUG: a RESET pgwarden.break_glass pipelined behind a failed batch is undone at pgwarden, so the bypass stays on"]
+async fn a_break_glass_reset_pipelined_behind_a_failed_batch_ends_it() {
+    let fx = fixture().await;
+    let a = fx.admin();
+    let tables = Tables::new(&["bk_pipe", "tk_pipe_bg"]).await;
+    let mut s = raw_session(&fx, "root").await;
+    let r = pipelined(&mut s, &["SET pgwarden.break_glass = 'incident'"]).await;
+    assert_eq!(r, [None]);
+    // The block is refused even under break-glass; the RESET behind it succeeds.
+    let block = format!("DROP TABLE {}", tables.name(0));
+    let r = pipelined(&mut s, &[&block, "RESET pgwarden.break_glass"]).await;
+    assert_eq!(r, [Some("42501".to_owned()), None]);
+    // Break-glass is off: the ticketed DROP is refused and nothing is listed for review.
+    let r = pipelined(&mut s, &[&format!("DROP TABLE {}", tables.name(1))]).await;
+    assert_eq!(r, [Some("42501".to_owned())]);
+    assert!(exists(tables.name(1)).await);
+    assert_eq!(a.get("/api/reviews?status=all").await, json!([]));
     fx.proxy.stop().await;
 }
