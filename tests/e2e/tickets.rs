@@ -534,7 +534,7 @@ async fn refused_under(
     c.batch_execute(&format!("SET pgwarden.ticket = '{ticket}'"))
         .await
         .unwrap();
-    let e = fails(&c, sql).await;
+    let e = fails(c, sql).await;
     not_covered(&e, rule, ticket, reason);
 }
 
