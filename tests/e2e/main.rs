@@ -16,4 +16,5 @@ mod lifecycle;
 mod protocol;
 mod reload;
 mod session_facts;
+mod tickets;
 mod tls;
