@@ -46,6 +46,13 @@ pub struct Ledger {
     prepared: HashMap<String, Arc<Inspection>>,
     /// `SET LOCAL lock_timeout` in the open transaction: set (non-zero) or not.
     local_lock_timeout: Option<bool>,
+    /// `SET LOCAL pgwarden.ticket` / `pgwarden.break_glass` in the open transaction.
+    local_ticket: Option<Option<String>>,
+    local_break_glass: Option<Option<String>>,
+    /// Forwarded statements that change settings, with the ReadyForQuery ending their
+    /// batch: kept until that batch's transaction ends, so that settings are confirmed or
+    /// undone batch by batch even when later batches are already queued behind it.
+    journal: VecDeque<(u64, Arc<Inspection>)>,
     /// The role from SET ROLE (None: no role set, statements run as the session user).
     role: Option<String>,
     /// `SET LOCAL ROLE` in the open transaction.
@@ -84,6 +91,9 @@ impl Ledger {
             break_glass: None,
             prepared: HashMap::new(),
             local_lock_timeout: None,
+            local_ticket: None,
+            local_break_glass: None,
+            journal: VecDeque::new(),
             role: None,
             local_role: None,
             local_search_path: false,
@@ -100,12 +110,18 @@ impl Ledger {
 
     /// The attached ticket (`SET pgwarden.ticket`, startup options).
     pub fn ticket(&self) -> Option<&str> {
-        self.ticket.as_deref()
+        match &self.local_ticket {
+            Some(t) => t.as_deref(),
+            None => self.ticket.as_deref(),
+        }
     }
 
     /// The break-glass reason the session set.
     pub fn break_glass(&self) -> Option<&str> {
-        self.break_glass.as_deref()
+        match &self.local_break_glass {
+            Some(b) => b.as_deref(),
+            None => self.break_glass.as_deref(),
+        }
     }
 
     /// The role SET ROLE chose (SET LOCAL ROLE first); none: the session user.
@@ -143,6 +159,32 @@ impl Ledger {
             ticket: self.ticket.clone(),
             break_glass: self.break_glass.clone(),
         }
+    }
+
+    fn has_local_settings(&self) -> bool {
+        self.local_lock_timeout.is_some()
+            || self.local_role.is_some()
+            || self.local_search_path_value.is_some()
+            || self.local_ticket.is_some()
+            || self.local_break_glass.is_some()
+    }
+
+    fn clear_local_settings(&mut self) {
+        self.local_lock_timeout = None;
+        self.local_role = None;
+        self.local_search_path_value = None;
+        self.local_ticket = None;
+        self.local_break_glass = None;
+    }
+
+    /// DISCARD ALL resets every setting (as RESET ALL does).
+    fn discard_settings(&mut self) {
+        self.ticket = None;
+        self.break_glass = None;
+        self.search_path_value = None;
+        self.lock_timeout_set = false;
+        self.role = None;
+        self.clear_local_settings();
     }
 
     fn restore(&mut self, s: Settings) {
@@ -199,13 +241,36 @@ impl Ledger {
     /// Session facts from a statement that was let through. Creations count only once their
     /// batch ends without an error ([`Gate::on_ready`]).
     pub fn remember(&mut self, ins: &Arc<Inspection>, batch_end: u64) {
+        if changes_settings(ins) {
+            self.journal.push_back((batch_end, ins.clone()));
+        }
+        self.apply(ins, batch_end, false);
+    }
+
+    /// What `ins` does to the session; `replay`: only its settings again (see
+    /// [`Self::on_ready`]), its creations and prepared statements were taken the first time.
+    fn apply(&mut self, ins: &Arc<Inspection>, batch_end: u64, replay: bool) {
         for (i, s) in ins.statements.iter().enumerate() {
             for (k, op) in s.ops.iter().enumerate() {
                 if let Some(set) = &op.set {
                     match set.name.as_str() {
-                        TICKET_SETTING => self.ticket = set.value.clone().filter(|v| !v.is_empty()),
+                        TICKET_SETTING => {
+                            let t = set.value.clone().filter(|v| !v.trim().is_empty());
+                            if set.local {
+                                self.local_ticket = Some(t);
+                            } else {
+                                self.ticket = t;
+                                self.local_ticket = None;
+                            }
+                        }
                         BREAK_GLASS_SETTING => {
-                            self.break_glass = set.value.clone().filter(|v| !v.trim().is_empty())
+                            let b = set.value.clone().filter(|v| !v.trim().is_empty());
+                            if set.local {
+                                self.local_break_glass = Some(b);
+                            } else {
+                                self.break_glass = b;
+                                self.local_break_glass = None;
+                            }
                         }
                         // SET LOCAL lasts until the transaction ends.
                         "lock_timeout" if set.local => {
@@ -248,15 +313,24 @@ impl Ledger {
                             self.local_role = None;
                         }
                         "all" if set.value.is_none() => {
-                            self.forget_unqualified();
-                            self.search_path_value = None;
-                            self.ticket = None;
-                            self.break_glass = None;
-                            self.lock_timeout_set = false;
-                            self.role = None;
+                            if !replay {
+                                self.forget_unqualified();
+                            }
+                            self.discard_settings();
                         }
                         _ => {}
                     }
+                }
+                if replay {
+                    // Settings only: a later ROLLBACK, RESET ALL or DISCARD ALL again.
+                    match op.tag.as_str() {
+                        t if t.starts_with("ROLLBACK") || t == "ABORT" => {
+                            self.restore(self.confirmed.clone());
+                        }
+                        "DISCARD" if discards_all(&s.text) => self.discard_settings(),
+                        _ => {}
+                    }
+                    continue;
                 }
                 match op.tag.as_str() {
                     // Not IF NOT EXISTS (it may have created nothing), not ON COMMIT DROP,
@@ -313,16 +387,8 @@ impl Ledger {
                         self.forget_created(&undone);
                     }
                     // DISCARD ALL resets settings and forgets prepared statements.
-                    "DISCARD"
-                        if s.text.split_whitespace().nth(1).is_some_and(|w| {
-                            w.trim_end_matches(';').eq_ignore_ascii_case("all")
-                        }) =>
-                    {
-                        self.ticket = None;
-                        self.break_glass = None;
-                        self.search_path_value = None;
-                        self.lock_timeout_set = false;
-                        self.role = None;
+                    "DISCARD" if discards_all(&s.text) => {
+                        self.discard_settings();
                         self.prepared.clear();
                         self.forget_unqualified();
                     }
@@ -355,18 +421,37 @@ impl Ledger {
     pub fn on_ready(&mut self, failed: bool, tx: TxStatus, ready: u64) {
         self.readies = ready;
         if tx == TxStatus::Idle {
-            // Settings changed since the last confirmed point stand if this batch (or the
-            // transaction it ended) committed, and are undone by the server otherwise.
+            // Settings changed by the batches this ReadyForQuery ends stand if the batch (or
+            // the transaction it ended) committed, and are undone by the server otherwise;
+            // SET LOCAL ends with the transaction. Batches already queued behind it keep
+            // theirs: their settings are applied again on top.
             let committed = !failed && !self.rolling_back && self.last_tx != TxStatus::Failed;
-            if committed {
-                self.confirmed = self.settings();
-            } else {
-                self.restore(self.confirmed.clone());
+            let mut done = Vec::new();
+            while let Some((n, ins)) = self.journal.pop_front() {
+                if n > ready {
+                    self.journal.push_front((n, ins));
+                    break;
+                }
+                done.push(ins);
             }
-            // SET LOCAL ends with the transaction.
-            self.local_lock_timeout = None;
-            self.local_role = None;
-            self.local_search_path_value = None;
+            if !committed || !self.journal.is_empty() || self.has_local_settings() {
+                self.restore(self.confirmed.clone());
+                if committed {
+                    for ins in &done {
+                        self.apply(ins, 0, true);
+                    }
+                    self.clear_local_settings();
+                    self.confirmed = self.settings();
+                }
+                self.clear_local_settings();
+                let queued: Vec<Arc<Inspection>> =
+                    self.journal.iter().map(|(_, i)| i.clone()).collect();
+                for ins in &queued {
+                    self.apply(ins, 0, true);
+                }
+            } else {
+                self.confirmed = self.settings();
+            }
             if std::mem::take(&mut self.local_search_path) {
                 self.forget_unqualified();
             }
@@ -416,6 +501,23 @@ fn nonzero_duration(v: &str) -> bool {
         .take_while(|c| c.is_ascii_digit() || *c == '.')
         .collect();
     digits.parse::<f64>().is_ok_and(|n| n > 0.0)
+}
+
+/// Does `ins` change a setting the ledger tracks (or undo them: ROLLBACK, DISCARD ALL)?
+fn changes_settings(ins: &Inspection) -> bool {
+    ins.statements.iter().flat_map(|s| &s.ops).any(|op| {
+        op.set.is_some()
+            || op.tag.starts_with("ROLLBACK")
+            || op.tag == "ABORT"
+            || op.tag == "DISCARD"
+    })
+}
+
+/// `DISCARD ALL` (not TEMP, PLANS or SEQUENCES).
+fn discards_all(text: &str) -> bool {
+    text.split_whitespace()
+        .nth(1)
+        .is_some_and(|w| w.trim_end_matches(';').eq_ignore_ascii_case("all"))
 }
 
 #[cfg(test)]

@@ -1799,7 +1799,6 @@ async fn rollback_reset_all_and_discard_all_take_the_ticket_and_break_glass_away
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "BUG: SET LOCAL pgwarden.ticket outlives its transaction at pgwarden (the server has reset it)"]
 async fn set_local_ticket_ends_with_its_transaction() {
     let fx = fixture().await;
     let a = fx.admin();
@@ -1819,7 +1818,6 @@ async fn set_local_ticket_ends_with_its_transaction() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "BUG: SET LOCAL pgwarden.break_glass outlives its transaction at pgwarden (the server has reset it)"]
 async fn set_local_break_glass_ends_with_its_transaction() {
     let fx = fixture().await;
     let a = fx.admin();
@@ -1837,7 +1835,6 @@ async fn set_local_break_glass_ends_with_its_transaction() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "BUG: DISCARD ALL does not end break-glass at pgwarden (the server has reset it; a pooler's reset leaves the bypass on)"]
 async fn discard_all_ends_break_glass() {
     let fx = fixture().await;
     let a = fx.admin();
@@ -1928,7 +1925,6 @@ async fn pipelined(s: &mut tokio::net::TcpStream, queries: &[&str]) -> Vec<Optio
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "BUG: a SET pgwarden.ticket pipelined behind a failed batch is undone when that batch's ReadyForQuery arrives"]
 async fn a_set_pipelined_behind_a_failed_batch_is_not_undone() {
     let fx = fixture().await;
     let a = fx.admin();
@@ -1948,7 +1944,6 @@ async fn a_set_pipelined_behind_a_failed_batch_is_not_undone() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "BUG: a RESET pgwarden.break_glass pipelined behind a failed batch is undone at pgwarden, so the bypass stays on"]
 async fn a_break_glass_reset_pipelined_behind_a_failed_batch_ends_it() {
     let fx = fixture().await;
     let a = fx.admin();

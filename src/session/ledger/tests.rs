@@ -202,3 +202,81 @@ fn prepared_statements_are_kept_for_execute_until_deallocated() {
     batch(&mut l, "DEALLOCATE ALL", 3, false, TxStatus::Idle);
     assert!(l.prepared("p").is_none());
 }
+
+#[test]
+fn a_set_queued_behind_a_failing_batch_survives_its_failure() {
+    let mut l = ledger();
+    // Pipelined: a batch that will fail (2), then a SET in its own batch (3).
+    l.remember(&ins("SELECT 1/0"), 2);
+    l.remember(&ins("SET pgwarden.ticket = 'CHG-9'"), 3);
+    l.on_ready(true, TxStatus::Idle, 2);
+    assert_eq!(
+        l.ticket(),
+        Some("CHG-9"),
+        "the failure was the earlier batch's"
+    );
+    l.on_ready(false, TxStatus::Idle, 3);
+    assert_eq!(l.ticket(), Some("CHG-9"));
+}
+
+#[test]
+fn a_reset_queued_behind_a_failing_batch_still_ends_break_glass() {
+    let mut l = ledger();
+    batch(
+        &mut l,
+        "SET pgwarden.break_glass = 'incident'",
+        2,
+        false,
+        TxStatus::Idle,
+    );
+    l.remember(&ins("DROP TABLE x"), 3);
+    l.remember(&ins("RESET pgwarden.break_glass"), 4);
+    l.on_ready(true, TxStatus::Idle, 3);
+    assert_eq!(l.break_glass(), None, "the RESET is already on its way");
+    l.on_ready(false, TxStatus::Idle, 4);
+    assert_eq!(l.break_glass(), None);
+}
+
+#[test]
+fn a_set_in_a_batch_that_fails_behind_a_good_one_is_undone() {
+    let mut l = ledger();
+    l.remember(&ins("SET pgwarden.ticket = 'CHG-1'"), 2);
+    l.remember(&ins("SET pgwarden.ticket = 'CHG-2'; SELECT 1/0"), 3);
+    l.on_ready(false, TxStatus::Idle, 2);
+    assert_eq!(
+        l.ticket(),
+        Some("CHG-2"),
+        "still in effect until its batch ends"
+    );
+    l.on_ready(true, TxStatus::Idle, 3);
+    assert_eq!(
+        l.ticket(),
+        Some("CHG-1"),
+        "the failed batch's SET is undone, the first stands"
+    );
+}
+
+#[test]
+fn set_local_ticket_and_break_glass_end_with_their_transaction() {
+    let mut l = ledger();
+    batch(
+        &mut l,
+        "SET pgwarden.ticket = 'CHG-1'",
+        2,
+        false,
+        TxStatus::Idle,
+    );
+    batch(&mut l, "BEGIN", 3, false, TxStatus::InBlock);
+    batch(
+        &mut l,
+        "SET LOCAL pgwarden.ticket = 'CHG-2'; SET LOCAL pgwarden.break_glass = 'why'",
+        4,
+        false,
+        TxStatus::InBlock,
+    );
+    assert_eq!(l.ticket(), Some("CHG-2"));
+    assert_eq!(l.break_glass(), Some("why"));
+    batch(&mut l, "COMMIT", 5, false, TxStatus::Idle);
+    assert_eq!(l.ticket(), Some("CHG-1"), "the session's ticket again");
+    assert_eq!(l.break_glass(), None);
+}
