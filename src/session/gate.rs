@@ -17,6 +17,7 @@ use crate::policy::{Decision, SessionContext};
 use crate::sql::{Inspection, ReadAs, Unparsed};
 use crate::wire::messages::{PgError, Severity};
 use crate::wire::read::TxStatus;
+use crate::wire::sqlstate::SqlState;
 use crate::workflow::cases::encoding_readable;
 use crate::workflow::{self, Route};
 
@@ -36,6 +37,11 @@ pub struct PolicyGate {
     supplied: HashMap<String, Answers>,
     /// What forwarded statements changed in the session (settings, creations, prepared).
     ledger: Ledger,
+    /// Prepared statements (extended protocol) let through by a ticket, an approval or
+    /// break-glass, and whether their one run is still unused.
+    once: HashMap<Vec<u8>, bool>,
+    /// The decision being made was let through by a ticket, an approval or break-glass.
+    once_only: bool,
 }
 
 impl PolicyGate {
@@ -53,6 +59,8 @@ impl PolicyGate {
             supplied: Default::default(),
             resumed: None,
             ledger,
+            once: HashMap::new(),
+            once_only: false,
         }
     }
 
@@ -184,6 +192,7 @@ impl PolicyGate {
             settled: true,
             pending_ready: 0,
             batch_end: 0,
+            parse_name: None,
         };
         for (name, value) in settings {
             let named = !name.is_empty()
@@ -285,10 +294,12 @@ impl PolicyGate {
                 Route::Forward {
                     ticket,
                     break_glass,
-                    ..
+                    hold,
                 },
                 _,
             ) => {
+                // Let through by a ticket, an approval or break-glass: once.
+                self.once_only = ticket.is_some() || break_glass || hold.is_some();
                 self.ledger.remember(&ins, view.batch_end);
                 self.emit_decision(&d, &ins, ticket, break_glass);
                 Verdict::Forward
@@ -435,12 +446,51 @@ impl Gate for PolicyGate {
     }
 
     fn check(&mut self, text: &[u8], view: &View<'_>) -> Verdict {
+        self.once_only = false;
         let v = self.check_text(text, view);
         if !matches!(v, Verdict::Wait(_)) && self.shared.catalog.is_some() {
             // Decided: answers fetched for it are not reused for a later text.
             self.supplied.clear();
         }
+        if let Some(name) = view.parse_name {
+            // A prepared statement a ticket, an approval or break-glass let through may run
+            // once: each further run asks again (Parse it again). Any other Parse of the
+            // name replaces it.
+            if matches!(v, Verdict::Forward) && self.once_only {
+                self.once.insert(name.to_vec(), true);
+            } else if !matches!(v, Verdict::Wait(_)) {
+                self.once.remove(name);
+            }
+        }
         v
+    }
+
+    fn check_bind(&mut self, statement: &[u8], _view: &View<'_>) -> Verdict {
+        match self.once.get_mut(statement) {
+            None => Verdict::Forward,
+            Some(unused) if *unused => {
+                *unused = false;
+                Verdict::Forward
+            }
+            Some(_) => {
+                let name = if statement.is_empty() {
+                    "the unnamed prepared statement".to_owned()
+                } else {
+                    format!(
+                        "prepared statement \"{}\"",
+                        String::from_utf8_lossy(statement)
+                    )
+                };
+                Verdict::Refuse(
+                    PgError::error(
+                        SqlState::INSUFFICIENT_PRIVILEGE,
+                        format!("pgwarden: {name} was let through for one run"),
+                    )
+                    .with_detail("It needed a change ticket, an approval or break-glass, which covers one run of it.")
+                    .with_hint("Prepare it again (Parse) to have it decided again."),
+                )
+            }
+        }
     }
 
     fn resume(&mut self, answer: Resumed) {

@@ -14,6 +14,8 @@ use crate::wire::read;
 const SYNTAX_ERROR: &str = "42601";
 /// The SQLSTATE PostgreSQL raises for a FunctionCall of OID 0.
 const UNDEFINED_FUNCTION: &str = "42883";
+/// What the server answers a Bind of a prepared statement that does not exist.
+const UNDEFINED_PSTATEMENT: &str = "26000";
 
 #[derive(Debug)]
 struct Pending {
@@ -46,6 +48,14 @@ impl Refusals {
     pub fn refuse(&mut self, error: PgError, batch_end: u64) -> String {
         let marker = marker();
         self.push(SYNTAX_ERROR, Some(marker.clone()), error, batch_end);
+        marker
+    }
+
+    /// Records a refused Bind and returns the name of the (nonexistent) prepared statement
+    /// its stand-in ([`bind_frame`]) binds.
+    pub fn refuse_bind(&mut self, error: PgError, batch_end: u64) -> String {
+        let marker = marker();
+        self.push(UNDEFINED_PSTATEMENT, Some(marker.clone()), error, batch_end);
         marker
     }
 
@@ -120,6 +130,19 @@ pub fn parse_frame(name: &[u8], text: &str) -> Vec<u8> {
     f
 }
 
+/// A Bind of portal `portal` to prepared statement `statement`, without parameters.
+pub fn bind_frame(portal: &[u8], statement: &str) -> Vec<u8> {
+    let len = 4 + portal.len() + 1 + statement.len() + 1 + 2 + 2 + 2;
+    let mut f = vec![b'B'];
+    f.extend_from_slice(&(len as u32).to_be_bytes());
+    f.extend_from_slice(portal);
+    f.push(0);
+    f.extend_from_slice(statement.as_bytes());
+    f.push(0);
+    f.extend_from_slice(&[0; 6]);
+    f
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -169,6 +192,8 @@ mod tests {
     fn frames_are_well_formed() {
         let q = query_frame("x");
         assert_eq!(q, b"Q\0\0\0\x06x\0");
+        let b = bind_frame(b"", "m");
+        assert_eq!(b, b"B\0\0\0\x0d\0m\0\0\0\0\0\0\0");
         let p = parse_frame(b"s1", "x");
         assert_eq!(p, b"P\0\0\0\x0bs1\0x\0\0\0");
     }

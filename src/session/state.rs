@@ -11,7 +11,7 @@
 use bytes::{Buf, BytesMut};
 
 pub use super::params::ServerParams;
-use super::refusal::{function_call_frame, parse_frame, query_frame, Refusals};
+use super::refusal::{bind_frame, function_call_frame, parse_frame, query_frame, Refusals};
 use super::verdict::{Gate, Verdict, View, Waiting};
 use crate::wire::frame::{parse_header, read_cstr, FrameError, Limits, HEADER_LEN};
 use crate::wire::messages::PgError;
@@ -216,20 +216,36 @@ impl SessionState {
         }
     }
 
-    /// Asks the gate about a Query, Parse or FunctionCall.
+    /// Asks the gate about a Query, Parse, Bind or FunctionCall.
     fn gate_frame(&mut self, tag: u8, body: &[u8], gate: &mut dyn Gate) -> Result<Gated, PgError> {
         if tag == b'F' {
             let oid = body
                 .get(..4)
                 .map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
                 .ok_or_else(|| protocol_violation("invalid FunctionCall message"))?;
-            let view = self.view();
+            let view = self.view(None);
             return Ok(match gate.check_function_call(oid, &view) {
                 Verdict::Forward => Gated::Forward,
                 Verdict::Wait(p) => Gated::Wait(p),
                 Verdict::Refuse(error) => {
                     self.refusals.refuse_function_call(error, self.batch_end());
                     Gated::StandIn(function_call_frame())
+                }
+            });
+        }
+        if tag == b'B' {
+            let mut pos = 0;
+            let portal = read_cstr(body, &mut pos)
+                .ok_or_else(|| protocol_violation("invalid Bind message"))?;
+            let statement = read_cstr(body, &mut pos)
+                .ok_or_else(|| protocol_violation("invalid Bind message"))?;
+            let view = self.view(None);
+            return Ok(match gate.check_bind(statement, &view) {
+                Verdict::Forward => Gated::Forward,
+                Verdict::Wait(p) => Gated::Wait(p),
+                Verdict::Refuse(error) => {
+                    let marker = self.refusals.refuse_bind(error, self.batch_end());
+                    Gated::StandIn(bind_frame(portal, &marker))
                 }
             });
         }
@@ -246,7 +262,7 @@ impl SessionState {
             }
             _ => return Ok(Gated::Forward),
         };
-        let view = self.view();
+        let view = self.view(name);
         match gate.check(text, &view) {
             Verdict::Forward => Ok(Gated::Forward),
             Verdict::Wait(p) => Ok(Gated::Wait(p)),
@@ -260,13 +276,14 @@ impl SessionState {
         }
     }
 
-    fn view(&self) -> View<'_> {
+    fn view<'a>(&'a self, parse_name: Option<&'a [u8]>) -> View<'a> {
         View {
             params: &self.params,
             tx: self.tx,
             settled: self.phase == Phase::Ready && self.pending_ready == 0 && !self.executed,
             pending_ready: self.pending_ready,
             batch_end: self.batch_end(),
+            parse_name,
         }
     }
 

@@ -37,11 +37,18 @@ pub struct View<'a> {
     /// The number (counted from the session's start, the session state's one count) of the
     /// ReadyForQuery that ends the batch this text belongs to.
     pub batch_end: u64,
+    /// For a Parse: the name of the prepared statement it defines (empty: the unnamed one).
+    pub parse_name: Option<&'a [u8]>,
 }
 
 /// Decides on the client messages that carry SQL before they are forwarded.
 pub trait Gate {
     fn check(&mut self, text: &[u8], view: &View<'_>) -> Verdict;
+
+    /// Decides on a Bind of prepared statement `statement` (empty: the unnamed one).
+    fn check_bind(&mut self, _statement: &[u8], _view: &View<'_>) -> Verdict {
+        Verdict::Forward
+    }
 
     /// Decides on a FunctionCall message (the fast-path protocol large objects use).
     fn check_function_call(&mut self, _oid: u32, _view: &View<'_>) -> Verdict {

@@ -46,6 +46,14 @@ impl PgError {
         }
     }
 
+    /// An ERROR: the statement fails, the session goes on.
+    pub fn error(code: SqlState, message: impl Into<String>) -> Self {
+        PgError {
+            severity: Severity::Error,
+            ..PgError::fatal(code, message)
+        }
+    }
+
     /// A NoticeResponse (SQLSTATE 00000, as PostgreSQL's own notices).
     pub fn notice(message: impl Into<String>) -> Self {
         PgError {

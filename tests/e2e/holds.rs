@@ -487,3 +487,65 @@ async fn holds_without_admin_tokens_file_still_list_nothing_without_auth() {
     assert_eq!(s, 200, "{v}");
     fx.proxy.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_approval_covers_one_run_of_a_prepared_statement() {
+    let fx = fixture(
+        r#"
+[[rule]]
+id = "test.hold-update"
+description = "Updates of held_* tables need an approval."
+action = "hold"
+message = "needs an approval"
+[rule.match]
+tags = ["UPDATE"]
+objects = ["*held_once*"]
+"#,
+    )
+    .await;
+    let t = unique("held_once");
+    direct()
+        .await
+        .batch_execute(&format!(
+            "CREATE TABLE {t} (id int, v int); INSERT INTO {t} VALUES (1, 0), (2, 0)"
+        ))
+        .await
+        .unwrap();
+    let client = connect(&fx.proxy.dsn(PG_USER, "test")).await;
+    let sql = format!("UPDATE {t} SET v = v + 1 WHERE id = $1");
+    let prepare = client.prepare(&sql);
+    let approve = async {
+        let id = fx.pending(&t).await;
+        let (s, v) = fx.approve(id, "bob").await;
+        assert_eq!(s, 200, "{v}");
+    };
+    let (stmt, ()) = tokio::join!(prepare, approve);
+    let stmt = stmt.unwrap();
+    assert_eq!(client.execute(&stmt, &[&1i32]).await.unwrap(), 1);
+    // A second run of the same prepared statement is not covered by the approval.
+    let e = client.execute(&stmt, &[&2i32]).await.unwrap_err();
+    assert_eq!(sqlstate(&e).as_deref(), Some("42501"), "{e:?}");
+    assert!(format!("{e:?}").contains("let through for one run"), "{e:?}");
+    // The session is still usable, and the row was not touched.
+    let v: i32 = direct()
+        .await
+        .query_one(&format!("SELECT v FROM {t} WHERE id = 2") as &str, &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(v, 0);
+    assert_eq!(
+        client
+            .query_one("SELECT 1", &[])
+            .await
+            .unwrap()
+            .get::<_, i32>(0),
+        1
+    );
+    direct()
+        .await
+        .batch_execute(&format!("DROP TABLE {t}"))
+        .await
+        .unwrap();
+    fx.proxy.stop().await;
+}

@@ -1574,7 +1574,6 @@ async fn sql_level_execute_is_checked_against_the_ticket_again() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "BUG: a ticket is checked at Parse only: a prepared statement keeps running after its ticket is revoked or used up"]
 async fn a_prepared_statement_is_not_run_under_a_revoked_or_used_up_ticket() {
     let fx = fixture().await;
     let a = fx.admin();
@@ -1600,6 +1599,8 @@ async fn a_prepared_statement_is_not_run_under_a_revoked_or_used_up_ticket() {
         .prepare(&format!("DELETE FROM {ta} WHERE id = $1"))
         .await
         .unwrap();
+    // The ticket's check at Parse covers one run.
+    c.execute(&del, &[&1i32]).await.unwrap();
     let (s, _) = a
         .post(
             Some("root"),
@@ -1608,11 +1609,18 @@ async fn a_prepared_statement_is_not_run_under_a_revoked_or_used_up_ticket() {
         )
         .await;
     assert_eq!(s, 200);
-    let e = c.execute(&del, &[&1i32]).await.unwrap_err();
+    let e = c.execute(&del, &[&2i32]).await.unwrap_err();
     assert_eq!(sqlstate(&e).as_deref(), Some("42501"), "{e:?}");
+    assert!(format!("{e:?}").contains("let through for one run"), "{e:?}");
+    // Prepared again, it is decided again: the ticket is revoked now.
+    let e = c
+        .prepare(&format!("DELETE FROM {ta} WHERE id = $1"))
+        .await
+        .unwrap_err();
+    assert!(format!("{e:?}").contains("it was revoked"), "{e:?}");
     assert_eq!(
         count(ta.to_owned()).await,
-        2,
+        1,
         "nothing deleted after the revocation"
     );
 
