@@ -315,6 +315,7 @@ impl PolicyGate {
                     &policy.environment,
                     &self.base.database,
                     &self.base.user,
+                    self.ledger.search_path(),
                 );
                 Verdict::Wait(waits::ticket(
                     a,

@@ -169,13 +169,16 @@ fn hold(d: &Decision, ins: &Inspection, s: Standing<'_>, note: Option<String>) -
 }
 
 /// What the statement shows a ticket: the require_ticket rules that matched and the tags,
-/// objects and fingerprints of the statements they matched.
+/// objects and fingerprints of the statements they matched. `search_path`: what the session
+/// set it to (none: the server's default, under which a ticket reads an unqualified name as
+/// `public.name`); unqualified names are then shown as that search_path reads them.
 pub fn showing(
     d: &Decision,
     ins: &Inspection,
     environment: &str,
     database: &str,
     user: &str,
+    search_path: Option<&str>,
 ) -> Shown {
     let needing: Vec<&crate::policy::RuleMatch> = d
         .matches
@@ -205,7 +208,8 @@ pub fn showing(
             s.tags.push(op.tag.clone());
         }
         for op in &st.ops {
-            s.objects.extend(op.objects.iter().cloned());
+            s.objects
+                .extend(op.objects.iter().map(|o| qualified(o, search_path)));
         }
         // A statement with no fingerprint matches no pinned statement.
         s.fingerprints.push(
@@ -214,6 +218,34 @@ pub fn showing(
         );
     }
     s
+}
+
+/// `name` as a ticket sees it under the session's `search_path`: unchanged when qualified or
+/// under the default path; qualified with the one schema a set path names; otherwise shown
+/// as `(search_path).name`, which only a scope naming any schema (`*.name`) covers.
+pub fn qualified(name: &str, search_path: Option<&str>) -> String {
+    let Some(path) = search_path else {
+        return name.to_owned();
+    };
+    if name.contains('.') {
+        return name.to_owned();
+    }
+    let schemas: Vec<String> = path
+        .split(',')
+        .map(|p| {
+            let p = p.trim();
+            match p.strip_prefix('"').and_then(|q| q.strip_suffix('"')) {
+                Some(q) => q.replace("\"\"", "\""),
+                None => p.to_ascii_lowercase(),
+            }
+        })
+        .filter(|p| !p.is_empty())
+        .collect();
+    match schemas.as_slice() {
+        [u, p] if u == "$user" && p == "public" => name.to_owned(),
+        [one] if one != "$user" && one != "pg_catalog" => format!("{one}.{name}"),
+        _ => format!("(search_path).{name}"),
+    }
 }
 
 /// The ticket named in a statement's `/* pgwarden:ticket=CHG-7 */` comment, which takes

@@ -71,6 +71,7 @@ pub fn offline(
                     &policy.environment,
                     &session.database,
                     &session.user,
+                    None,
                 );
                 let outcome = match attached.known.filter(|t| t.id == id) {
                     Some(t) => cover(t, &shown.presented(session.now))

@@ -436,3 +436,15 @@ fn explain_workflow_names_every_stage() {
     );
     assert!(!text.contains("Hold:"), "{text}");
 }
+
+#[test]
+fn unqualified_names_are_shown_as_the_sessions_search_path_reads_them() {
+    assert_eq!(qualified("orders", None), "orders");
+    assert_eq!(qualified("app.orders", Some("payroll")), "app.orders");
+    assert_eq!(qualified("orders", Some("payroll")), "payroll.orders");
+    assert_eq!(qualified("orders", Some("\"PayRoll\"")), "PayRoll.orders");
+    assert_eq!(qualified("orders", Some("PayRoll")), "payroll.orders");
+    assert_eq!(qualified("orders", Some("\"$user\", public")), "orders");
+    assert_eq!(qualified("orders", Some("payroll, public")), "(search_path).orders");
+    assert_eq!(qualified("orders", Some("$user")), "(search_path).orders");
+}
