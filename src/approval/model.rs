@@ -15,7 +15,8 @@ pub enum Role {
 }
 
 /// Who acts through the admin API: a token holder. `db_user` links the token to the
-/// database user its holder connects as, which is how self-approval is recognised.
+/// database user its holder connects as, which (with a token named like a database user)
+/// is how self-approval is recognised.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Actor {
     /// The token's name.
@@ -39,11 +40,24 @@ pub struct Requester {
 }
 
 impl Requester {
-    /// True when `actor` is this requester: the same token, or the same database user.
+    /// True when `actor` is this requester (`same_person`). For a hold (no token) that
+    /// is a token with the session's database user, or one named after it.
     pub fn is(&self, actor: &Actor) -> bool {
-        self.token.as_deref() == Some(actor.name.as_str())
-            || (self.db_user.is_some() && self.db_user == actor.db_user)
+        same_person(
+            (self.token.as_deref(), self.db_user.as_deref()),
+            (Some(actor.name.as_str()), actor.db_user.as_deref()),
+        )
     }
+}
+
+/// Whether two parties, each known by a token name and a database user (either may be
+/// missing), are one person: some name of one is a name of the other. A token named like a
+/// database user is that user's, so token `root` is database user `root` and the reverse.
+fn same_person(a: (Option<&str>, Option<&str>), b: (Option<&str>, Option<&str>)) -> bool {
+    let (a, b) = ([a.0, a.1], [b.0, b.1]);
+    a.iter()
+        .flatten()
+        .any(|x| b.iter().flatten().any(|y| x == y))
 }
 
 /// One approval given.
@@ -325,10 +339,12 @@ pub fn may_approve(
             actor.name
         )));
     }
-    if given
-        .iter()
-        .any(|a| a.by == actor.name || (a.db_user.is_some() && a.db_user == actor.db_user))
-    {
+    if given.iter().any(|a| {
+        same_person(
+            (Some(a.by.as_str()), a.db_user.as_deref()),
+            (Some(actor.name.as_str()), actor.db_user.as_deref()),
+        )
+    }) {
         return Err(Refused::Conflict(format!(
             "{} has approved this already; each approval must come from a distinct approver",
             actor.name

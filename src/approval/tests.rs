@@ -268,6 +268,72 @@ async fn self_approval_is_refused_by_token_and_by_database_user() {
     );
 }
 
+fn conflict(r: Result<impl std::fmt::Debug>) -> bool {
+    matches!(refused(r), Refused::Conflict(_))
+}
+
+#[tokio::test]
+async fn a_token_named_like_the_database_user_is_the_requester() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, _rx) = open(&dir);
+
+    // A hold of database user `root`: token `root` (no db_user) may not decide it.
+    let g = a.open_hold(new_hold("root", 2, HOUR)).await.unwrap();
+    let root = actor("root", Role::Admin, None);
+    assert!(conflict(a.approve_hold(g.id(), &root, None).await));
+    assert!(conflict(a.deny_hold(g.id(), &root, "no".into()).await));
+    // Nor a token with that db_user (as before).
+    let ops = actor("ops", Role::Approver, Some("root"));
+    assert!(conflict(a.approve_hold(g.id(), &ops, None).await));
+    // Distinct approvers: token `bob` and a token named after bob's database user are one.
+    let h = a.approve_hold(g.id(), &bob(), None).await.unwrap();
+    assert_eq!((h.status, h.approvals.len()), (HoldStatus::Pending, 1));
+    let bob_db = actor("bob_db", Role::Approver, None);
+    assert!(conflict(a.approve_hold(g.id(), &bob_db, None).await));
+    let h = a.approve_hold(g.id(), &carol(), None).await.unwrap();
+    assert_eq!(h.status, HoldStatus::Approved);
+
+    // A ticket of token alice (database user alice_db): the same token name, a token named
+    // alice_db, or a token with db_user alice_db is alice.
+    a.create_ticket(new_ticket("mine"), &alice()).await.unwrap();
+    let alice_admin = actor("alice", Role::Admin, Some("other_db"));
+    assert!(conflict(
+        a.approve_ticket("CHG-1", &alice_admin, None).await
+    ));
+    let alice_db = actor("alice_db", Role::Approver, None);
+    assert!(conflict(a.approve_ticket("CHG-1", &alice_db, None).await));
+    assert!(conflict(
+        a.reject_ticket("CHG-1", &alice_db, "no".into()).await
+    ));
+    let linked = actor("a2", Role::Approver, Some("alice_db"));
+    assert!(conflict(a.approve_ticket("CHG-1", &linked, None).await));
+    // A ticket of token `deploy` (no db_user): a token whose db_user is `deploy` is deploy.
+    let deploy = actor("deploy", Role::Approver, None);
+    a.create_ticket(new_ticket("ci"), &deploy).await.unwrap();
+    let as_deploy = actor("d2", Role::Approver, Some("deploy"));
+    assert!(conflict(a.approve_ticket("CHG-2", &as_deploy, None).await));
+    // Anyone else may.
+    let t = a.approve_ticket("CHG-1", &bob(), None).await.unwrap();
+    assert_eq!(t.status, TicketStatus::Approved);
+    let t = a.approve_ticket("CHG-2", &carol(), None).await.unwrap();
+    assert_eq!(t.status, TicketStatus::Approved);
+
+    // A break-glass use of database user alice_db: token alice_db may not review it.
+    let r = a
+        .record_break_glass(NewReview {
+            user: "alice_db".into(),
+            database: "shop".into(),
+            client_addr: None,
+            reason: "outage".into(),
+            sql: "DELETE FROM locks".into(),
+            rules: vec![],
+        })
+        .await
+        .unwrap();
+    assert!(conflict(a.mark_reviewed(r.id, &alice_db, None).await));
+    assert!(a.mark_reviewed(r.id, &carol(), None).await.is_ok());
+}
+
 #[tokio::test]
 async fn approver_groups_are_required_when_given() {
     let dir = tempfile::tempdir().unwrap();

@@ -1,7 +1,11 @@
 //! The admin API client the `holds`, `tickets` and `reviews` commands share: the URL and
 //! token flags, one request helper, and how outcomes become exit statuses (0 done, 1 the API
-//! refused and said why, 2 usage or connection errors). Also the small text table printer.
+//! refused and said why, 2 usage or connection errors). Also the small text table printer,
+//! and [`printable`], which every text output passes stored strings through: SQL, names and
+//! comments come from database clients and token holders, and must not drive the terminal.
 
+use std::borrow::Cow;
+use std::fmt::Write as _;
 use std::time::Duration;
 
 use serde::de::DeserializeOwned;
@@ -84,7 +88,7 @@ where
     match rt.block_on(f) {
         Ok(()) => EXIT_OK,
         Err(e) => {
-            eprintln!("pgwarden: {e}");
+            eprintln!("pgwarden: {}", printable(&e.to_string()));
             e.exit_code()
         }
     }
@@ -210,9 +214,40 @@ pub fn when(t: &jiff::Timestamp) -> String {
     t.strftime("%Y-%m-%d %H:%M:%SZ").to_string()
 }
 
-/// `s` on one line, at most `max` characters.
+/// `s` fit for a terminal: every control character (C0, newline and tab included; DEL; C1)
+/// and every Unicode bidirectional control (U+061C, U+200E, U+200F, U+202A–U+202E,
+/// U+2066–U+2069) written as a visible escape such as `\u{1b}`, so that stored text cannot
+/// move the cursor, recolour, hide, overwrite or reorder what the reader sees. Backslashes
+/// are left alone, so the output is not always reversible. Text with multi-line fields
+/// escapes each line.
+pub fn printable(s: &str) -> Cow<'_, str> {
+    if !s.chars().any(unprintable) {
+        return Cow::Borrowed(s);
+    }
+    let mut out = String::with_capacity(s.len() + 8);
+    for c in s.chars() {
+        if unprintable(c) {
+            let _ = write!(out, "\\u{{{:x}}}", c as u32);
+        } else {
+            out.push(c);
+        }
+    }
+    Cow::Owned(out)
+}
+
+fn unprintable(c: char) -> bool {
+    // `is_control`: general category Cc, which is U+0000–U+001F and U+007F–U+009F.
+    c.is_control()
+        || matches!(
+            c,
+            '\u{061c}' | '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}'
+        )
+}
+
+/// `s` on one line, at most `max` characters, [`printable`].
 pub fn one_line(s: &str, max: usize) -> String {
     let flat = s.split_whitespace().collect::<Vec<_>>().join(" ");
+    let flat = printable(&flat).into_owned();
     if flat.chars().count() <= max {
         flat
     } else {
@@ -222,10 +257,15 @@ pub fn one_line(s: &str, max: usize) -> String {
     }
 }
 
-/// Columns padded to their widest cell; the last column is not padded.
+/// Columns padded to their widest cell; the last column is not padded. Cells are made
+/// [`printable`] (a newline in one is escaped, so it cannot start a row of its own).
 pub fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
+    let rows: Vec<Vec<String>> = rows
+        .iter()
+        .map(|r| r.iter().map(|c| printable(c).into_owned()).collect())
+        .collect();
     let mut widths: Vec<usize> = headers.iter().map(|h| h.chars().count()).collect();
-    for r in rows {
+    for r in &rows {
         for (i, c) in r.iter().enumerate() {
             if let Some(w) = widths.get_mut(i) {
                 *w = (*w).max(c.chars().count());
@@ -246,7 +286,7 @@ pub fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
     };
     let mut out = line(headers.to_vec());
     out.push('\n');
-    for r in rows {
+    for r in &rows {
         out.push_str(&line(r.iter().map(String::as_str).collect()));
         out.push('\n');
     }
@@ -270,6 +310,40 @@ mod tests {
         assert_eq!(one_line("a\n  b\tc", 10), "a b c");
         assert_eq!(one_line("abcdefghijkl", 5), "abcd…");
         assert_eq!(segment("CHG-1/2 x"), "CHG-1%2F2%20x");
+    }
+
+    #[test]
+    fn control_and_bidi_characters_are_printed_escaped() {
+        assert!(matches!(
+            printable("DROP TABLE t; -- ok ü € \\n"),
+            Cow::Borrowed(_)
+        ));
+        assert_eq!(
+            printable("/*\x1b[8m*/ or id > 0 /*\x1b[0m*/"),
+            "/*\\u{1b}[8m*/ or id > 0 /*\\u{1b}[0m*/"
+        );
+        assert_eq!(printable("a\nb\tc\rd\0e"), "a\\u{a}b\\u{9}c\\u{d}d\\u{0}e");
+        assert_eq!(
+            printable("\x7f\u{80}\u{9b}\u{9f}"),
+            "\\u{7f}\\u{80}\\u{9b}\\u{9f}"
+        );
+        assert_eq!(
+            printable("x\u{202e}y\u{2066}\u{2069}\u{200e}\u{200f}\u{61c}\u{202a}"),
+            "x\\u{202e}y\\u{2066}\\u{2069}\\u{200e}\\u{200f}\\u{61c}\\u{202a}"
+        );
+        // Neighbours of the ranges are ordinary text.
+        assert!(matches!(
+            printable("\u{a0}\u{2029}\u{2065}\u{206a}"),
+            Cow::Borrowed(_)
+        ));
+        // Escaping twice changes nothing.
+        let once = printable("\x1b[2J").into_owned();
+        assert_eq!(printable(&once), once);
+        // Tables and one-line cells are escaped before they are measured and cut.
+        assert_eq!(one_line("a\x1b[8m b", 20), "a\\u{1b}[8m b");
+        assert_eq!(one_line("\x1b\x1b", 6), "\\u{1b…");
+        let t = table(&["A", "B"], &[vec!["x\ny".into(), "\u{202e}z".into()]]);
+        assert_eq!(t, "A        B\nx\\u{a}y  \\u{202e}z\n");
     }
 
     #[test]

@@ -1,10 +1,12 @@
 //! `pgwarden holds [list] [--status S] | show ID | approve ID [--comment T] | deny ID
 //! --reason T | revoke ID [--reason T]`: what is waiting, and the approver's answer.
+//! Text output shows stored strings [`printable`]; `--format json` is the API's verbatim.
 
 use serde_json::json;
 
 use super::client::{
-    one_line, run_command, table, when, AdminClient, Answer, CliError, ClientArgs, OutputFormat,
+    one_line, printable, run_command, table, when, AdminClient, Answer, CliError, ClientArgs,
+    OutputFormat,
 };
 use crate::approval::model::Hold;
 
@@ -105,11 +107,16 @@ pub async fn holds(args: HoldsArgs) -> Result<(), CliError> {
     Ok(())
 }
 
-/// Prints the API's JSON verbatim, or the text `render` makes.
+/// Prints the API's JSON verbatim, or the text `render` makes: each of its lines
+/// [`printable`] once more, in case a field was missed.
 pub(super) fn print<T>(format: OutputFormat, a: &Answer<T>, render: impl FnOnce() -> String) {
     match format {
         OutputFormat::Json => println!("{}", a.text.trim_end()),
-        OutputFormat::Text => print!("{}", render()),
+        OutputFormat::Text => {
+            let text = render();
+            let lines: Vec<_> = text.split('\n').map(printable).collect();
+            print!("{}", lines.join("\n"));
+        }
     }
 }
 
@@ -160,12 +167,12 @@ pub fn list(holds: &[Hold]) -> String {
     )
 }
 
-/// One hold in full.
+/// One hold in full; every stored string [`printable`], the SQL line by line.
 pub fn show(h: &Hold) -> String {
     let mut s = String::new();
     let mut field = |k: &str, v: &str| {
         if !v.is_empty() {
-            s.push_str(&format!("{k:<12} {v}\n"));
+            s.push_str(&format!("{k:<12} {}\n", printable(v)));
         }
     };
     field("hold", &h.id.to_string());
@@ -188,25 +195,29 @@ pub fn show(h: &Hold) -> String {
     field("closed by", h.closed_by.as_deref().unwrap_or(""));
     field("reason", h.reason.as_deref().unwrap_or(""));
     for r in &h.rules {
-        s.push_str(&format!("rule         {}: {}\n", r.id, r.message));
+        s.push_str(&format!(
+            "rule         {}: {}\n",
+            printable(&r.id),
+            printable(&r.message)
+        ));
         if let Some(hint) = &r.hint {
-            s.push_str(&format!("             hint: {hint}\n"));
+            s.push_str(&format!("             hint: {}\n", printable(hint)));
         }
     }
     for a in &h.approvals {
         s.push_str(&format!(
             "approved by  {} at {}{}\n",
-            a.by,
+            printable(&a.by),
             when(&a.at),
             a.comment
                 .as_deref()
-                .map(|c| format!(": {c}"))
+                .map(|c| format!(": {}", printable(c)))
                 .unwrap_or_default()
         ));
     }
     s.push_str("sql:\n");
     for line in h.sql.lines() {
-        s.push_str(&format!("  {line}\n"));
+        s.push_str(&format!("  {}\n", printable(line)));
     }
     s
 }

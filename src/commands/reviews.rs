@@ -1,10 +1,11 @@
 //! `pgwarden reviews [list] [--all]` and `pgwarden reviews mark ID [--comment T]`: the
-//! statements break-glass let through, until an approver has looked at each.
+//! statements break-glass let through, until an approver has looked at each. Text output
+//! shows stored strings [`printable`]; `--format json` is the API's verbatim.
 
 use serde_json::json;
 
 use super::client::{
-    one_line, run_command, table, when, AdminClient, Answer, CliError, ClientArgs,
+    one_line, printable, run_command, table, when, AdminClient, Answer, CliError, ClientArgs,
 };
 use super::holds::print;
 use crate::approval::model::Review;
@@ -67,7 +68,7 @@ pub async fn reviews(args: ReviewsArgs) -> Result<(), CliError> {
                 format!(
                     "review {}: reviewed by {}\n",
                     a.value.id,
-                    a.value.reviewed_by.as_deref().unwrap_or("?")
+                    printable(a.value.reviewed_by.as_deref().unwrap_or("?"))
                 )
             });
         }

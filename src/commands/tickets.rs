@@ -1,6 +1,7 @@
 //! `pgwarden tickets list | show ID | create ID --title T ... | approve ID | reject ID
 //! --reason T | revoke ID --reason T`. `create --statements FILE` pins the ticket to the
 //! exact statements of a migration file by their fingerprints ([`crate::sql::fingerprint`]).
+//! Text output shows stored strings [`printable`]; `--format json` is the API's verbatim.
 
 use std::io::Read;
 use std::time::Duration;
@@ -8,7 +9,8 @@ use std::time::Duration;
 use serde_json::json;
 
 use super::client::{
-    one_line, run_command, segment, table, when, AdminClient, Answer, CliError, ClientArgs,
+    one_line, printable, run_command, segment, table, when, AdminClient, Answer, CliError,
+    ClientArgs,
 };
 use super::holds::print;
 use crate::approval::model::{NewTicket, Scope, Ticket};
@@ -269,11 +271,12 @@ pub fn list(tickets: &[Ticket]) -> String {
     )
 }
 
+/// One ticket in full; every stored string [`printable`].
 pub fn show(t: &Ticket) -> String {
     let mut s = String::new();
     let mut field = |k: &str, v: &str| {
         if !v.is_empty() {
-            s.push_str(&format!("{k:<14} {v}\n"));
+            s.push_str(&format!("{k:<14} {}\n", printable(v)));
         }
     };
     field("ticket", &t.id);
@@ -310,11 +313,11 @@ pub fn show(t: &Ticket) -> String {
     for a in &t.approvals {
         s.push_str(&format!(
             "approved by    {} at {}{}\n",
-            a.by,
+            printable(&a.by),
             when(&a.at),
             a.comment
                 .as_deref()
-                .map(|c| format!(": {c}"))
+                .map(|c| format!(": {}", printable(c)))
                 .unwrap_or_default()
         ));
     }

@@ -10,8 +10,18 @@
 //! (`RANGEVAR_PG17_COMPAT`: `a.t` is not `b.t`; aliases are ignored). Literal values are
 //! left out on purpose: a ticket for `UPDATE t SET x = $1 WHERE id = $2` covers the statement
 //! with any values, which is what a migration that is re-run or parameterised needs.
+//!
+//! Except where the code is a string constant: libpg_query's fingerprint leaves out all of a
+//! `DO` block's arguments and all of a `CREATE FUNCTION`/`PROCEDURE`'s options, so the body
+//! (`AS $$ ... $$`) and `LANGUAGE`, `SECURITY DEFINER`, `SET ...` would not count and a ticket
+//! for one body would cover any other. For those statements the fingerprint is followed by
+//! `-` and 16 hex digits of the SHA-256 of the statement as PostgreSQL's deparser writes it
+//! (body, options and any SQL-standard body included, literal values too; comments and layout
+//! outside the body left out), or, when deparsing fails, of the statement text as written.
 
-use pg_query::{FingerprintOptions, ParserOptions};
+use pg_query::protobuf::node::Node as N;
+use pg_query::{DeparseOptions, FingerprintOptions, ParserOptions};
+use sha2::{Digest, Sha256};
 
 use super::ReadAs;
 
@@ -39,9 +49,51 @@ fn parser(read_as: ReadAs) -> ParserOptions {
 /// The fingerprint of one statement (text holding several gives one fingerprint of them all,
 /// so callers split first: see [`fingerprints`]).
 pub fn fingerprint(statement: &str, read_as: ReadAs) -> Result<String, FingerprintError> {
-    pg_query::fingerprint(statement, parser(read_as), options())
+    let tree = pg_query::fingerprint(statement, parser(read_as), options())
         .map(|f| format!("{:016x}", f.value))
-        .map_err(|e| FingerprintError::Parse(e.to_string()))
+        .map_err(|e| FingerprintError::Parse(e.to_string()))?;
+    Ok(match code_digest(statement, read_as)? {
+        Some(code) => format!("{tree}-{code}"),
+        None => tree,
+    })
+}
+
+/// For a text holding a `DO` block or a `CREATE FUNCTION`/`PROCEDURE` (whose code the tree
+/// fingerprint leaves out): 16 hex digits of the SHA-256 of each such statement deparsed.
+/// `None` for every other text.
+fn code_digest(statement: &str, read_as: ReadAs) -> Result<Option<String>, FingerprintError> {
+    let parsed = pg_query::parse(statement, parser(read_as))
+        .map_err(|e| FingerprintError::Parse(e.to_string()))?;
+    let mut hash = Sha256::new();
+    let mut any = false;
+    for raw in &parsed.protobuf.stmts {
+        let Some(node) = raw.stmt.as_deref().and_then(|n| n.node.as_ref()) else {
+            continue;
+        };
+        if !matches!(node, N::DoStmt(_) | N::CreateFunctionStmt(_)) {
+            continue;
+        }
+        any = true;
+        let text = match node.deparse(DeparseOptions::default()) {
+            Ok(sql) => format!("deparsed:{sql}"),
+            Err(_) => format!("text:{}", statement_text(statement, raw).trim()),
+        };
+        // Length-prefixed, so that where one statement ends is part of what is hashed.
+        hash.update((text.len() as u64).to_le_bytes());
+        hash.update(text.as_bytes());
+    }
+    Ok(any.then(|| hex::encode(&hash.finalize()[..8])))
+}
+
+/// The text of one parsed statement (`stmt_len` 0: to the end).
+fn statement_text<'a>(text: &'a str, raw: &pg_query::protobuf::RawStmt) -> &'a str {
+    let start = raw.stmt_location.max(0) as usize;
+    let end = if raw.stmt_len == 0 {
+        text.len()
+    } else {
+        (start + raw.stmt_len as usize).min(text.len())
+    };
+    text.get(start..end).unwrap_or("")
 }
 
 /// Splits `text` into statements with PostgreSQL's grammar and fingerprints each, in order.
@@ -65,14 +117,7 @@ pub fn fingerprints(text: &str, read_as: ReadAs) -> Result<Vec<String>, Fingerpr
         .map_err(|e| FingerprintError::Parse(e.to_string()))?;
     let mut out = Vec::new();
     for raw in &parsed.protobuf.stmts {
-        let start = raw.stmt_location.max(0) as usize;
-        let end = if raw.stmt_len == 0 {
-            text.len()
-        } else {
-            (start + raw.stmt_len as usize).min(text.len())
-        };
-        let part = text.get(start..end).unwrap_or("");
-        out.push(fingerprint(part, read_as)?);
+        out.push(fingerprint(statement_text(text, raw), read_as)?);
     }
     if out.is_empty() {
         return Err(FingerprintError::Empty);
@@ -123,5 +168,120 @@ mod tests {
             fingerprints("CREATE TABLE (", ReadAs::default()),
             Err(FingerprintError::Parse(_))
         ));
+    }
+
+    #[test]
+    fn a_do_body_counts_exactly() {
+        let hi = "DO $$BEGIN RAISE NOTICE 'hi'; END$$";
+        assert_eq!(
+            fp(hi),
+            fp("do  $$BEGIN RAISE NOTICE 'hi'; END$$ -- again\n;")
+        );
+        assert_eq!(
+            fp(hi),
+            fp("/* again */ DO $$BEGIN RAISE NOTICE 'hi'; END$$")
+        );
+        // The body's value counts, not its quoting.
+        assert_eq!(fp(hi), fp("DO 'BEGIN RAISE NOTICE ''hi''; END'"));
+        assert_ne!(fp(hi), fp("DO $$BEGIN DROP TABLE victim; END$$"));
+        assert_ne!(fp(hi), fp("DO $$BEGIN RAISE NOTICE 'ho'; END$$"));
+        assert_ne!(fp(hi), fp("DO $$BEGIN RAISE NOTICE 'hi';  END$$"));
+        assert_ne!(
+            fp(hi),
+            fp("DO LANGUAGE plperl $$BEGIN RAISE NOTICE 'hi'; END$$")
+        );
+        // A tree fingerprint, `-`, and the body's digest.
+        let (tree, code) = fp(hi)
+            .split_once('-')
+            .map(|(a, b)| (a.to_owned(), b.to_owned()))
+            .unwrap();
+        assert_eq!((tree.len(), code.len()), (16, 16));
+    }
+
+    #[test]
+    fn a_function_body_and_options_count_exactly() {
+        let f =
+            "CREATE FUNCTION f(a int) RETURNS int LANGUAGE plpgsql AS $$BEGIN RETURN a + 1; END$$";
+        assert_eq!(
+            fp(f),
+            fp("create function f(a int)\n returns int -- plus one\n language plpgsql\n as $$BEGIN RETURN a + 1; END$$;")
+        );
+        assert_ne!(
+            fp(f),
+            fp("CREATE FUNCTION f(a int) RETURNS int LANGUAGE plpgsql AS $$BEGIN DROP TABLE victim; RETURN a; END$$")
+        );
+        assert_ne!(
+            fp(f),
+            fp("CREATE FUNCTION f(a int) RETURNS int LANGUAGE plpgsql SECURITY DEFINER AS $$BEGIN RETURN a + 1; END$$")
+        );
+        assert_ne!(
+            fp(f),
+            fp("CREATE FUNCTION f(a int) RETURNS int LANGUAGE plpgsql SET search_path = evil AS $$BEGIN RETURN a + 1; END$$")
+        );
+        let p = "CREATE PROCEDURE p() LANGUAGE sql AS $$DELETE FROM t WHERE id = 1$$";
+        assert_eq!(
+            fp(p),
+            fp("create procedure p() language sql as 'DELETE FROM t WHERE id = 1'")
+        );
+        assert_ne!(
+            fp(p),
+            fp("CREATE PROCEDURE p() LANGUAGE sql AS $$DELETE FROM t$$")
+        );
+        // A SQL-standard body counts with its literal values.
+        let s = "CREATE FUNCTION g() RETURNS int LANGUAGE sql RETURN 1";
+        assert_eq!(
+            fp(s),
+            fp("create function g() returns int language sql\n  return 1;")
+        );
+        assert_ne!(
+            fp(s),
+            fp("CREATE FUNCTION g() RETURNS int LANGUAGE sql RETURN 2")
+        );
+        let s = "CREATE PROCEDURE q() BEGIN ATOMIC DELETE FROM t WHERE id = 1; END";
+        assert_ne!(
+            fp(s),
+            fp("CREATE PROCEDURE q() BEGIN ATOMIC DELETE FROM t WHERE id > 1; END")
+        );
+        assert_ne!(
+            fp(s),
+            fp("CREATE PROCEDURE q() BEGIN ATOMIC DELETE FROM t WHERE id = 2; END")
+        );
+    }
+
+    #[test]
+    fn other_statements_keep_the_tree_fingerprint() {
+        // What libpg_query gives, unchanged: no digest, literal values left out.
+        let u = "UPDATE t SET x = 1 WHERE id = 7";
+        let tree = pg_query::fingerprint(u, ParserOptions::DEFAULT, options()).unwrap();
+        assert_eq!(fp(u), format!("{:016x}", tree.value));
+        assert_eq!(fp(u), fp("UPDATE t SET x = 'other' WHERE id = 8"));
+        assert!(!fp("ALTER FUNCTION f(int) OWNER TO admin").contains('-'));
+        assert!(!fp("CALL p(1)").contains('-'));
+    }
+
+    #[test]
+    fn a_migration_file_pins_its_bodies() {
+        let text = "CREATE TABLE a (id int);\nDO $$BEGIN RAISE NOTICE 'hi'; END$$;\n\
+                    CREATE FUNCTION f() RETURNS int LANGUAGE sql AS 'SELECT 1';\n";
+        let all = fingerprints(text, ReadAs::default()).unwrap();
+        assert_eq!(all[1], fp("DO $$BEGIN RAISE NOTICE 'hi'; END$$"));
+        assert_eq!(
+            all[2],
+            fp("CREATE FUNCTION f() RETURNS int LANGUAGE sql AS 'SELECT 1'")
+        );
+        // The proxy fingerprints each statement's text as inspection cut it.
+        let seen: Vec<String> = crate::sql::inspect(text, ReadAs::default())
+            .statements
+            .iter()
+            .map(|st| fp(&st.text))
+            .collect();
+        assert_eq!(seen, all);
+        let legacy = ReadAs {
+            standard_conforming_strings: false,
+        };
+        assert_eq!(fingerprints(text, legacy).unwrap(), all);
+        // With standard_conforming_strings off a backslash escapes: another body.
+        let esc = "DO 'BEGIN RAISE NOTICE ''a\\\\b''; END'";
+        assert_ne!(fingerprint(esc, legacy).unwrap(), fp(esc));
     }
 }

@@ -1,4 +1,5 @@
-//! The CLI clients (`holds`, `tickets`) against the router served on port 0.
+//! The CLI clients (`holds`, `tickets`) against the router served on port 0, and what
+//! their text output makes of terminal control characters in stored strings.
 
 use super::*;
 use crate::commands::client::{CliError, ClientArgs, OutputFormat};
@@ -157,4 +158,84 @@ async fn holds_list_shows_what_waits() {
     .await
     .unwrap_err();
     assert_eq!(err.exit_code(), crate::commands::EXIT_ERROR);
+}
+
+#[tokio::test]
+async fn text_output_escapes_terminal_controls_in_stored_strings() {
+    let f = fixture();
+    // SQL whose comments would hide `or id > 0` from the approver's terminal.
+    let sql = "DELETE FROM orders WHERE id = 1 /*\x1b[8m*/ or id > 0 /*\x1b[0m*/";
+    let _g = f
+        .state
+        .approvals()
+        .open_hold(NewHold {
+            sql: sql.into(),
+            application_name: "psql\x1b]0;hi\x07".into(),
+            ..new_hold("carol")
+        })
+        .await
+        .unwrap();
+    let shutdown = CancellationToken::new();
+    let (addr, task) = spawn_server(&f, None, shutdown.clone()).await;
+    // A ticket titled with an escape sequence and a bidi override, made by the CLI.
+    tickets::tickets(tickets::TicketsArgs {
+        command: Some(tickets::TicketsCommand::Create(Box::new(
+            tickets::CreateArgs {
+                id: "CHG-9".into(),
+                title: "fix \x1b[2Jorders\u{202e}".into(),
+                approvals: None,
+                approver_groups: vec![],
+                valid_from: None,
+                valid_until: None,
+                valid_for: None,
+                max_uses: None,
+                environments: vec![],
+                databases: vec![],
+                users: vec![],
+                rules: vec![],
+                tags: vec![],
+                objects: vec![],
+                statements: None,
+            },
+        ))),
+        client: client(addr, &f.approver),
+    })
+    .await
+    .unwrap();
+
+    let c = crate::commands::client::AdminClient::new(&client(addr, &f.viewer)).unwrap();
+    let holds: crate::commands::client::Answer<Vec<crate::approval::model::Hold>> =
+        c.get("/api/holds?status=pending").await.unwrap();
+    // The JSON (what --format json prints) keeps the stored text.
+    assert_eq!(holds.value[0].sql, sql);
+    assert!(holds.text.contains("\\u001b[8m"), "{}", holds.text);
+    let tickets: crate::commands::client::Answer<Vec<crate::approval::model::Ticket>> =
+        c.get("/api/tickets").await.unwrap();
+    let texts = [
+        holds::list(&holds.value),
+        holds::show(&holds.value[0]),
+        tickets::list(&tickets.value),
+        tickets::show(&tickets.value[0]),
+    ];
+    for t in &texts {
+        assert!(
+            !t.chars()
+                .any(|c| (c.is_control() && c != '\n') || c == '\u{202e}'),
+            "{t:?}"
+        );
+    }
+    let [hl, hs, tl, ts] = &texts;
+    let seen = "/*\\u{1b}[8m*/ or id > 0 /*\\u{1b}[0m*/";
+    assert!(hl.contains(seen), "{hl}");
+    assert!(hs.contains(seen), "{hs}");
+    assert!(hl.contains("psql\\u{1b}]0;hi\\u{7}"), "{hl}");
+    assert!(hs.contains("application  psql\\u{1b}]0;hi\\u{7}\n"), "{hs}");
+    assert!(tl.contains("fix \\u{1b}[2Jorders\\u{202e}"), "{tl}");
+    assert!(
+        ts.contains("title          fix \\u{1b}[2Jorders\\u{202e}\n"),
+        "{ts}"
+    );
+
+    shutdown.cancel();
+    task.await.unwrap().unwrap();
 }
