@@ -106,9 +106,14 @@ impl fmt::Display for Uncovered {
             Uncovered::Status(TicketStatus::Expired) => f.write_str("it has expired"),
             Uncovered::NotYetValid(t) => write!(f, "it is not valid before {t}"),
             Uncovered::Expired(t) => write!(f, "it expired at {t}"),
-            Uncovered::UsedUp { uses, max } => {
+            Uncovered::UsedUp { uses, max } if uses >= max => {
                 write!(f, "it is used up ({uses} of {max} uses)")
             }
+            Uncovered::UsedUp { uses, max } => write!(
+                f,
+                "it has only {} of its {max} uses left, fewer than the statements that need it",
+                max - uses
+            ),
             Uncovered::OutOfScope { part, value } => {
                 write!(f, "its scope does not cover the {part} {value:?}")?;
                 if *part == "object" && !value.contains('.') {
@@ -144,7 +149,9 @@ pub fn cover(t: &Ticket, p: &Presented) -> Result<(), Uncovered> {
         }
     }
     if let Some(max) = t.max_uses {
-        if t.uses >= max {
+        // Each statement the ticket would let through is one use.
+        let wanted = p.fingerprints.len().max(1) as u32;
+        if t.uses.saturating_add(wanted) > max {
             return Err(Uncovered::UsedUp { uses: t.uses, max });
         }
     }
@@ -384,8 +391,15 @@ mod tests {
     fn used_up() {
         let o = owned();
         let mut t = ticket(Scope::default());
-        t.uses = 2;
+        // Two statements need the ticket: two uses.
+        t.uses = 1;
         assert_eq!(cover(&t, &presented(&o)), Ok(()));
+        t.uses = 2;
+        let e = cover(&t, &presented(&o)).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "it has only 1 of its 3 uses left, fewer than the statements that need it"
+        );
         t.uses = 3;
         let e = cover(&t, &presented(&o)).unwrap_err();
         assert_eq!(e, Uncovered::UsedUp { uses: 3, max: 3 });

@@ -383,10 +383,12 @@ impl Approvals {
             let p = p.presented();
             let mut check = |t: &Ticket| cover(t, &p);
             let Some(session) = session else {
-                return s.store.use_ticket(&id, &mut check, false);
+                return s.store.use_ticket(&id, &mut check, 0);
             };
             let _w = lock(&s.writes);
-            let ticket = s.store.use_ticket(&id, &mut check, true)?;
+            // One use per statement the ticket lets through.
+            let uses = p.fingerprints.len().max(1) as u32;
+            let ticket = s.store.use_ticket(&id, &mut check, uses)?;
             s.events.emit(Event::TicketUsed {
                 ticket: ticket.clone(),
                 session,

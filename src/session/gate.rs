@@ -13,7 +13,7 @@ use crate::approval::events::Event;
 use crate::approval::model::{HeldRule, NewHold, NewReview};
 use crate::catalog::client::{default_search_path, Source};
 use crate::catalog::{self, Answer, Answers, Question};
-use crate::policy::{Decision, SessionContext};
+use crate::policy::{Action, Decision, SessionContext};
 use crate::sql::{Inspection, ReadAs, Unparsed};
 use crate::wire::messages::{PgError, Severity};
 use crate::wire::read::TxStatus;
@@ -275,7 +275,7 @@ impl PolicyGate {
             return Verdict::Forward;
         }
         let policy = self.shared.policy.load();
-        let ticket = workflow::statement_ticket(&ins).or(self.ledger.ticket());
+        let ticket = workflow::attached_ticket(&d, &ins, self.ledger.ticket());
         let standing = workflow::Standing {
             store: self.shared.approvals.is_some(),
             approvers: self.shared.config.admin.listen.is_some(),
@@ -337,7 +337,7 @@ impl PolicyGate {
                     client_addr: self.base.client_addr.map(|a| a.to_string()),
                     reason,
                     sql: self.shown_sql(&ins),
-                    rules: deciding_rules(&d),
+                    rules: bypassed_rules(&d),
                 };
                 Verdict::Wait(waits::break_glass(a, review, key.to_owned()))
             }
@@ -643,10 +643,17 @@ fn statement_tags(ins: &Inspection) -> Vec<String> {
 }
 
 /// The rules whose action decided.
-fn deciding_rules(d: &Decision) -> Vec<String> {
-    d.matches
+/// The rules break-glass let a statement past: every enforced hold and require_ticket match.
+fn bypassed_rules(d: &Decision) -> Vec<String> {
+    let mut rules: Vec<String> = Vec::new();
+    for m in d
+        .matches
         .iter()
-        .filter(|m| !m.monitor && m.action == d.action)
-        .map(|m| m.rule.clone())
-        .collect()
+        .filter(|m| !m.monitor && matches!(m.action, Action::Hold | Action::RequireTicket))
+    {
+        if !rules.contains(&m.rule) {
+            rules.push(m.rule.clone());
+        }
+    }
+    rules
 }

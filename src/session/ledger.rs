@@ -11,10 +11,7 @@ use std::sync::Arc;
 use crate::sql::Inspection;
 use crate::wire::read::TxStatus;
 
-/// The name of the session setting that attaches a change ticket.
-pub const TICKET_SETTING: &str = "pgwarden.ticket";
-/// The name of the session setting that turns break-glass on, with its reason.
-pub const BREAK_GLASS_SETTING: &str = "pgwarden.break_glass";
+pub use crate::workflow::{BREAK_GLASS_SETTING, TICKET_SETTING};
 
 /// Session settings decisions read, tracked as SET statements are forwarded.
 #[derive(Debug, Clone, Default)]

@@ -11,13 +11,16 @@
 //! left out on purpose: a ticket for `UPDATE t SET x = $1 WHERE id = $2` covers the statement
 //! with any values, which is what a migration that is re-run or parameterised needs.
 //!
-//! Except where the code is a string constant: libpg_query's fingerprint leaves out all of a
-//! `DO` block's arguments and all of a `CREATE FUNCTION`/`PROCEDURE`'s options, so the body
-//! (`AS $$ ... $$`) and `LANGUAGE`, `SECURITY DEFINER`, `SET ...` would not count and a ticket
-//! for one body would cover any other. For those statements the fingerprint is followed by
-//! `-` and 16 hex digits of the SHA-256 of the statement as PostgreSQL's deparser writes it
-//! (body, options and any SQL-standard body included, literal values too; comments and layout
-//! outside the body left out), or, when deparsing fails, of the statement text as written.
+//! The tree fingerprint also leaves out names that are not relations (a GRANT's grantee, an
+//! OWNER TO role, a role's name in ALTER ROLE, column names in RENAME, cursor and savepoint
+//! names) and, for `DO` blocks and `CREATE FUNCTION`/`PROCEDURE`, the code itself (a string
+//! constant) and their options. So every fingerprint is followed by `-` and 16 hex digits of a
+//! SHA-256 of the statement as PostgreSQL's deparser writes it with its literal values
+//! replaced by parameters (`pg_query::normalize`, then parsed and deparsed: names count,
+//! values, comments and layout do not); for `DO` and `CREATE FUNCTION`/`PROCEDURE`, of the
+//! statement deparsed as it is (body and options included). When the normalized text does not
+//! parse again (a utility statement that takes no parameters), the statement deparsed as it is
+//! counts, values included: the ticket then covers exactly that statement.
 
 use pg_query::protobuf::node::Node as N;
 use pg_query::{DeparseOptions, FingerprintOptions, ParserOptions};
@@ -52,37 +55,52 @@ pub fn fingerprint(statement: &str, read_as: ReadAs) -> Result<String, Fingerpri
     let tree = pg_query::fingerprint(statement, parser(read_as), options())
         .map(|f| format!("{:016x}", f.value))
         .map_err(|e| FingerprintError::Parse(e.to_string()))?;
-    Ok(match code_digest(statement, read_as)? {
-        Some(code) => format!("{tree}-{code}"),
-        None => tree,
-    })
+    Ok(format!("{tree}-{}", code_digest(statement, read_as)?))
 }
 
-/// For a text holding a `DO` block or a `CREATE FUNCTION`/`PROCEDURE` (whose code the tree
-/// fingerprint leaves out): 16 hex digits of the SHA-256 of each such statement deparsed.
-/// `None` for every other text.
-fn code_digest(statement: &str, read_as: ReadAs) -> Result<Option<String>, FingerprintError> {
+/// 16 hex digits of the SHA-256 of each statement of `statement`, deparsed: with its values
+/// left out, except for `DO` and `CREATE FUNCTION`/`PROCEDURE` (whose code is a value) and
+/// statements whose normalized form does not parse again.
+fn code_digest(statement: &str, read_as: ReadAs) -> Result<String, FingerprintError> {
     let parsed = pg_query::parse(statement, parser(read_as))
         .map_err(|e| FingerprintError::Parse(e.to_string()))?;
     let mut hash = Sha256::new();
-    let mut any = false;
     for raw in &parsed.protobuf.stmts {
         let Some(node) = raw.stmt.as_deref().and_then(|n| n.node.as_ref()) else {
             continue;
         };
-        if !matches!(node, N::DoStmt(_) | N::CreateFunctionStmt(_)) {
-            continue;
-        }
-        any = true;
-        let text = match node.deparse(DeparseOptions::default()) {
-            Ok(sql) => format!("deparsed:{sql}"),
-            Err(_) => format!("text:{}", statement_text(statement, raw).trim()),
+        let own = statement_text(statement, raw);
+        let code = matches!(node, N::DoStmt(_) | N::CreateFunctionStmt(_));
+        let text = match (code, without_values(node)) {
+            (false, Some(sql)) => format!("normalized:{sql}"),
+            _ => match node.deparse(DeparseOptions::default()) {
+                Ok(sql) => format!("deparsed:{sql}"),
+                Err(_) => format!("text:{}", own.trim()),
+            },
         };
         // Length-prefixed, so that where one statement ends is part of what is hashed.
         hash.update((text.len() as u64).to_le_bytes());
         hash.update(text.as_bytes());
     }
-    Ok(any.then(|| hex::encode(&hash.finalize()[..8])))
+    Ok(hex::encode(&hash.finalize()[..8]))
+}
+
+/// One statement deparsed with its literal values replaced by parameters (deparsed first, so
+/// that strings read either way are written the standard way); `None` when the normalized
+/// text does not parse again.
+fn without_values(node: &N) -> Option<String> {
+    let deparsed = node.deparse(DeparseOptions::default()).ok()?;
+    let normalized = pg_query::normalize(&deparsed).ok()?;
+    let parsed = pg_query::parse(&normalized, ParserOptions::DEFAULT).ok()?;
+    let node = parsed
+        .protobuf
+        .stmts
+        .first()?
+        .stmt
+        .as_deref()?
+        .node
+        .as_ref()?;
+    node.deparse(DeparseOptions::default()).ok()
 }
 
 /// The text of one parsed statement (`stmt_len` 0: to the end).
@@ -139,7 +157,32 @@ mod tests {
             fp("UPDATE t SET x = 1 WHERE id = 7"),
             fp("update t\n  set x = 2 -- why\n where id = 8;")
         );
-        assert_eq!(fp("SELECT 1").len(), 16);
+        assert_eq!(fp("SELECT 1").len(), 33);
+    }
+
+    #[test]
+    fn names_the_tree_leaves_out_count() {
+        assert_ne!(
+            fp("GRANT SELECT ON t TO app"),
+            fp("GRANT SELECT ON t TO attacker")
+        );
+        assert_ne!(
+            fp("ALTER TABLE t OWNER TO app"),
+            fp("ALTER TABLE t OWNER TO attacker")
+        );
+        assert_ne!(
+            fp("ALTER ROLE app SUPERUSER"),
+            fp("ALTER ROLE attacker SUPERUSER")
+        );
+        assert_ne!(fp("CREATE ROLE app"), fp("CREATE ROLE other"));
+        assert_ne!(
+            fp("ALTER TABLE t RENAME COLUMN a TO b"),
+            fp("ALTER TABLE t RENAME COLUMN x TO y")
+        );
+        assert_eq!(
+            fp("GRANT SELECT ON t TO app"),
+            fp("grant select on t to app -- again")
+        );
     }
 
     #[test]
@@ -249,14 +292,17 @@ mod tests {
     }
 
     #[test]
-    fn other_statements_keep_the_tree_fingerprint() {
-        // What libpg_query gives, unchanged: no digest, literal values left out.
+    fn every_fingerprint_starts_with_the_tree_fingerprint() {
+        // libpg_query's value, then the names' digest: literal values still left out.
         let u = "UPDATE t SET x = 1 WHERE id = 7";
         let tree = pg_query::fingerprint(u, ParserOptions::DEFAULT, options()).unwrap();
-        assert_eq!(fp(u), format!("{:016x}", tree.value));
+        assert!(fp(u).starts_with(&format!("{:016x}-", tree.value)));
         assert_eq!(fp(u), fp("UPDATE t SET x = 'other' WHERE id = 8"));
-        assert!(!fp("ALTER FUNCTION f(int) OWNER TO admin").contains('-'));
-        assert!(!fp("CALL p(1)").contains('-'));
+        assert_ne!(
+            fp("ALTER FUNCTION f(int) OWNER TO admin"),
+            fp("ALTER FUNCTION f(int) OWNER TO mallory")
+        );
+        assert_eq!(fp("CALL p(1)"), fp("CALL p(2)"));
     }
 
     #[test]

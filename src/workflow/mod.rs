@@ -15,6 +15,11 @@ use crate::sql::{Inspection, ReadAs};
 use crate::wire::messages::{PgError, Severity};
 use crate::wire::sqlstate::SqlState;
 
+/// The name of the session setting that attaches a change ticket.
+pub const TICKET_SETTING: &str = "pgwarden.ticket";
+/// The name of the session setting that turns break-glass on, with its reason.
+pub const BREAK_GLASS_SETTING: &str = "pgwarden.break_glass";
+
 pub mod cases;
 pub mod offline;
 pub mod stages;
@@ -133,10 +138,22 @@ pub fn route(d: &Decision, ins: &Inspection, s: Standing<'_>, resumed: Option<&R
     if let Some(Resumed::Hold { end, .. }) = resumed {
         return hold_ended(d, ins, end);
     }
-    if d.action == Action::RequireTicket {
+    // A statement that needs a ticket needs it also when another rule holds it: an approval
+    // of the hold does not stand in for the ticket (unless on_missing_ticket says hold).
+    if needs_ticket(d) {
         let why = match (s.ticket, resumed) {
             (Some(t), Some(Resumed::Ticket { id, outcome, .. })) if id == t => match outcome {
-                Ok(_) => return forward(Some(t.to_owned()), false, None),
+                Ok(_) if d.action == Action::RequireTicket => {
+                    return forward(Some(t.to_owned()), false, None)
+                }
+                Ok(_) => {
+                    return hold(
+                        d,
+                        ins,
+                        s,
+                        Some(format!("Ticket {t} covers what needs a ticket.")),
+                    )
+                }
                 Err(why) => {
                     format!("Ticket {t} was attached but does not cover this statement: {why}.")
                 }
@@ -154,6 +171,50 @@ pub fn route(d: &Decision, ins: &Inspection, s: Standing<'_>, resumed: Option<&R
         };
     }
     hold(d, ins, s, None)
+}
+
+/// Some enforced rule asks for a change ticket.
+fn needs_ticket(d: &Decision) -> bool {
+    d.matches
+        .iter()
+        .any(|m| !m.monitor && m.action == Action::RequireTicket)
+}
+
+/// The ticket the statements that need one bring: each its own `/* pgwarden:ticket=.. */`,
+/// else the session's. When they bring different ones, none (one check covers one ticket:
+/// such statements are sent separately). Without such statements, the first comment's or the
+/// session's.
+pub fn attached_ticket<'a>(
+    d: &Decision,
+    ins: &'a Inspection,
+    session: Option<&'a str>,
+) -> Option<&'a str> {
+    // A SET pgwarden.ticket earlier in the same string counts for the statements after it.
+    let set_before = |i: usize| -> Option<Option<&'a str>> {
+        ins.statements[..i.min(ins.statements.len())]
+            .iter()
+            .flat_map(|s| &s.ops)
+            .filter_map(|o| o.set.as_ref())
+            .rfind(|set| set.name == TICKET_SETTING && !set.local)
+            .map(|set| set.value.as_deref().filter(|v| !v.trim().is_empty()))
+    };
+    let own = |i: usize| {
+        ins.statements
+            .get(i)
+            .and_then(|s| s.tickets.first())
+            .map(String::as_str)
+            .or_else(|| set_before(i).unwrap_or(session))
+    };
+    let mut needing = d
+        .matches
+        .iter()
+        .filter(|m| !m.monitor && m.action == Action::RequireTicket)
+        .map(|m| m.statement);
+    let Some(first) = needing.next() else {
+        return statement_ticket(ins).or(session);
+    };
+    let t = own(first);
+    needing.all(|i| own(i) == t).then_some(t).flatten()
 }
 
 /// Holds the statement, when someone can approve it.

@@ -2,7 +2,7 @@
 //! `pgwarden check --ticket`): the decision routed exactly as the session routes it, with the
 //! attached ticket checked as the store checks it (no use is counted).
 
-use super::{route, showing, statement_ticket, Resumed, Route, Standing};
+use super::{attached_ticket, route, showing, Resumed, Route, Standing};
 use crate::approval::cover::{cover, Uncovered};
 use crate::approval::model::Ticket;
 use crate::policy::{Action, Decision, OnMissingTicket, Policy, SessionContext};
@@ -42,7 +42,7 @@ pub fn offline(
     let standing = Standing {
         store: true,
         approvers: true,
-        ticket: statement_ticket(ins).or(attached.ticket),
+        ticket: attached_ticket(d, ins, attached.ticket),
         break_glass: attached
             .break_glass
             .filter(|_| policy.break_glass_allows(&session.user)),

@@ -445,6 +445,9 @@ fn unqualified_names_are_shown_as_the_sessions_search_path_reads_them() {
     assert_eq!(qualified("orders", Some("\"PayRoll\"")), "PayRoll.orders");
     assert_eq!(qualified("orders", Some("PayRoll")), "payroll.orders");
     assert_eq!(qualified("orders", Some("\"$user\", public")), "orders");
-    assert_eq!(qualified("orders", Some("payroll, public")), "(search_path).orders");
+    assert_eq!(
+        qualified("orders", Some("payroll, public")),
+        "(search_path).orders"
+    );
     assert_eq!(qualified("orders", Some("$user")), "(search_path).orders");
 }

@@ -525,7 +525,10 @@ objects = ["*held_once*"]
     // A second run of the same prepared statement is not covered by the approval.
     let e = client.execute(&stmt, &[&2i32]).await.unwrap_err();
     assert_eq!(sqlstate(&e).as_deref(), Some("42501"), "{e:?}");
-    assert!(format!("{e:?}").contains("let through for one run"), "{e:?}");
+    assert!(
+        format!("{e:?}").contains("let through for one run"),
+        "{e:?}"
+    );
     // The session is still usable, and the row was not touched.
     let v: i32 = direct()
         .await

@@ -375,7 +375,6 @@ async fn set_ticket_lets_a_drop_run_reset_refuses_the_next_and_uses_are_counted(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "BUG: SET pgwarden.ticket earlier in the same Query string is not seen by the statements after it (gate decides with the session's old ticket)"]
 async fn set_ticket_earlier_in_the_same_query_string_attaches_it() {
     // PostgreSQL runs `SET x = ..; DROP ..` in order, so `psql -c "SET pgwarden.ticket =
     // 'CHG-102'; DROP TABLE t"` or a migration file sent as one string means the DROP runs
@@ -1611,7 +1610,10 @@ async fn a_prepared_statement_is_not_run_under_a_revoked_or_used_up_ticket() {
     assert_eq!(s, 200);
     let e = c.execute(&del, &[&2i32]).await.unwrap_err();
     assert_eq!(sqlstate(&e).as_deref(), Some("42501"), "{e:?}");
-    assert!(format!("{e:?}").contains("let through for one run"), "{e:?}");
+    assert!(
+        format!("{e:?}").contains("let through for one run"),
+        "{e:?}"
+    );
     // Prepared again, it is decided again: the ticket is revoked now.
     let e = c
         .prepare(&format!("DELETE FROM {ta} WHERE id = $1"))
@@ -1645,7 +1647,6 @@ async fn a_prepared_statement_is_not_run_under_a_revoked_or_used_up_ticket() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "BUG: max_uses counts one use per Query string, so one string lets more statements through than the ticket allows"]
 async fn max_uses_counts_every_statement_of_a_query_string() {
     let fx = fixture().await;
     let a = fx.admin();
@@ -1690,7 +1691,6 @@ async fn max_uses_counts_every_statement_of_a_query_string() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "BUG: a /* pgwarden:ticket=.. */ comment in one statement attaches the ticket to every statement of its Query string"]
 async fn a_comment_in_one_statement_does_not_cover_the_next_in_the_same_string() {
     let fx = fixture().await;
     let a = fx.admin();
@@ -1714,7 +1714,6 @@ async fn a_comment_in_one_statement_does_not_cover_the_next_in_the_same_string()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "BUG: a break-glass review lists only the strictest rules bypassed (the hold), not the require_ticket rules of the same string"]
 async fn a_break_glass_review_names_every_rule_it_bypassed() {
     let fx = fixture().await;
     let a = fx.admin();

@@ -33,13 +33,13 @@ pub trait Store: Send + Sync {
     fn tickets(&self) -> Result<Vec<Ticket>>;
     fn ticket(&self, id: &str) -> Result<Option<Ticket>>;
     fn update_ticket(&self, id: &str, change: Change<'_, Ticket>) -> Result<Ticket>;
-    /// Loads ticket `id`, runs `check` on it and, when it passes and `count` is set, counts
-    /// one use; the check and the count are one transaction.
+    /// Loads ticket `id`, runs `check` on it and, when it passes, counts `uses` uses (0:
+    /// only checks); the check and the count are one transaction.
     fn use_ticket(
         &self,
         id: &str,
         check: &mut dyn FnMut(&Ticket) -> std::result::Result<(), Uncovered>,
-        count: bool,
+        uses: u32,
     ) -> std::result::Result<Ticket, UseError>;
     /// Ids of pending or approved tickets whose `valid_until` is at or before `now`.
     fn tickets_due(&self, now: Timestamp) -> Result<Vec<String>>;

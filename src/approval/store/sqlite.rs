@@ -462,13 +462,13 @@ impl Store for SqliteStore {
         &self,
         id: &str,
         check: &mut dyn FnMut(&Ticket) -> std::result::Result<(), Uncovered>,
-        count: bool,
+        uses: u32,
     ) -> std::result::Result<Ticket, UseError> {
         self.immediate(|tx| {
             let mut t = load_ticket(tx, id)?.ok_or(UseError::Uncovered(Uncovered::Unknown))?;
             check(&t)?;
-            if count {
-                t.uses = t.uses.saturating_add(1);
+            if uses > 0 {
+                t.uses = t.uses.saturating_add(uses);
                 tx.execute(
                     "UPDATE tickets SET uses = ?2 WHERE id = ?1",
                     params![t.id, t.uses],
