@@ -22,6 +22,9 @@ use crate::workflow::cases::encoding_readable;
 use crate::workflow::{self, Route};
 
 use super::ledger::Ledger;
+
+/// The longest statement text (as approvers see it) that is held for review.
+pub const MAX_HELD_SQL: usize = 64 * 1024;
 pub use super::ledger::{BREAK_GLASS_SETTING, TICKET_SETTING};
 
 pub struct PolicyGate {
@@ -327,6 +330,18 @@ impl PolicyGate {
             }
             (Route::Hold { note }, Some(a)) => {
                 let new = self.new_hold(&d, &ins);
+                if new.sql.len() > MAX_HELD_SQL {
+                    // What nobody can read in full is not put before approvers.
+                    self.emit_decision(&d, &ins, ticket, false);
+                    return Verdict::Refuse(workflow::refusal(
+                        &d,
+                        &ins,
+                        Some(&format!(
+                            "The statement is too large to be reviewed ({} bytes, at most {MAX_HELD_SQL}): it is not held. Send it in smaller statements.",
+                            new.sql.len()
+                        )),
+                    ));
+                }
                 let reminder = self.shared.config.holds.reminder;
                 Verdict::Wait(waits::hold(a, new, note, reminder, key.to_owned()))
             }

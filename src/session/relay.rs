@@ -22,6 +22,19 @@ use crate::wire::sqlstate::SqlState;
 const READ_CHUNK: usize = 32 * 1024;
 /// Stop reading a link while this much is waiting to be written to the other one.
 const HIGH_WATER: usize = 256 * 1024;
+
+/// How much a client may send behind a waiting message before pgwarden stops reading it
+/// (a hang-up behind more than this is noticed when the wait ends).
+const WAITING_HIGH_WATER: usize = 4 * HIGH_WATER;
+
+/// The length of the frame at the head of `b` (tag and length word included), 0 when its
+/// header has not arrived.
+fn head_frame_len(b: &[u8]) -> usize {
+    match b.get(1..5) {
+        Some(l) => 1 + u32::from_be_bytes([l[0], l[1], l[2], l[3]]) as usize,
+        None => 0,
+    }
+}
 /// How long pgwarden tries to deliver its last words when a session ends.
 const FINAL_WRITE_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -151,11 +164,12 @@ where
         reserve(&mut sin);
         reserve(&mut cin);
         let startup_pending = st.phase != Phase::Ready;
-        // While a message waits, the client is read (up to a bound) but not framed.
+        // While a message waits, the client is read (up to a bound past the waiting message,
+        // which heads `cin`, so a hang-up is noticed however large it is) but not framed.
         let read_client = !st.client_terminated
             && match waiting {
                 None => c2s.len() < HIGH_WATER,
-                Some(_) => cin.len() < HIGH_WATER,
+                Some(_) => cin.len() < WAITING_HIGH_WATER + head_frame_len(&cin),
             };
         tokio::select! {
             biased;

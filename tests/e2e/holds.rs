@@ -552,3 +552,98 @@ objects = ["*held_once*"]
         .unwrap();
     fx.proxy.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_statement_too_large_to_review_is_refused_not_held() {
+    let fx = fixture(RULES).await;
+    let t = unique("held_huge");
+    table(&t).await;
+    let client = connect(&fx.proxy.dsn(PG_USER, "test")).await;
+    let padding = "x".repeat(70 * 1024);
+    let e = within(
+        Duration::from_secs(30),
+        "a refusal, not a hold",
+        client.batch_execute(&format!("DROP TABLE {t} /* {padding} */")),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(sqlstate(&e).as_deref(), Some("42501"), "{e:?}");
+    assert!(
+        format!("{e:?}").contains("too large to be reviewed"),
+        "{e:?}"
+    );
+    assert!(exists(&t).await);
+    let (s, v) = api(
+        "GET",
+        &format!("{}/api/holds?status=pending", fx.admin),
+        Some(fx.secret("vera")),
+        None,
+    )
+    .await;
+    assert_eq!(s, 200);
+    assert!(
+        !v.to_string().contains(&t),
+        "no hold was opened for it: {v}"
+    );
+    direct()
+        .await
+        .batch_execute(&format!("DROP TABLE {t}"))
+        .await
+        .unwrap();
+    fx.proxy.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hang_up_behind_a_large_pipelined_batch_still_withdraws_the_hold() {
+    use tokio::io::AsyncWriteExt;
+    let fx = fixture(RULES).await;
+    let t = unique("held_hangup");
+    table(&t).await;
+    // A raw client: startup, then a held DROP and 600 KiB of queries behind it, then gone.
+    let mut s = tokio::net::TcpStream::connect(fx.proxy.addr).await.unwrap();
+    let mut startup = Vec::new();
+    let params = format!("user\0{PG_USER}\0database\0test\0\0");
+    startup.extend_from_slice(&((8 + params.len()) as u32).to_be_bytes());
+    startup.extend_from_slice(&196608u32.to_be_bytes());
+    startup.extend_from_slice(params.as_bytes());
+    s.write_all(&startup).await.unwrap();
+    // Until the session is ready (ReadyForQuery, idle).
+    let mut got = Vec::new();
+    within(Duration::from_secs(30), "ReadyForQuery", async {
+        use tokio::io::AsyncReadExt;
+        let mut buf = [0u8; 4096];
+        while !got.windows(6).any(|w| w == b"Z\0\0\0\x05I") {
+            let n = s.read(&mut buf).await.unwrap();
+            assert!(n > 0, "the proxy closed the connection");
+            got.extend_from_slice(&buf[..n]);
+        }
+    })
+    .await;
+    let query = |sql: &str| {
+        let mut f = vec![b'Q'];
+        f.extend_from_slice(&((sql.len() + 5) as u32).to_be_bytes());
+        f.extend_from_slice(sql.as_bytes());
+        f.push(0);
+        f
+    };
+    s.write_all(&query(&format!("DROP TABLE {t}")))
+        .await
+        .unwrap();
+    let id = fx.pending(&t).await;
+    let filler = query(&format!("SELECT 1 /* {} */", "y".repeat(60 * 1024)));
+    for _ in 0..10 {
+        s.write_all(&filler).await.unwrap();
+    }
+    drop(s);
+    let h = hold_reaches(&fx.admin, fx.secret("vera"), id, "withdrawn").await;
+    assert_eq!(h["status"], "withdrawn");
+    let (status, _) = fx.approve(id, "bob").await;
+    assert_eq!(status, 409);
+    assert!(exists(&t).await);
+    direct()
+        .await
+        .batch_execute(&format!("DROP TABLE {t}"))
+        .await
+        .unwrap();
+    fx.proxy.stop().await;
+}
