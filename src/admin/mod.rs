@@ -12,6 +12,7 @@
 //! [`TokenSet::reload`] through [`AdminState::tokens`].
 
 pub mod auth;
+mod capped;
 pub mod error;
 mod handlers;
 
@@ -33,6 +34,7 @@ pub use error::ApiError;
 
 use crate::approval::Approvals;
 use crate::config::UpstreamAddr;
+use capped::Capped;
 
 /// Is the policy loaded? `Err` says why not (shown in `/readyz`).
 pub type PolicyCheck = Arc<dyn Fn() -> Result<(), String> + Send + Sync>;
@@ -170,13 +172,17 @@ pub async fn serve(
     let stop = shutdown.clone().cancelled_owned();
     match tls {
         None => {
-            axum::serve(listener, router)
+            let capped = Capped::new(listener, capped::MAX_CONNECTIONS);
+            axum::serve(capped, router)
                 .with_graceful_shutdown(stop)
                 .await
         }
         Some(acceptor) => {
             let tls = TlsListener::new(listener, acceptor)?;
-            axum::serve(tls, router).with_graceful_shutdown(stop).await
+            let capped = Capped::new(tls, capped::MAX_CONNECTIONS);
+            axum::serve(capped, router)
+                .with_graceful_shutdown(stop)
+                .await
         }
     }
 }
