@@ -427,6 +427,7 @@ fn compile_workflow(raw: &RawRule, err: &mut impl FnMut(String)) -> super::Workf
         approver_groups: raw.approver_groups.clone().unwrap_or_default(),
         hold_timeout,
         on_missing_ticket,
+        groups_conflict: None,
     }
 }
 

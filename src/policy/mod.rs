@@ -91,6 +91,9 @@ pub struct Workflow {
     /// `require_ticket` without a covering ticket: refuse, or hold for an approval (none:
     /// the proxy's `[holds] on_missing_ticket`).
     pub on_missing_ticket: Option<OnMissingTicket>,
+    /// Merged from several rules whose approver groups have none in common: nobody may
+    /// approve (why, for the refusal).
+    pub groups_conflict: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
@@ -101,16 +104,38 @@ pub enum OnMissingTicket {
 }
 
 impl Workflow {
-    /// The workflow of several rules at once: the most approvals, any listed group, the
-    /// shortest timeout, and a hold if any rule asks for one.
+    /// The workflow of several rules at once: the most approvals, the groups every rule
+    /// accepts, the shortest timeout, and a hold if any rule asks for one.
     pub fn merge(&self, o: &Workflow) -> Workflow {
-        let mut groups = self.approver_groups.clone();
-        groups.extend(
-            o.approver_groups
-                .iter()
-                .filter(|g| !self.approver_groups.contains(g))
-                .cloned(),
-        );
+        // Every rule's groups must be met: an approver in a group each rule accepts.
+        let (groups, groups_conflict) = match (&self.approver_groups[..], &o.approver_groups[..]) {
+            ([], b) => (
+                b.to_vec(),
+                self.groups_conflict.clone().or(o.groups_conflict.clone()),
+            ),
+            (a, []) => (
+                a.to_vec(),
+                self.groups_conflict.clone().or(o.groups_conflict.clone()),
+            ),
+            (a, b) => {
+                let both: Vec<String> = a.iter().filter(|g| b.contains(g)).cloned().collect();
+                let conflict = if both.is_empty() {
+                    Some(format!(
+                        "the rules that hold it accept approvers from different groups ({} / {}), and no group is accepted by all of them",
+                        a.join(", "),
+                        b.join(", ")
+                    ))
+                } else {
+                    None
+                };
+                (
+                    both,
+                    conflict
+                        .or(self.groups_conflict.clone())
+                        .or(o.groups_conflict.clone()),
+                )
+            }
+        };
         Workflow {
             approvals: self.approvals.max(o.approvals),
             approver_groups: groups,
@@ -119,6 +144,7 @@ impl Workflow {
                 (a, b) => a.or(b),
             },
             on_missing_ticket: self.on_missing_ticket.max(o.on_missing_ticket),
+            groups_conflict,
         }
     }
 }

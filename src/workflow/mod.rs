@@ -219,6 +219,13 @@ pub fn attached_ticket<'a>(
 
 /// Holds the statement, when someone can approve it.
 fn hold(d: &Decision, ins: &Inspection, s: Standing<'_>, note: Option<String>) -> Route {
+    if let Some(conflict) = d.workflow().groups_conflict {
+        let why = format!(
+            "{}Nobody could approve a hold: {conflict}. Send the statements separately.",
+            note.map(|n| n + " ").unwrap_or_default()
+        );
+        return Route::Refuse(refusal(d, ins, Some(&why)));
+    }
     if s.approvers {
         return Route::Hold { note };
     }

@@ -451,3 +451,35 @@ fn unqualified_names_are_shown_as_the_sessions_search_path_reads_them() {
     );
     assert_eq!(qualified("orders", Some("$user")), "(search_path).orders");
 }
+
+#[test]
+fn rules_whose_approver_groups_share_none_cannot_be_approved_together() {
+    let wf = |groups: &[&str]| Workflow {
+        approver_groups: groups.iter().map(|g| g.to_string()).collect(),
+        ..Workflow::default()
+    };
+    let merged = wf(&["dba", "security"]).merge(&wf(&["security", "sre"]));
+    assert_eq!(merged.approver_groups, vec!["security".to_string()]);
+    assert!(merged.groups_conflict.is_none());
+    assert_eq!(
+        wf(&[]).merge(&wf(&["dba"])).approver_groups,
+        vec!["dba".to_string()]
+    );
+    let apart = wf(&["security"]).merge(&wf(&["dba"]));
+    assert!(apart.groups_conflict.is_some());
+    // A decision of both rules is refused, not held for approvers of either group.
+    let i = ins();
+    let mut d = decision(Action::Hold, wf(&["security"]));
+    let mut second = d.matches[0].clone();
+    second.rule = "test.other".into();
+    second.workflow = wf(&["dba"]);
+    d.matches.push(second);
+    let Route::Refuse(e) = route(&d, &i, standing(None, None), None) else {
+        panic!("refused")
+    };
+    let detail = e.detail.unwrap();
+    assert!(
+        detail.contains("different groups (security / dba)"),
+        "{detail}"
+    );
+}
