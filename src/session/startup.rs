@@ -74,12 +74,19 @@ pub async fn negotiate(tcp: TcpStream, shared: &Shared) -> Opening {
         let (packet, len) = match read_packet(&mut stream, &mut buf).await {
             Ok(Some(p)) => p,
             Ok(None) => return Opening::Closed,
+            Err(e @ StartupError::UnsupportedProtocol { .. }) => {
+                // Which versions are supported is the server's to say: its own answer
+                // (FATAL or NegotiateProtocolVersion) goes to the client.
+                let len = u32::from_be_bytes([buf[0], buf[1], buf[2], buf[3]]) as usize;
+                let packet = buf.split_to(len.min(buf.len()));
+                return server_answers(stream, &packet, shared, e).await;
+            }
             Err(e) => {
-                let code = match e {
-                    StartupError::UnsupportedProtocol { .. } => SqlState::FEATURE_NOT_SUPPORTED,
-                    _ => SqlState::PROTOCOL_VIOLATION,
-                };
-                return refuse(stream, PgError::fatal(code, e.to_string())).await;
+                return refuse(
+                    stream,
+                    PgError::fatal(SqlState::PROTOCOL_VIOLATION, e.to_string()),
+                )
+                .await;
             }
         };
         match packet {
@@ -214,6 +221,50 @@ async fn read_packet(
         match stream.read_buf(buf).await {
             Ok(0) | Err(_) => return Ok(None),
             Ok(_) => {}
+        }
+    }
+}
+
+/// Sends `packet` (a startup packet pgwarden does not speak) to the server and relays its
+/// answer to the client until the server closes (bounded in size and time). When the server
+/// cannot be asked, pgwarden answers with `fallback`.
+async fn server_answers(
+    mut stream: Stream,
+    packet: &[u8],
+    shared: &Shared,
+    fallback: StartupError,
+) -> Opening {
+    const MAX_ANSWER: usize = 64 * 1024;
+    let ask = async {
+        let mut server = crate::upstream::connect(&shared.upstream, shared.connector.as_ref())
+            .await
+            .ok()?;
+        server.write_all(packet).await.ok()?;
+        server.flush().await.ok()?;
+        let mut answer = Vec::new();
+        let mut chunk = [0u8; 4096];
+        while answer.len() < MAX_ANSWER {
+            match server.read(&mut chunk).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => answer.extend_from_slice(&chunk[..n]),
+            }
+        }
+        (!answer.is_empty()).then_some(answer)
+    };
+    match tokio::time::timeout(shared.config.startup_timeout, ask).await {
+        Ok(Some(answer)) => {
+            tracing::info!(error = %fallback, "startup refused by the server");
+            let _ = stream.write_all(&answer).await;
+            let _ = stream.flush().await;
+            let _ = stream.shutdown().await;
+            Opening::Closed
+        }
+        _ => {
+            refuse(
+                stream,
+                PgError::fatal(SqlState::FEATURE_NOT_SUPPORTED, fallback.to_string()),
+            )
+            .await
         }
     }
 }

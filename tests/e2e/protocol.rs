@@ -57,6 +57,17 @@ async fn protocol_3_2_is_negotiated_by_the_server_and_4_is_refused() {
         .field(b'M')
         .unwrap()
         .contains("unsupported frontend protocol 4.0"));
+    // Word for word what the server itself says ("server supports 3.0 to 3.0" on 15).
+    let mut d = TcpStream::connect((crate::support::PG_HOST, crate::support::PG_PORT))
+        .await
+        .unwrap();
+    d.write_all(&raw::startup_message(0x0004_0000, &[("user", PG_USER)]))
+        .await
+        .unwrap();
+    let direct = within(BOUND, "4.0 direct", read_error_then_eof(&mut d))
+        .await
+        .unwrap();
+    assert_eq!(e.field(b'M'), direct.field(b'M'));
     proxy.stop().await;
 }
 
