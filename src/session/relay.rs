@@ -168,6 +168,10 @@ where
         // which heads `cin`, so a hang-up is noticed however large it is) but not framed.
         let read_client = !st.client_terminated
             && match waiting {
+                // Messages sent ahead of authentication wait in `cin`: bounded too.
+                None if st.phase == Phase::Authenticating => {
+                    c2s.len() < HIGH_WATER && cin.len() < HIGH_WATER
+                }
                 None => c2s.len() < HIGH_WATER,
                 Some(_) => cin.len() < WAITING_HIGH_WATER + head_frame_len(&cin),
             };
@@ -188,8 +192,16 @@ where
             },
             r = io.sr.read_buf(&mut sin), if s2c.len() < HIGH_WATER => match r {
                 Ok(0) => end = Some(server_gone(&st, &mut s2c)),
-                Ok(_) => match st.server_frames(&mut sin, &mut s2c) {
-                    Ok(()) => {
+                Ok(_) => match (st.phase, st.server_frames(&mut sin, &mut s2c)) {
+                    (before, Ok(())) => {
+                        if before == Phase::Authenticating && !cin.is_empty() && waiting.is_none() {
+                            // Client messages held during authentication: framed now that
+                            // the server answered (or asked for a password).
+                            match st.client_frames(&mut cin, &mut c2s, gate) {
+                                Ok(w) => waiting = begin_wait(w, &mut cancels),
+                                Err(fatal) => end = Some(client_violation(&st, fatal, &mut s2c)),
+                            }
+                        }
                         for (failed, tx, ready) in st.ready_events.drain(..) {
                             gate.on_ready(failed, tx, ready);
                         }
@@ -204,7 +216,7 @@ where
                             end = Some(shutdown(&st, &cin, &mut c2s, &mut s2c));
                         }
                     }
-                    Err(e) => {
+                    (_, Err(e)) => {
                         tracing::warn!(error = %e, "server broke the protocol");
                         if st.at_server_frame_boundary() {
                             PgError::fatal(SqlState::PROTOCOL_VIOLATION, format!("pgwarden: invalid message from server: {e}"))

@@ -68,6 +68,10 @@ pub struct SessionState {
     /// Bytes of the current server frame still to stream through.
     server_streaming: usize,
     /// The server offered SASL and the client's next password message is its first.
+    /// The server asked for a password (or the next SASL/GSS step) and the client has not
+    /// answered yet: only then is a client message other than a password response an error
+    /// during authentication; otherwise it waits (PostgreSQL reads it after authentication).
+    awaiting_auth_response: bool,
     expect_sasl_initial: bool,
     /// The server sent FATAL or PANIC: its closing the link is expected.
     pub server_sent_fatal: bool,
@@ -107,6 +111,7 @@ impl SessionState {
             client_streaming: 0,
             server_streaming: 0,
             expect_sasl_initial: false,
+            awaiting_auth_response: false,
             server_sent_fatal: false,
             client_terminated: false,
             new_cancel_key: None,
@@ -171,6 +176,14 @@ impl SessionState {
             if self.client_terminated {
                 // Nothing after Terminate is forwarded.
                 cin.clear();
+                return Ok(None);
+            }
+            if self.phase == Phase::Authenticating
+                && !self.awaiting_auth_response
+                && cin.first().is_some_and(|t| !matches!(t, b'p' | b'X'))
+            {
+                // Sent ahead of authentication (a Query in the same write as the startup
+                // packet, say): it waits until the session is established.
                 return Ok(None);
             }
             let h = match parse_header(cin, self.client_limits()) {
@@ -299,6 +312,7 @@ impl SessionState {
             }
             b'P' | b'B' | b'D' | b'E' | b'C' | b'H' => self.unsynced = true,
             b'X' => self.client_terminated = true,
+            b'p' => self.awaiting_auth_response = false,
             _ => {}
         }
     }
@@ -422,9 +436,17 @@ impl SessionState {
                 }
             }
             b'R' => match read::auth_request(body) {
-                Some(AuthRequest::Ok) => self.phase = Phase::Starting,
-                Some(AuthRequest::Sasl(_)) => self.expect_sasl_initial = true,
-                _ => {}
+                Some(AuthRequest::Ok) => {
+                    self.phase = Phase::Starting;
+                    self.awaiting_auth_response = false;
+                }
+                Some(AuthRequest::Sasl(_)) => {
+                    self.expect_sasl_initial = true;
+                    self.awaiting_auth_response = true;
+                }
+                // SASLFinal carries the server's last word: nothing to answer.
+                Some(AuthRequest::SaslFinal) => {}
+                _ => self.awaiting_auth_response = true,
             },
             b'E' => {
                 self.batch_error = true;
@@ -635,8 +657,22 @@ mod tests {
             upstream_tls: false,
         });
         let mut cin = BytesMut::from(&msg(b'Q', b"SELECT 1\0")[..]);
+        // Sent ahead of authentication: it waits, as PostgreSQL leaves it unread.
+        let mut out = BytesMut::new();
+        assert!(s
+            .client_frames(&mut cin, &mut out, &mut OpenGate)
+            .unwrap()
+            .is_none());
+        assert!(out.is_empty());
+        assert!(!cin.is_empty());
+        // Once the server asks for a password, anything else is an error, as there.
+        s.server_frames(
+            &mut BytesMut::from(&msg(b'R', &3i32.to_be_bytes())[..]),
+            &mut BytesMut::new(),
+        )
+        .unwrap();
         let e = s
-            .client_frames(&mut cin, &mut BytesMut::new(), &mut OpenGate)
+            .client_frames(&mut cin, &mut out, &mut OpenGate)
             .expect_err("a fatal error");
         assert!(e.message.contains("expected password response"));
     }

@@ -176,3 +176,36 @@ async fn extended_protocol_flush_and_error_until_sync() {
     assert_eq!(tags, vec![b'Z', b'E', b'Z']);
     proxy.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_query_sent_with_the_startup_packet_is_answered_after_startup() {
+    let proxy = Proxy::start().await;
+    let mut s = TcpStream::connect(proxy.addr).await.unwrap();
+    // One write: the startup packet and a Query behind it, before AuthenticationOk.
+    let mut bytes = raw::startup_message(0x0003_0000, &[("user", PG_USER), ("database", PG_DB)]);
+    bytes.extend_from_slice(&msg(b'Q', b"SELECT 40 + 2\0"));
+    s.write_all(&bytes).await.unwrap();
+    let mut tags = Vec::new();
+    let mut row = None;
+    within(BOUND, "the startup and the answer", async {
+        let mut ready = 0;
+        while let Some(m) = read_msg(&mut s).await {
+            tags.push(m.tag);
+            if m.tag == b'D' {
+                row = Some(m.body.clone());
+            }
+            if m.tag == b'Z' {
+                ready += 1;
+                if ready == 2 {
+                    break;
+                }
+            }
+        }
+    })
+    .await;
+    assert!(!tags.contains(&b'E'), "{tags:?}");
+    assert_eq!(tags.iter().filter(|&&t| t == b'Z').count(), 2, "{tags:?}");
+    let row = row.expect("a DataRow");
+    assert!(row.ends_with(b"42"), "{row:?}");
+    proxy.stop().await;
+}
