@@ -551,10 +551,10 @@ impl PolicyGate {
         // Something forwarded before may change how the server reads this text by the time
         // it runs (standard_conforming_strings through a function, say): read it both ways
         // and let the stricter decision stand. Non-ASCII text could also be read under a
-        // different client_encoding: it waits for the session to settle.
-        if !text.is_ascii() {
+        // different client_encoding, when something unanswered may change it: refused then.
+        if !text.is_ascii() && !self.ledger.encoding_known() {
             return self.enforce(
-                Arc::new(unreadable("non-ASCII statement text sent before the previous statements were answered: pgwarden cannot be sure which client_encoding the server will read it with; send it after ReadyForQuery")),
+                Arc::new(unreadable("non-ASCII statement text sent before an earlier statement that may change client_encoding (SET, RESET ALL, DISCARD ALL, a function call) was answered: pgwarden cannot be sure which client_encoding the server will read it with; send it after ReadyForQuery")),
                 view,
                 text.as_bytes(),
             );

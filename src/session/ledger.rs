@@ -50,6 +50,8 @@ pub struct Ledger {
     /// batch: kept until that batch's transaction ends, so that settings are confirmed or
     /// undone batch by batch even when later batches are already queued behind it.
     journal: VecDeque<(u64, Arc<Inspection>)>,
+    /// The ReadyForQuery ending the last forwarded batch that may change client_encoding.
+    encoding_risk_until: u64,
     /// The role from SET ROLE (None: no role set, statements run as the session user).
     role: Option<String>,
     /// `SET LOCAL ROLE` in the open transaction.
@@ -91,6 +93,7 @@ impl Ledger {
             local_ticket: None,
             local_break_glass: None,
             journal: VecDeque::new(),
+            encoding_risk_until: 0,
             role: None,
             local_role: None,
             local_search_path: false,
@@ -241,7 +244,16 @@ impl Ledger {
         if changes_settings(ins) {
             self.journal.push_back((batch_end, ins.clone()));
         }
+        if may_change_encoding(ins) {
+            self.encoding_risk_until = self.encoding_risk_until.max(batch_end);
+        }
         self.apply(ins, batch_end, false);
+    }
+
+    /// No statement forwarded and not yet answered can change client_encoding: the last
+    /// ParameterStatus still says how the server reads the next text.
+    pub fn encoding_known(&self) -> bool {
+        self.encoding_risk_until <= self.readies
     }
 
     /// What `ins` does to the session; `replay`: only its settings again (see
@@ -508,6 +520,22 @@ fn changes_settings(ins: &Inspection) -> bool {
             || op.tag == "ABORT"
             || op.tag == "DISCARD"
     })
+}
+
+/// Could `ins` change client_encoding when it runs: a SET or RESET of it (RESET ALL, DISCARD
+/// ALL), or any function call, DO, CALL or EXECUTE (set_config can hide in them), or text
+/// that could not be inspected.
+fn may_change_encoding(ins: &Inspection) -> bool {
+    ins.unparsed.is_some()
+        || ins.statements.iter().any(|s| {
+            !s.functions.is_empty()
+                || s.ops.iter().any(|op| {
+                    matches!(op.tag.as_str(), "DISCARD" | "DO" | "CALL" | "EXECUTE")
+                        || op.set.as_ref().is_some_and(|set| {
+                            matches!(set.name.as_str(), "client_encoding" | "all")
+                        })
+                })
+        })
 }
 
 /// `DISCARD ALL` (not TEMP, PLANS or SEQUENCES).

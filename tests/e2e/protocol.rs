@@ -209,3 +209,40 @@ async fn a_query_sent_with_the_startup_packet_is_answered_after_startup() {
     assert!(row.ends_with(b"42"), "{row:?}");
     proxy.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn utf8_text_pipelined_behind_plain_statements_passes() {
+    let proxy = Proxy::start_with(|c| c.policies = crate::support::shipped_policies()).await;
+    let t = crate::support::unique("utf8_pipe");
+    crate::support::direct()
+        .await
+        .batch_execute(&format!("CREATE TABLE {t} (v text)"))
+        .await
+        .unwrap();
+    let c = connect(&proxy.dsn(PG_USER, PG_DB)).await;
+    // tokio-postgres pipelines concurrent statements: each is sent before the last answer.
+    let insert = format!("INSERT INTO {t} VALUES ($1), ('grüße')");
+    let (a, b, d) = tokio::join!(
+        c.execute(insert.as_str(), &[&"héllo"]),
+        c.execute(insert.as_str(), &[&"wörld"]),
+        c.execute(insert.as_str(), &[&"日本"]),
+    );
+    assert_eq!((a.unwrap(), b.unwrap(), d.unwrap()), (2, 2, 2));
+    // Behind a statement that may change client_encoding, it is still refused.
+    let set = c.batch_execute("SET client_encoding = 'UTF8'");
+    let after = c.execute(insert.as_str(), &[&"x"]);
+    let (s, e) = tokio::join!(set, after);
+    s.unwrap();
+    let e = e.expect_err("uncertain encoding");
+    assert_eq!(
+        crate::support::sqlstate(&e).as_deref(),
+        Some("42501"),
+        "{e:?}"
+    );
+    crate::support::direct()
+        .await
+        .batch_execute(&format!("DROP TABLE {t}"))
+        .await
+        .unwrap();
+    proxy.stop().await;
+}

@@ -280,3 +280,29 @@ fn set_local_ticket_and_break_glass_end_with_their_transaction() {
     assert_eq!(l.ticket(), Some("CHG-1"), "the session's ticket again");
     assert_eq!(l.break_glass(), None);
 }
+
+#[test]
+fn the_encoding_is_known_unless_an_unanswered_statement_may_change_it() {
+    let mut l = ledger();
+    l.remember(&ins("INSERT INTO t VALUES (1)"), 2);
+    assert!(
+        l.encoding_known(),
+        "a plain insert cannot change client_encoding"
+    );
+    for risky in [
+        "SET client_encoding = 'LATIN1'",
+        "SET NAMES 'LATIN1'",
+        "RESET ALL",
+        "DISCARD ALL",
+        "SELECT set_config('client_encoding', 'LATIN1', false)",
+        "SELECT my_function()",
+        "DO $$BEGIN PERFORM 1; END$$",
+        "EXECUTE p",
+    ] {
+        let mut l = ledger();
+        l.remember(&ins(risky), 2);
+        assert!(!l.encoding_known(), "{risky}");
+        l.on_ready(false, TxStatus::Idle, 2);
+        assert!(l.encoding_known(), "{risky}: answered");
+    }
+}
