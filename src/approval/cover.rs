@@ -55,6 +55,19 @@ pub struct Shown {
 }
 
 impl Shown {
+    /// An owned copy of what `p` presents (its `now` aside).
+    pub fn of(p: &Presented<'_>) -> Shown {
+        Shown {
+            environment: p.environment.into(),
+            database: p.database.into(),
+            user: p.user.into(),
+            rules: p.rules.to_vec(),
+            tags: p.tags.to_vec(),
+            objects: p.objects.to_vec(),
+            fingerprints: p.fingerprints.to_vec(),
+        }
+    }
+
     /// Borrowed, as seen at `now`.
     pub fn presented(&self, now: Timestamp) -> Presented<'_> {
         Presented {

@@ -29,7 +29,7 @@ use jiff::Timestamp;
 use tokio::sync::{watch, Notify};
 use tokio::time::Instant;
 
-pub use cover::{cover, Presented, Uncovered};
+pub use cover::{cover, Presented, Shown, Uncovered};
 pub use guard::HoldGuard;
 pub use model::{
     Actor, Approval, HeldRule, Hold, HoldStatus, NewHold, NewReview, NewTicket, Refused, Requester,
@@ -139,46 +139,6 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // Every critical section leaves its data consistent, so a panic elsewhere is no reason
     // to stop.
     m.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-/// A [`Presented`] that owns its data, to cross onto the blocking pool.
-struct PresentedBuf {
-    environment: String,
-    database: String,
-    user: String,
-    rules: Vec<String>,
-    tags: Vec<String>,
-    objects: Vec<String>,
-    fingerprints: Vec<String>,
-    now: Timestamp,
-}
-
-impl PresentedBuf {
-    fn new(p: &Presented<'_>) -> Self {
-        PresentedBuf {
-            environment: p.environment.into(),
-            database: p.database.into(),
-            user: p.user.into(),
-            rules: p.rules.to_vec(),
-            tags: p.tags.to_vec(),
-            objects: p.objects.to_vec(),
-            fingerprints: p.fingerprints.to_vec(),
-            now: p.now,
-        }
-    }
-
-    fn presented(&self) -> Presented<'_> {
-        Presented {
-            environment: &self.environment,
-            database: &self.database,
-            user: &self.user,
-            rules: &self.rules,
-            tags: &self.tags,
-            objects: &self.objects,
-            fingerprints: &self.fingerprints,
-            now: self.now,
-        }
-    }
 }
 
 impl Approvals {
@@ -378,9 +338,10 @@ impl Approvals {
         p: &Presented<'_>,
         session: Option<u64>,
     ) -> std::result::Result<Ticket, UseError> {
-        let (id, p) = (id.to_string(), PresentedBuf::new(p));
+        // Owned, to cross onto the blocking pool.
+        let (id, now, shown) = (id.to_string(), p.now, Shown::of(p));
         self.blocking(move |s| {
-            let p = p.presented();
+            let p = shown.presented(now);
             let mut check = |t: &Ticket| cover(t, &p);
             let Some(session) = session else {
                 return s.store.use_ticket(&id, &mut check, 0);

@@ -119,22 +119,6 @@ impl LiveCatalog {
     }
 }
 
-/// Decides on `text` as a session of `user` would see it on the wire, with live-catalog
-/// facts when `catalog` is given: the decision, each statement's offset, and notes.
-pub fn decide_text(
-    policy: &Policy,
-    text: &str,
-    user: &str,
-    catalog: Option<&LiveCatalog>,
-) -> (Decision, Vec<usize>, Vec<String>) {
-    let (ins, d, notes) = inspect_and_decide(policy, text, user, catalog);
-    (
-        d,
-        ins.statements.iter().map(|s| s.location).collect(),
-        notes,
-    )
-}
-
 /// The inspection (with catalog facts folded in), the decision, and notes: lookups that
 /// failed, and without a catalog the rules decided as if every table were large.
 pub fn inspect_and_decide(

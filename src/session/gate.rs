@@ -193,7 +193,6 @@ impl PolicyGate {
             params: &params,
             tx: TxStatus::Idle,
             settled: true,
-            pending_ready: 0,
             batch_end: 0,
             parse_name: None,
         };

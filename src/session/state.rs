@@ -294,7 +294,6 @@ impl SessionState {
             params: &self.params,
             tx: self.tx,
             settled: self.phase == Phase::Ready && self.pending_ready == 0 && !self.executed,
-            pending_ready: self.pending_ready,
             batch_end: self.batch_end(),
             parse_name,
         }

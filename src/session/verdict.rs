@@ -32,8 +32,6 @@ pub struct View<'a> {
     /// the session not ready yet): settings like standard_conforming_strings may then differ
     /// from what the last ParameterStatus said.
     pub settled: bool,
-    /// ReadyForQuery messages the server owes before the batch this text belongs to.
-    pub pending_ready: u32,
     /// The number (counted from the session's start, the session state's one count) of the
     /// ReadyForQuery that ends the batch this text belongs to.
     pub batch_end: u64,

@@ -113,6 +113,15 @@ async fn table(name: &str) {
         .unwrap();
 }
 
+/// Drops `name` directly (not through the proxy).
+async fn drop_table(name: &str) {
+    direct()
+        .await
+        .batch_execute(&format!("DROP TABLE {name}"))
+        .await
+        .unwrap();
+}
+
 async fn exists(name: &str) -> bool {
     direct()
         .await
@@ -545,11 +554,7 @@ objects = ["*held_once*"]
             .get::<_, i32>(0),
         1
     );
-    direct()
-        .await
-        .batch_execute(&format!("DROP TABLE {t}"))
-        .await
-        .unwrap();
+    drop_table(&t).await;
     fx.proxy.stop().await;
 }
 
@@ -585,11 +590,7 @@ async fn a_statement_too_large_to_review_is_refused_not_held() {
         !v.to_string().contains(&t),
         "no hold was opened for it: {v}"
     );
-    direct()
-        .await
-        .batch_execute(&format!("DROP TABLE {t}"))
-        .await
-        .unwrap();
+    drop_table(&t).await;
     fx.proxy.stop().await;
 }
 
@@ -640,10 +641,6 @@ async fn a_hang_up_behind_a_large_pipelined_batch_still_withdraws_the_hold() {
     let (status, _) = fx.approve(id, "bob").await;
     assert_eq!(status, 409);
     assert!(exists(&t).await);
-    direct()
-        .await
-        .batch_execute(&format!("DROP TABLE {t}"))
-        .await
-        .unwrap();
+    drop_table(&t).await;
     fx.proxy.stop().await;
 }

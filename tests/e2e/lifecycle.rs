@@ -2,13 +2,13 @@
 //! FATAL 57P01 at once, sessions in a transaction may finish within the grace period, the
 //! process exits 0).
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use tokio_postgres::NoTls;
 
-use crate::support::{direct, unique, within, PG_DB, PG_USER};
+use crate::support::process::Process;
+use crate::support::{direct, unique, within};
 
 const BOUND: Duration = Duration::from_secs(60);
 
@@ -16,10 +16,9 @@ fn bin() -> Command {
     Command::new(env!("CARGO_BIN_EXE_pgwarden"))
 }
 
-/// A pgwarden process and the port it listens on (read from its log).
+/// A pgwarden process with a config of its own (and `extra_config` in it).
 struct Running {
-    child: Child,
-    port: u16,
+    p: Process,
     _dir: tempfile::TempDir,
 }
 
@@ -37,69 +36,22 @@ impl Running {
             ),
         )
         .unwrap();
-        let mut child = bin()
-            .args(["serve", "--config", cfg.to_str().unwrap()])
-            .env("PGWARDEN_LOG", "info")
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let stderr = child.stderr.take().unwrap();
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let mut sent = false;
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if !sent {
-                    if let Some(rest) = line.split("listen=").nth(1) {
-                        let addr = rest.split_whitespace().next().unwrap().to_owned();
-                        let _ = tx.send(addr);
-                        sent = true;
-                    }
-                }
-            }
-        });
-        let addr = rx
-            .recv_timeout(Duration::from_secs(30))
-            .expect("pgwarden logs its listen address");
-        let port = addr.rsplit(':').next().unwrap().parse().unwrap();
         Running {
-            child,
-            port,
+            p: Process::start(&cfg, false),
             _dir: dir,
         }
     }
 
     fn dsn(&self) -> String {
-        format!(
-            "host=127.0.0.1 port={} user={PG_USER} dbname={PG_DB}",
-            self.port
-        )
+        self.p.dsn()
     }
 
     fn sigterm(&self) {
-        let st = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(st.success());
+        self.p.sigterm()
     }
 
     async fn exit_code(mut self) -> i32 {
-        within(BOUND, "pgwarden to exit", async {
-            loop {
-                if let Some(st) = self.child.try_wait().unwrap() {
-                    return st.code().unwrap_or(-1);
-                }
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-        })
-        .await
-    }
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.p.exit_code().await
     }
 }
 

@@ -4,14 +4,14 @@
 //! listed for review; tickets, approvals and holds kept across a restart and a kill -9 of the
 //! real binary.
 
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use serde_json::{json, Value};
 
 use crate::support::admin::{api, bin, hold_reaches, pending_hold, policy_dir, Tokens};
+use crate::support::process::Process;
 use crate::support::{
     connect, direct, eventually, psql, sqlstate, unique, within, Proxy, PG_DB, PG_HOST, PG_PORT,
     PG_USER,
@@ -1273,11 +1273,9 @@ async fn break_glass_lets_held_and_ticketed_statements_run_for_review_but_not_bl
 
 // ---- 8. restarts and kill -9 of the real binary
 
-/// A pgwarden process serving `policies` with `tokens`, keeping its store in `state`.
+/// A pgwarden process serving `policies` with `tokens`, keeping its store in `dir/state`.
 struct Serving {
-    child: Child,
-    port: u16,
-    admin: String,
+    p: Process,
 }
 
 impl Serving {
@@ -1293,94 +1291,31 @@ impl Serving {
             ),
         )
         .unwrap();
-        let mut child = bin()
-            .args(["serve", "--config", cfg.to_str().unwrap()])
-            .env("PGWARDEN_LOG", "info")
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let stderr = child.stderr.take().unwrap();
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            // Read to the end, so the process never blocks on a full pipe.
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if line.contains("pgwarden serving") {
-                    if let Some(rest) = line.split("listen=").nth(1) {
-                        let a = rest.split_whitespace().next().unwrap_or("").to_owned();
-                        let _ = tx.send(("listen", a));
-                    }
-                } else if line.contains("admin API serving") {
-                    if let Some(rest) = line.split("address=Some(").nth(1) {
-                        let a = rest.split(')').next().unwrap_or("").to_owned();
-                        let _ = tx.send(("admin", a));
-                    }
-                }
-            }
-        });
-        let (mut port, mut admin) = (None, None);
-        while port.is_none() || admin.is_none() {
-            let (what, addr) = rx
-                .recv_timeout(Duration::from_secs(30))
-                .expect("pgwarden logs its addresses");
-            match what {
-                "listen" => port = Some(addr.rsplit(':').next().unwrap().parse().unwrap()),
-                _ => admin = Some(format!("http://{addr}")),
-            }
-        }
         Serving {
-            child,
-            port: port.unwrap(),
-            admin: admin.unwrap(),
+            p: Process::start(&cfg, true),
         }
     }
 
     fn dsn(&self) -> String {
-        format!(
-            "host=127.0.0.1 port={} user={PG_USER} dbname={PG_DB}",
-            self.port
-        )
+        self.p.dsn()
     }
 
     fn admin<'a>(&self, tokens: &'a Tokens) -> Admin<'a> {
         Admin {
-            url: self.admin.clone(),
+            url: self.p.admin.clone().expect("the admin API listens"),
             tokens,
         }
     }
 
     /// SIGTERM, then the exit status.
     async fn stop(mut self) -> i32 {
-        let st = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(st.success());
-        self.wait().await
+        self.p.sigterm();
+        self.p.exit_code().await
     }
 
     /// SIGKILL (kill -9), and reaps it.
-    async fn kill9(mut self) {
-        self.child.kill().unwrap();
-        self.wait().await;
-    }
-
-    async fn wait(&mut self) -> i32 {
-        within(BOUND, "pgwarden to exit", async {
-            loop {
-                if let Some(st) = self.child.try_wait().unwrap() {
-                    return st.code().unwrap_or(-1);
-                }
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-        })
-        .await
-    }
-}
-
-impl Drop for Serving {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+    async fn kill9(self) {
+        self.p.kill9().await
     }
 }
 

@@ -6,6 +6,7 @@
 pub mod admin;
 pub mod certs;
 pub mod cluster;
+pub mod process;
 pub mod raw;
 
 use std::future::Future;
