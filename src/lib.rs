@@ -45,6 +45,7 @@ pub mod reload;
 pub mod server;
 pub mod session;
 pub mod sql;
+pub mod telemetry;
 pub mod tls;
 pub mod upstream;
 pub mod wire;

@@ -26,6 +26,8 @@ pub enum Event {
         policy_version: String,
         ticket: Option<String>,
         break_glass: bool,
+        /// The statement was refused (else forwarded).
+        refused: bool,
     },
     HoldOpened {
         hold: Hold,
@@ -73,6 +75,44 @@ pub enum Event {
         ok: bool,
         error: Option<String>,
     },
+    /// The policy the instance started with.
+    PolicyLoaded {
+        version: String,
+    },
+    /// A client session was authenticated and is ready.
+    SessionStarted {
+        session: u64,
+        user: String,
+        database: String,
+        application_name: Option<String>,
+        client_addr: Option<String>,
+        tls: bool,
+    },
+    /// A session that started ended (`reason` says how).
+    SessionEnded {
+        session: u64,
+        user: String,
+        database: String,
+        reason: String,
+        duration_ms: u64,
+    },
+    /// The audit log cannot be written: statements it must record are refused.
+    AuditSinkFailing {
+        error: String,
+    },
+    /// The audit log is written again.
+    AuditSinkRecovered,
+    /// A signed checkpoint of the audit log's head was written.
+    AuditCheckpoint {
+        log_id: String,
+        seq: u64,
+        hash: String,
+        signature: String,
+    },
+    /// pgwarden could not reach the PostgreSQL server for a client.
+    UpstreamDown {
+        error: String,
+    },
 }
 
 impl Event {
@@ -93,6 +133,13 @@ impl Event {
             Event::TicketUsed { .. } => "ticket_used",
             Event::BreakGlassUsed { .. } => "break_glass_used",
             Event::PolicyReloaded { .. } => "policy_reloaded",
+            Event::PolicyLoaded { .. } => "policy_loaded",
+            Event::SessionStarted { .. } => "session_started",
+            Event::SessionEnded { .. } => "session_ended",
+            Event::AuditSinkFailing { .. } => "audit_sink_failing",
+            Event::AuditSinkRecovered => "audit_sink_recovered",
+            Event::AuditCheckpoint { .. } => "audit_checkpoint",
+            Event::UpstreamDown { .. } => "upstream_down",
         }
     }
 }

@@ -262,7 +262,7 @@ impl PolicyGate {
             // The hot path: nothing to route.
             self.ledger.remember(&ins, view.batch_end);
             if !d.matches.is_empty() {
-                self.emit_decision(&d, &ins, None, false);
+                self.emit_decision(&d, &ins, None, false, false);
             }
             return Verdict::Forward;
         }
@@ -272,7 +272,7 @@ impl PolicyGate {
         if !d.action.refuses() && resumed.is_none() {
             self.ledger.remember(&ins, view.batch_end);
             if !d.matches.is_empty() {
-                self.emit_decision(&d, &ins, None, false);
+                self.emit_decision(&d, &ins, None, false, false);
             }
             return Verdict::Forward;
         }
@@ -303,11 +303,11 @@ impl PolicyGate {
                 // Let through by a ticket, an approval or break-glass: once.
                 self.once_only = ticket.is_some() || break_glass || hold.is_some();
                 self.ledger.remember(&ins, view.batch_end);
-                self.emit_decision(&d, &ins, ticket, break_glass);
+                self.emit_decision(&d, &ins, ticket, break_glass, false);
                 Verdict::Forward
             }
             (Route::Refuse(e), _) => {
-                self.emit_decision(&d, &ins, ticket, false);
+                self.emit_decision(&d, &ins, ticket, false, true);
                 Verdict::Refuse(e)
             }
             (Route::CheckTicket { id }, Some(a)) => {
@@ -331,7 +331,7 @@ impl PolicyGate {
                 let new = self.new_hold(&d, &ins);
                 if new.sql.len() > MAX_HELD_SQL {
                     // What nobody can read in full is not put before approvers.
-                    self.emit_decision(&d, &ins, ticket, false);
+                    self.emit_decision(&d, &ins, ticket, false, true);
                     return Verdict::Refuse(workflow::refusal(
                         &d,
                         &ins,
@@ -366,6 +366,7 @@ impl PolicyGate {
         ins: &Inspection,
         ticket: Option<String>,
         break_glass: bool,
+        refused: bool,
     ) {
         self.shared.events.emit(Event::Decision {
             session: self.session_id,
@@ -377,6 +378,7 @@ impl PolicyGate {
             policy_version: d.policy_version.clone(),
             ticket,
             break_glass,
+            refused,
         });
     }
 
