@@ -35,6 +35,7 @@
 
 pub mod admin;
 pub mod approval;
+pub mod audit;
 pub mod cancel;
 pub mod catalog;
 pub mod commands;

@@ -156,11 +156,24 @@ pub struct Emitted {
 /// Readers that fall further behind than this miss events (and are told how many).
 const CAPACITY: usize = 4096;
 
+/// Called with every event as it is emitted, before readers see it (the audit log's way in:
+/// it must not miss events a lagging reader would).
+pub type Tap = Box<dyn Fn(&Emitted) + Send + Sync>;
+
 /// A cheap-clone handle: every part of pgwarden emits through it.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct EventSink {
     tx: broadcast::Sender<Arc<Emitted>>,
     seq: Arc<AtomicU64>,
+    tap: Arc<std::sync::OnceLock<Tap>>,
+}
+
+impl std::fmt::Debug for EventSink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EventSink")
+            .field("tapped", &self.tap.get().is_some())
+            .finish()
+    }
 }
 
 impl Default for EventSink {
@@ -174,18 +187,28 @@ impl EventSink {
         EventSink {
             tx: broadcast::channel(CAPACITY).0,
             seq: Arc::new(AtomicU64::new(0)),
+            tap: Arc::new(std::sync::OnceLock::new()),
         }
+    }
+
+    /// Sets the tap (once; a second is ignored).
+    pub fn set_tap(&self, tap: Tap) {
+        let _ = self.tap.set(tap);
     }
 
     /// Emits `e`; never blocks (with no subscriber the event is only logged at debug level).
     pub fn emit(&self, event: Event) {
         tracing::debug!(event = event.kind(), "event");
         let seq = self.seq.fetch_add(1, Ordering::Relaxed) + 1;
-        let _ = self.tx.send(Arc::new(Emitted {
+        let e = Arc::new(Emitted {
             seq,
             at: jiff::Timestamp::now(),
             event,
-        }));
+        });
+        if let Some(tap) = self.tap.get() {
+            tap(&e);
+        }
+        let _ = self.tx.send(e);
     }
 
     pub fn subscribe(&self) -> broadcast::Receiver<Arc<Emitted>> {

@@ -40,6 +40,54 @@ pub struct Config {
     pub state_dir: PathBuf,
     /// How held statements wait (`[holds]`).
     pub holds: Holds,
+    /// The audit log (`[audit]`, `--audit-file`).
+    pub audit: Audit,
+}
+
+/// `[audit]`: the tamper-evident audit log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Audit {
+    /// The log file (JSON Lines); `None`: no audit log.
+    pub file: Option<PathBuf>,
+    /// Where signed checkpoints go; default the log file's name with `.checkpoints`.
+    pub checkpoints: Option<PathBuf>,
+    /// The ed25519 signing key (made on first use); default `audit-signing.key` in the state dir.
+    pub signing_key: Option<PathBuf>,
+    /// Statement classes recorded before they run (refused, held, ticketed, break-glass and
+    /// rule-matching statements are recorded whatever their class).
+    pub record: Vec<crate::sql::Class>,
+    /// Whether statement texts are recorded with literals replaced by `$n`.
+    pub redact_literals: bool,
+    /// What happens to statements that must be recorded when the log cannot be written.
+    pub on_failure: AuditOnFailure,
+    /// The active file is rotated (renamed `FILE.000001`, ...) once it is this large.
+    pub max_file_size: u64,
+    /// A checkpoint is signed at least this often while records come.
+    pub checkpoint_interval: Duration,
+    /// ...and whenever no record came for this long.
+    pub checkpoint_idle: Duration,
+}
+
+/// `[audit] on_failure`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuditOnFailure {
+    /// Statements that must be recorded are refused (SQLSTATE 58030) while the log fails.
+    Refuse,
+    /// They run unrecorded; every record lost is counted and logged.
+    Continue,
+}
+
+impl Audit {
+    /// Where checkpoints go.
+    pub fn checkpoints_path(&self) -> Option<PathBuf> {
+        self.checkpoints.clone().or_else(|| {
+            self.file.as_ref().map(|f| {
+                let mut s = f.as_os_str().to_owned();
+                s.push(".checkpoints");
+                PathBuf::from(s)
+            })
+        })
+    }
 }
 
 /// The admin HTTP listener: health, readiness and the JSON API.
@@ -182,6 +230,29 @@ impl Default for Config {
                 show_literals: false,
                 on_missing_ticket: OnMissingTicket::Refuse,
             },
+            audit: Audit {
+                file: None,
+                checkpoints: None,
+                signing_key: None,
+                record: {
+                    use crate::sql::Class::*;
+                    vec![
+                        Write,
+                        Ddl,
+                        Role,
+                        Function,
+                        Tcl,
+                        Session,
+                        Maintenance,
+                        Unknown,
+                    ]
+                },
+                redact_literals: true,
+                on_failure: AuditOnFailure::Refuse,
+                max_file_size: 100 << 20,
+                checkpoint_interval: Duration::from_secs(60),
+                checkpoint_idle: Duration::from_secs(2),
+            },
         }
     }
 }
@@ -198,6 +269,8 @@ pub struct Overrides {
     pub admin_listen: Option<String>,
     pub admin_tokens: Option<PathBuf>,
     pub state_dir: Option<PathBuf>,
+    /// `--audit-file FILE`.
+    pub audit_file: Option<PathBuf>,
 }
 
 impl Config {

@@ -187,6 +187,11 @@ pub(super) fn apply_toml(cfg: &mut Config, file: &Path, text: &str, errors: &mut
                     apply_state(cfg, &mut cx, t);
                 }
             }
+            "audit" => {
+                if let Some(t) = table(&mut cx, item, "audit") {
+                    apply_audit(cfg, &mut cx, t);
+                }
+            }
             "holds" => {
                 if let Some(t) = table(&mut cx, item, key) {
                     apply_holds(cfg, &mut cx, t);
@@ -358,6 +363,69 @@ fn apply_state(cfg: &mut Config, cx: &mut Ctx<'_>, t: &Table) {
                     cfg.state_dir = p;
                 }
             }
+            _ => unknown(cx, t.key(key).and_then(|k| k.span()), &full),
+        }
+    }
+}
+
+fn apply_audit(cfg: &mut Config, cx: &mut Ctx<'_>, t: &Table) {
+    for (key, item) in t.iter() {
+        let full = format!("audit.{key}");
+        let a = &mut cfg.audit;
+        match key {
+            "file" => a.file = non_empty_path(cx, item, &full),
+            "checkpoints" => a.checkpoints = non_empty_path(cx, item, &full),
+            "signing_key" => a.signing_key = non_empty_path(cx, item, &full),
+            "record" => {
+                let Some(arr) = item.as_array() else {
+                    cx.err(item, &full, "expected an array of statement classes, e.g. [\"write\", \"ddl\"], or [\"all\"]");
+                    continue;
+                };
+                let mut classes = Vec::new();
+                for v in arr.iter() {
+                    match v.as_str() {
+                        Some("all") => {
+                            use crate::sql::Class::*;
+                            classes.extend([
+                                Read, Write, Ddl, Role, Function, Tcl, Session, Maintenance,
+                                Unknown,
+                            ]);
+                        }
+                        Some(name) => match crate::sql::Class::parse(name) {
+                            Some(c) => classes.push(c),
+                            None => cx.err(item, &full, format!("{name:?} is not a statement class (read, write, ddl, role, function, tcl, session, maintenance, unknown, all)")),
+                        },
+                        None => cx.err(item, &full, "expected class names as strings"),
+                    }
+                }
+                a.record = classes;
+            }
+            "redact_literals" => {
+                if let Some(b) = boolean(cx, item, &full) {
+                    a.redact_literals = b;
+                }
+            }
+            "on_failure" => match string(cx, item, &full).as_deref() {
+                Some("refuse") => a.on_failure = crate::config::AuditOnFailure::Refuse,
+                Some("continue") => a.on_failure = crate::config::AuditOnFailure::Continue,
+                Some(_) => cx.err(item, &full, "expected \"refuse\" or \"continue\""),
+                None => {}
+            },
+            "max_file_size" => match bytes(cx, item, &full) {
+                Some(n) if n >= 4096 => a.max_file_size = n,
+                Some(_) => cx.err(item, &full, "at least 4kB"),
+                None => {}
+            },
+            "checkpoint_interval" => match duration(cx, item, &full) {
+                Some(d) if d >= Duration::from_millis(100) => a.checkpoint_interval = d,
+                Some(_) => cx.err(item, &full, "at least 100ms"),
+                None => {}
+            },
+            "checkpoint_idle" => match duration(cx, item, &full) {
+                Some(d) if d >= Duration::from_millis(10) => a.checkpoint_idle = d,
+                Some(_) => cx.err(item, &full, "at least 10ms"),
+                None => {}
+            },
             _ => unknown(cx, t.key(key).and_then(|k| k.span()), &full),
         }
     }
@@ -599,6 +667,9 @@ pub(super) fn apply_overrides(cfg: &mut Config, o: &Overrides, errors: &mut Vec<
     }
     if let Some(d) = &o.state_dir {
         cfg.state_dir = d.clone();
+    }
+    if let Some(f) = &o.audit_file {
+        cfg.audit.file = Some(f.clone());
     }
 }
 
