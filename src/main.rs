@@ -44,6 +44,29 @@ enum Command {
         #[command(subcommand)]
         command: commands::tokens::TokensCommand,
     },
+    /// The audit log: verify its chain and checkpoints.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum AuditCommand {
+    /// Check that audit files (rotated ones first, in order, then the active one) form one
+    /// intact chain; with checkpoints, that nothing was cut off the end. Exit 0 only when
+    /// intact; 1 names the first broken record and why.
+    Verify {
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        /// The signed checkpoints file (default: none).
+        #[arg(long, value_name = "FILE")]
+        checkpoints: Option<PathBuf>,
+        /// The checkpoint signing key's public half: 64 hex digits or a file of them
+        /// (`audit-signing.pub` in the state dir).
+        #[arg(long, value_name = "KEY")]
+        public_key: Option<String>,
+    },
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -82,6 +105,9 @@ struct ServeArgs {
     /// Directory of durable state: tickets, holds, reviews [default: ./pgwarden-state].
     #[arg(long, value_name = "DIR")]
     state_dir: Option<PathBuf>,
+    /// Write the tamper-evident audit log to FILE (JSON Lines) [config: audit.file].
+    #[arg(long, value_name = "FILE")]
+    audit_file: Option<PathBuf>,
 }
 
 #[derive(clap::Args)]
@@ -236,6 +262,13 @@ fn main() -> anyhow::Result<()> {
                 config.as_deref(),
             ),
         },
+        Command::Audit { command } => match command {
+            AuditCommand::Verify {
+                files,
+                checkpoints,
+                public_key,
+            } => commands::audit::verify(&files, checkpoints.as_deref(), public_key.as_deref()),
+        },
         Command::Holds(a) => commands::holds::run(a),
         Command::Tickets(a) => commands::tickets::run(a),
         Command::Reviews(a) => commands::reviews::run(a),
@@ -301,6 +334,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         admin_listen: args.admin_listen,
         admin_tokens: args.admin_tokens,
         state_dir: args.state_dir,
+        audit_file: args.audit_file,
     };
     let config = match Config::load(args.config.as_deref(), &overrides) {
         Ok(c) => c,

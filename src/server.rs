@@ -42,6 +42,8 @@ pub enum ServerError {
     Tls(#[from] crate::tls::TlsError),
     #[error("cannot open the state store in {dir}: {error}")]
     State { dir: String, error: String },
+    #[error("cannot open the audit log {file}: {error}")]
+    Audit { file: String, error: String },
     #[error("cannot read the admin tokens file: {0}")]
     Tokens(String),
     #[error("cannot listen for the admin API on {addr}: {source}")]
@@ -82,12 +84,10 @@ impl Server {
                     source,
                 })?;
         let events = crate::approval::events::EventSink::new();
-        let approvals =
-            crate::approval::Approvals::open(&config.state_dir, events).map_err(|e| {
-                ServerError::State {
-                    dir: config.state_dir.display().to_string(),
-                    error: e.to_string(),
-                }
+        let approvals = crate::approval::Approvals::open(&config.state_dir, events.clone())
+            .map_err(|e| ServerError::State {
+                dir: config.state_dir.display().to_string(),
+                error: e.to_string(),
             })?;
         let tokens = Arc::new(match &config.admin.tokens {
             Some(p) => crate::admin::auth::TokenSet::load(p)
@@ -106,7 +106,21 @@ impl Server {
             ),
             None => None,
         };
-        let shared = Arc::new(Shared::new(
+        let audit = match &config.audit.file {
+            Some(file) => Some(
+                crate::audit::AuditLog::start(&config.audit, &config.state_dir, &events).map_err(
+                    |e| ServerError::Audit {
+                        file: file.display().to_string(),
+                        error: e.to_string(),
+                    },
+                )?,
+            ),
+            None => None,
+        };
+        events.emit(crate::approval::events::Event::PolicyLoaded {
+            version: policy.version.clone(),
+        });
+        let mut shared = Shared::new(
             Arc::new(config),
             acceptor,
             connector,
@@ -114,7 +128,9 @@ impl Server {
             policy,
             Some(approvals.clone()),
             tokens.clone(),
-        ));
+        );
+        shared.audit = audit;
+        let shared = Arc::new(shared);
         let admin = admin_listener.map(|listener| {
             let policy_shared = shared.clone();
             let readiness = crate::admin::Readiness::new(
@@ -128,6 +144,13 @@ impl Server {
                 },
                 Some(shared.upstream.address.clone()),
             );
+            let readiness = match shared.audit.clone() {
+                Some(log) => readiness.audit(move || match log.failing() {
+                    Some(e) => Err(format!("the audit log cannot be written: {e}")),
+                    None => Ok(()),
+                }),
+                None => readiness,
+            };
             Admin {
                 listener,
                 state: crate::admin::AdminState::new(approvals, tokens, readiness),
@@ -197,8 +220,11 @@ impl Server {
             match limit.clone().try_acquire_owned() {
                 Ok(permit) => {
                     let shared = self.shared.clone();
+                    metrics::counter!(crate::telemetry::CLIENT_CONNECTIONS_TOTAL).increment(1);
+                    metrics::gauge!(crate::telemetry::CLIENT_CONNECTIONS).increment(1.0);
                     tracker.spawn(async move {
                         session::run(shared, tcp, peer).await;
+                        metrics::gauge!(crate::telemetry::CLIENT_CONNECTIONS).decrement(1.0);
                         drop(permit);
                     });
                 }
@@ -230,6 +256,10 @@ impl Server {
         }
         if let Some(e) = expiry {
             e.abort();
+        }
+        if let Some(log) = &self.shared.audit {
+            // Everything recorded is on disk, with a checkpoint of the final head.
+            let _ = tokio::time::timeout(Duration::from_secs(10), log.flush()).await;
         }
         tracing::info!("pgwarden stopped");
     }

@@ -141,7 +141,10 @@ pub(super) async fn readyz(State(state): State<AdminState>) -> Response {
             .map(drop)
             .map_err(|e| e.to_string())
     });
-    let checks = [("policy", policy), ("upstream", upstream), ("store", store)];
+    let mut checks = vec![("policy", policy), ("upstream", upstream), ("store", store)];
+    if let Some(audit) = r.audit_check() {
+        checks.push(("audit", audit));
+    }
     let failed = checks
         .iter()
         .find_map(|(name, c)| c.as_ref().err().map(|e| format!("{name}: {e}")));

@@ -45,6 +45,7 @@ pub struct Readiness {
     policy: PolicyCheck,
     upstream: Option<UpstreamAddr>,
     connect_timeout: Duration,
+    audit: Option<PolicyCheck>,
 }
 
 impl Readiness {
@@ -58,7 +59,19 @@ impl Readiness {
             policy: Arc::new(policy_loaded),
             upstream,
             connect_timeout: Duration::from_secs(1),
+            audit: None,
         }
+    }
+
+    /// Adds the audit log's check: unready while it cannot be written.
+    pub fn audit(mut self, check: impl Fn() -> Result<(), String> + Send + Sync + 'static) -> Self {
+        self.audit = Some(Arc::new(check));
+        self
+    }
+
+    /// The audit check's answer (`None`: no audit log).
+    pub(crate) fn audit_check(&self) -> Option<Result<(), String>> {
+        self.audit.as_ref().map(|c| c())
     }
 
     /// How long the upstream connect may take before the check fails.

@@ -177,16 +177,16 @@ impl Writer {
                     metrics::histogram!(m::AUDIT_WRITE_SECONDS)
                         .record(started.elapsed().as_secs_f64());
                     metrics::counter!(m::AUDIT_RECORDS_TOTAL).increment(acks.len() as u64);
-                    for (seq, ack) in acks {
-                        if let Some(a) = ack {
-                            let _ = a.send(Ok(seq));
-                        }
-                    }
                     if self.failing {
                         self.failing = false;
                         self.shared.set_failing(None);
                         tracing::warn!(file = %self.settings.file.display(), "audit log written again");
                         self.events.emit(Event::AuditSinkRecovered);
+                    }
+                    for (seq, ack) in acks {
+                        if let Some(a) = ack {
+                            let _ = a.send(Ok(seq));
+                        }
                     }
                     self.rotate_if_full();
                 }
@@ -195,15 +195,17 @@ impl Writer {
                     metrics::counter!(m::AUDIT_WRITE_FAILURES_TOTAL).increment(1);
                     let lost = acks.iter().filter(|(_, a)| a.is_none()).count();
                     tracing::error!(file = %self.settings.file.display(), error = %msg, records = acks.len(), unacknowledged_records_lost = lost, "audit log write failed");
+                    // Failing is said before anyone hears of the failure.
+                    if !self.failing {
+                        self.failing = true;
+                        self.shared.set_failing(Some(msg.clone()));
+                        self.events
+                            .emit(Event::AuditSinkFailing { error: msg.clone() });
+                    }
                     for (_, ack) in acks {
                         if let Some(a) = ack {
                             let _ = a.send(Err(msg.clone()));
                         }
-                    }
-                    if !self.failing {
-                        self.failing = true;
-                        self.shared.set_failing(Some(msg.clone()));
-                        self.events.emit(Event::AuditSinkFailing { error: msg });
                     }
                 }
             }

@@ -4,8 +4,10 @@
 //! files), `explain` (facts and decision for one string), `policy validate` / `policy test`.
 //!
 //! Clients of a running instance's admin API ([`client`]): `holds`, `tickets`, `reviews`.
-//! And `tokens add`, which writes the admin API's tokens file.
+//! And `tokens add`, which writes the admin API's tokens file; `audit verify`, which checks
+//! an audit log's chain and signed checkpoints.
 
+pub mod audit;
 pub mod check;
 pub mod client;
 pub mod explain;

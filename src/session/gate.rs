@@ -5,21 +5,28 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Instant;
 
+use super::state::BatchAnswer;
 use super::verdict::{Gate, Resumed, Verdict, View, Waiting};
 use super::waits;
 use super::Shared;
 use crate::approval::events::Event;
 use crate::approval::model::{HeldRule, NewHold, NewReview};
+use crate::audit::record::{
+    bounded_text, ApprovalInfo, CommandDone, DecisionInfo, ErrorInfo, OutcomeRecord,
+    OutcomeSession, SessionInfo, StatementInfo, StatementRecord,
+};
 use crate::catalog::client::{default_search_path, Source};
 use crate::catalog::{self, Answer, Answers, Question};
+use crate::config::AuditOnFailure;
 use crate::policy::{Action, Decision, SessionContext};
 use crate::sql::{Inspection, ReadAs, Unparsed};
 use crate::wire::messages::{PgError, Severity};
 use crate::wire::read::TxStatus;
 use crate::wire::sqlstate::SqlState;
 use crate::workflow::cases::encoding_readable;
-use crate::workflow::{self, Route};
+use crate::workflow::{self, HoldEnd, Route};
 
 use super::ledger::Ledger;
 
@@ -45,6 +52,27 @@ pub struct PolicyGate {
     once: HashMap<Vec<u8>, bool>,
     /// The decision being made was let through by a ticket, an approval or break-glass.
     once_only: bool,
+    /// A statement whose audit record is being written: it is forwarded once it is synced.
+    awaiting: Option<Awaiting>,
+    /// Forwarded recorded statements whose batch has not been answered yet.
+    outcomes: Vec<PendingOutcome>,
+    /// Prepared statements (extended protocol) recorded at each Bind: the record made when
+    /// their Parse was decided.
+    prepared_records: HashMap<Vec<u8>, StatementRecord>,
+}
+
+/// A message waiting for its audit record to be synced.
+struct Awaiting {
+    key: String,
+    /// What forwarding it changes in the session (none for a Bind).
+    ins: Option<Arc<Inspection>>,
+    once_only: bool,
+}
+
+struct PendingOutcome {
+    batch_end: u64,
+    seq: u64,
+    forwarded: Instant,
 }
 
 impl PolicyGate {
@@ -64,6 +92,9 @@ impl PolicyGate {
             ledger,
             once: HashMap::new(),
             once_only: false,
+            awaiting: None,
+            outcomes: Vec::new(),
+            prepared_records: HashMap::new(),
         }
     }
 
@@ -127,6 +158,18 @@ impl PolicyGate {
         )))
     }
 
+    /// The effective role: PostgreSQL 18 reports `role`; before that, what SET ROLE said is
+    /// tracked here.
+    fn effective_role(&self, view: &View<'_>) -> Option<String> {
+        match view.params.role.as_deref() {
+            Some(_) => view.params.effective_role().map(str::to_owned),
+            None => self
+                .ledger
+                .role()
+                .or_else(|| view.params.session_authorization.clone()),
+        }
+    }
+
     /// Decides on an inspection in this session.
     pub fn decide(&self, ins: &Inspection, view: &View<'_>) -> Decision {
         let policy = self.shared.policy.load();
@@ -140,14 +183,7 @@ impl PolicyGate {
             return Decision::allow(&policy.version);
         }
         let mut ctx = self.base.clone();
-        // PostgreSQL 18 reports `role`; before that, what SET ROLE said is tracked here.
-        ctx.role = match view.params.role.as_deref() {
-            Some(_) => view.params.effective_role().map(str::to_owned),
-            None => self
-                .ledger
-                .role()
-                .or_else(|| view.params.session_authorization.clone()),
-        };
+        ctx.role = self.effective_role(view);
         ctx.lock_timeout_set = self.ledger.lock_timeout_set();
         ctx.created = self.ledger.created().clone();
         ctx.in_transaction = view.tx != TxStatus::Idle;
@@ -260,22 +296,30 @@ impl PolicyGate {
         report(&d, &ins);
         if !d.action.refuses() && self.resumed.is_none() {
             // The hot path: nothing to route.
-            self.ledger.remember(&ins, view.batch_end);
             if !d.matches.is_empty() {
                 self.emit_decision(&d, &ins, None, false, false);
             }
-            return Verdict::Forward;
+            return self.forward(&d, ins, view, text, None, false, None);
         }
         let key = text_key(text);
         let key = key.as_str();
         let resumed = self.resumed.take().filter(|r| r.key() == key);
         if !d.action.refuses() && resumed.is_none() {
-            self.ledger.remember(&ins, view.batch_end);
             if !d.matches.is_empty() {
                 self.emit_decision(&d, &ins, None, false, false);
             }
-            return Verdict::Forward;
+            return self.forward(&d, ins, view, text, None, false, None);
         }
+        let approval = match &resumed {
+            Some(Resumed::Hold {
+                end: HoldEnd::Ended(h),
+                ..
+            }) => Some(ApprovalInfo {
+                hold: h.id,
+                approvers: h.approvals.iter().map(|a| a.by.clone()).collect(),
+            }),
+            _ => None,
+        };
         let policy = self.shared.policy.load();
         let ticket = workflow::attached_ticket(&d, &ins, self.ledger.ticket());
         let standing = workflow::Standing {
@@ -302,12 +346,13 @@ impl PolicyGate {
             ) => {
                 // Let through by a ticket, an approval or break-glass: once.
                 self.once_only = ticket.is_some() || break_glass || hold.is_some();
-                self.ledger.remember(&ins, view.batch_end);
-                self.emit_decision(&d, &ins, ticket, break_glass, false);
-                Verdict::Forward
+                self.emit_decision(&d, &ins, ticket.clone(), break_glass, false);
+                let approval = approval.filter(|a| Some(a.hold) == hold);
+                self.forward(&d, ins, view, text, ticket, break_glass, approval)
             }
             (Route::Refuse(e), _) => {
-                self.emit_decision(&d, &ins, ticket, false, true);
+                self.emit_decision(&d, &ins, ticket.clone(), false, true);
+                self.record_refusal(&d, &ins, view, text, ticket, &e);
                 Verdict::Refuse(e)
             }
             (Route::CheckTicket { id }, Some(a)) => {
@@ -331,15 +376,17 @@ impl PolicyGate {
                 let new = self.new_hold(&d, &ins);
                 if new.sql.len() > MAX_HELD_SQL {
                     // What nobody can read in full is not put before approvers.
-                    self.emit_decision(&d, &ins, ticket, false, true);
-                    return Verdict::Refuse(workflow::refusal(
+                    self.emit_decision(&d, &ins, ticket.clone(), false, true);
+                    let e = workflow::refusal(
                         &d,
                         &ins,
                         Some(&format!(
                             "The statement is too large to be reviewed ({} bytes, at most {MAX_HELD_SQL}): it is not held. Send it in smaller statements.",
                             new.sql.len()
                         )),
-                    ));
+                    );
+                    self.record_refusal(&d, &ins, view, text, ticket, &e);
+                    return Verdict::Refuse(e);
                 }
                 let reminder = self.shared.config.holds.reminder;
                 Verdict::Wait(waits::hold(a, new, note, reminder, key.to_owned()))
@@ -356,7 +403,256 @@ impl PolicyGate {
                 Verdict::Wait(waits::break_glass(a, review, key.to_owned()))
             }
             // Routes that need the store are only taken with one.
-            (_, None) => Verdict::Refuse(workflow::refusal(&d, &ins, None)),
+            (_, None) => {
+                let e = workflow::refusal(&d, &ins, None);
+                self.record_refusal(&d, &ins, view, text, ticket, &e);
+                Verdict::Refuse(e)
+            }
+        }
+    }
+
+    /// Forwards a statement policy let through: at once, or, when the audit log records it,
+    /// once its record is synced (a Parse is recorded at each Bind of it instead).
+    #[allow(clippy::too_many_arguments)]
+    fn forward(
+        &mut self,
+        d: &Decision,
+        ins: Arc<Inspection>,
+        view: &View<'_>,
+        text: &[u8],
+        ticket: Option<String>,
+        break_glass: bool,
+        approval: Option<ApprovalInfo>,
+    ) -> Verdict {
+        let Some(audit) = self.shared.audit.clone() else {
+            self.ledger.remember(&ins, view.batch_end);
+            return Verdict::Forward;
+        };
+        let must = !d.matches.is_empty()
+            || ticket.is_some()
+            || break_glass
+            || approval.is_some()
+            || audit.records_class(classes(&ins));
+        if let Some(name) = view.parse_name {
+            if must {
+                let rec =
+                    self.statement_record(d, &ins, view, text, ticket, break_glass, approval, None);
+                self.prepared_records.insert(name.to_vec(), rec);
+            } else {
+                self.prepared_records.remove(name);
+            }
+            self.ledger.remember(&ins, view.batch_end);
+            return Verdict::Forward;
+        }
+        if !must {
+            self.ledger.remember(&ins, view.batch_end);
+            return Verdict::Forward;
+        }
+        let rec = self.statement_record(d, &ins, view, text, ticket, break_glass, approval, None);
+        self.await_record(&audit, rec, text_key(text), Some(ins))
+    }
+
+    /// Appends `rec` and waits for it to be synced before the message is forwarded.
+    fn await_record(
+        &mut self,
+        audit: &crate::audit::AuditLog,
+        rec: StatementRecord,
+        key: String,
+        ins: Option<Arc<Inspection>>,
+    ) -> Verdict {
+        let rx = audit.append(rec.payload());
+        self.awaiting = Some(Awaiting {
+            key: key.clone(),
+            ins,
+            once_only: self.once_only,
+        });
+        Verdict::Wait(Waiting::once(async move {
+            let outcome = match tokio::time::timeout(crate::audit::ACK_TIMEOUT, rx).await {
+                Ok(Ok(r)) => r,
+                Ok(Err(_)) => Err("the audit writer stopped".into()),
+                Err(_) => Err("the audit log did not answer in time".into()),
+            };
+            Resumed::Audited { key, outcome }
+        }))
+    }
+
+    /// The answer for a message whose audit record was being written, if this is it.
+    fn audited(&mut self, key: impl FnOnce() -> String, view: &View<'_>) -> Option<Verdict> {
+        self.awaiting.as_ref()?;
+        let key = key();
+        if !matches!(&self.resumed, Some(Resumed::Audited { key: k, .. }) if *k == key)
+            || self.awaiting.as_ref().is_none_or(|a| a.key != key)
+        {
+            return None;
+        }
+        let Some(Resumed::Audited { outcome, .. }) = self.resumed.take() else {
+            unreachable!("matched above")
+        };
+        let a = self.awaiting.take().expect("checked above");
+        self.once_only = a.once_only;
+        let go = |gate: &mut Self| {
+            if let Some(ins) = &a.ins {
+                gate.ledger.remember(ins, view.batch_end);
+            }
+        };
+        match outcome {
+            Ok(seq) => {
+                go(self);
+                self.outcomes.push(PendingOutcome {
+                    batch_end: view.batch_end,
+                    seq,
+                    forwarded: Instant::now(),
+                });
+                Some(Verdict::Forward)
+            }
+            Err(error) => {
+                metrics::counter!(crate::telemetry::AUDIT_REFUSALS_TOTAL).increment(1);
+                let refuse = self
+                    .shared
+                    .audit
+                    .as_ref()
+                    .is_none_or(|l| l.on_failure == AuditOnFailure::Refuse);
+                if !refuse {
+                    tracing::error!(error = %error, "audit log failing: statement runs unrecorded (on_failure = \"continue\")");
+                    go(self);
+                    return Some(Verdict::Forward);
+                }
+                tracing::error!(error = %error, "audit log failing: statement refused");
+                Some(Verdict::Refuse(
+                    PgError::error(
+                        SqlState::IO_ERROR,
+                        "pgwarden: the audit log cannot be written, so this statement is not run",
+                    )
+                    .with_detail(format!("Writing its audit record failed: {error}."))
+                    .with_hint("pgwarden runs nothing it must record while its audit log fails; statements that are not recorded (plain reads) still run. Tell the operators: /readyz is unready."),
+                ))
+            }
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn statement_record(
+        &self,
+        d: &Decision,
+        ins: &Inspection,
+        view: &View<'_>,
+        text: &[u8],
+        ticket: Option<String>,
+        break_glass: bool,
+        approval: Option<ApprovalInfo>,
+        refusal: Option<&PgError>,
+    ) -> StatementRecord {
+        let redact = self.shared.audit.as_ref().is_none_or(|a| a.redact_literals);
+        let read_as = ReadAs {
+            standard_conforming_strings: view.params.standard_conforming_strings.unwrap_or(true),
+        };
+        let (shown, fingerprint) = match std::str::from_utf8(text) {
+            _ if ins.statements.len() == 1 && ins.statements[0].text.is_empty() => {
+                // A fast-path FunctionCall: no text, its function is the object.
+                (String::new(), None)
+            }
+            Ok(t) => {
+                let shown = if redact {
+                    pg_query::normalize(t).unwrap_or_else(|_| {
+                        "(statement text not recorded: it could not be parsed to redact its literals)".into()
+                    })
+                } else {
+                    t.to_owned()
+                };
+                let fp = crate::sql::fingerprint::fingerprints(t, read_as)
+                    .ok()
+                    .map(|f| f.join(","));
+                (shown, fp)
+            }
+            Err(_) => (
+                "(statement text not recorded: it is not valid UTF-8)".into(),
+                None,
+            ),
+        };
+        let (shown, mut digest, truncated) = bounded_text(shown);
+        if shown.starts_with("(statement text not recorded") {
+            use sha2::{Digest, Sha256};
+            digest = Some(hex::encode(Sha256::digest(text)));
+        }
+        let mut class_names: Vec<String> = Vec::new();
+        for c in classes(ins) {
+            let n = serde_json::to_value(c)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_owned))
+                .unwrap_or_default();
+            if !class_names.contains(&n) {
+                class_names.push(n);
+            }
+        }
+        let mut objects: Vec<String> = Vec::new();
+        for o in ins
+            .statements
+            .iter()
+            .flat_map(|s| &s.ops)
+            .flat_map(|o| &o.objects)
+        {
+            if !objects.contains(o) {
+                objects.push(o.clone());
+            }
+        }
+        let role = self.effective_role(view).filter(|r| *r != self.base.user);
+        StatementRecord {
+            session: SessionInfo {
+                id: self.session_id,
+                user: self.base.user.clone(),
+                role,
+                database: self.base.database.clone(),
+                application_name: Some(self.base.application.clone()).filter(|a| !a.is_empty()),
+                client_addr: self.base.client_addr.map(|a| a.to_string()),
+                tls: self.base.tls,
+            },
+            statement: StatementInfo {
+                text: shown,
+                text_sha256: digest,
+                text_truncated: truncated,
+                fingerprint,
+                tags: statement_tags(ins),
+                classes: class_names,
+                objects,
+            },
+            decision: DecisionInfo {
+                action: d.action,
+                rules: d.matches.iter().map(|m| m.rule.clone()).collect(),
+                mode: self.shared.config.mode,
+                policy_version: d.policy_version.clone(),
+                ticket,
+                break_glass,
+                refused: refusal.is_some(),
+            },
+            approval,
+            refusal: refusal.map(|e| ErrorInfo {
+                sqlstate: e.code.code().to_owned(),
+                message: e.message.clone(),
+            }),
+        }
+    }
+
+    /// Records a refusal (refusals are always recorded; nothing waits for the write).
+    fn record_refusal(
+        &self,
+        d: &Decision,
+        ins: &Inspection,
+        view: &View<'_>,
+        text: &[u8],
+        ticket: Option<String>,
+        e: &PgError,
+    ) {
+        for m in d
+            .matches
+            .iter()
+            .filter(|m| !m.monitor && m.action == d.action)
+        {
+            metrics::counter!(crate::telemetry::REFUSALS_TOTAL, "rule" => m.rule.clone())
+                .increment(1);
+        }
+        if let Some(audit) = &self.shared.audit {
+            let rec = self.statement_record(d, ins, view, text, ticket, false, None, Some(e));
+            audit.append_nowait(rec.payload());
         }
     }
 
@@ -420,11 +716,45 @@ impl PolicyGate {
 }
 
 impl Gate for PolicyGate {
-    fn on_ready(&mut self, failed: bool, tx: TxStatus, ready: u64) {
+    fn on_ready(&mut self, failed: bool, tx: TxStatus, ready: u64, answer: &BatchAnswer) {
         self.ledger.on_ready(failed, tx, ready);
+        if self.outcomes.is_empty() {
+            return;
+        }
+        let (done, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut self.outcomes)
+            .into_iter()
+            .partition(|o| o.batch_end <= ready);
+        self.outcomes = waiting;
+        let (Some(audit), Some(first)) = (&self.shared.audit, done.first()) else {
+            return;
+        };
+        let rec = OutcomeRecord {
+            session: OutcomeSession {
+                id: self.session_id,
+            },
+            decisions: done.iter().map(|o| o.seq).collect(),
+            commands: answer
+                .commands
+                .iter()
+                .map(|c| CommandDone::parse(c))
+                .collect(),
+            error: answer.error.as_ref().map(|(code, message)| ErrorInfo {
+                sqlstate: code.clone(),
+                message: message.clone(),
+            }),
+            duration_us: first.forwarded.elapsed().as_micros() as u64,
+        };
+        audit.append_nowait(rec.payload());
+    }
+
+    fn wants_answers(&self) -> bool {
+        !self.outcomes.is_empty() || self.awaiting.is_some()
     }
 
     fn check_function_call(&mut self, oid: u32, view: &View<'_>) -> Verdict {
+        if let Some(v) = self.audited(|| text_key(&oid.to_be_bytes()), view) {
+            return v;
+        }
         // The fast-path protocol names functions by OID and its arguments are binary: only
         // the large-object functions libpq's lo_* API uses (fixed OIDs of built-ins) are
         // identified; any other OID is text pgwarden cannot read, refused as unparsed.
@@ -464,7 +794,10 @@ impl Gate for PolicyGate {
 
     fn check(&mut self, text: &[u8], view: &View<'_>) -> Verdict {
         self.once_only = false;
-        let v = self.check_text(text, view);
+        let v = match self.audited(|| text_key(text), view) {
+            Some(v) => v,
+            None => self.check_text(text, view),
+        };
         if !matches!(v, Verdict::Wait(_)) && self.shared.catalog.is_some() {
             // Decided: answers fetched for it are not reused for a later text.
             self.supplied.clear();
@@ -482,12 +815,16 @@ impl Gate for PolicyGate {
         v
     }
 
-    fn check_bind(&mut self, statement: &[u8], _view: &View<'_>) -> Verdict {
+    fn check_bind(&mut self, statement: &[u8], view: &View<'_>) -> Verdict {
+        let key = || format!("bind\0{}", hex::encode(statement));
+        if let Some(v) = self.audited(key, view) {
+            return v;
+        }
         match self.once.get_mut(statement) {
-            None => Verdict::Forward,
+            None => self.bind_recorded(statement, key()),
             Some(unused) if *unused => {
                 *unused = false;
-                Verdict::Forward
+                self.bind_recorded(statement, key())
             }
             Some(_) => {
                 let name = if statement.is_empty() {
@@ -521,6 +858,17 @@ impl Gate for PolicyGate {
 }
 
 impl PolicyGate {
+    /// A Bind of a prepared statement that is recorded at each run: waits for its record.
+    fn bind_recorded(&mut self, statement: &[u8], key: String) -> Verdict {
+        let (Some(audit), Some(rec)) = (
+            self.shared.audit.clone(),
+            self.prepared_records.get(statement).cloned(),
+        ) else {
+            return Verdict::Forward;
+        };
+        self.await_record(&audit, rec, key, None)
+    }
+
     fn check_text(&mut self, text: &[u8], view: &View<'_>) -> Verdict {
         self.check_server_version(view);
         let Ok(text) = std::str::from_utf8(text) else {
@@ -586,7 +934,10 @@ impl PolicyGate {
         let d2 = self.decide(&second, view);
         if d2.action.refuses() && !self.decide(&first, view).action.refuses() {
             report(&d2, &second);
-            return Verdict::Refuse(workflow::refusal(&d2, &second, None));
+            let e = workflow::refusal(&d2, &second, None);
+            self.emit_decision(&d2, &second, None, false, true);
+            self.record_refusal(&d2, &second, view, text.as_bytes(), None, &e);
+            return Verdict::Refuse(e);
         }
         self.enforce(first, view, text.as_bytes())
     }
@@ -648,6 +999,20 @@ fn report(d: &Decision, ins: &Inspection) {
 fn text_key(text: &[u8]) -> String {
     use sha2::{Digest, Sha256};
     hex::encode(Sha256::digest(text))
+}
+
+/// The class of every operation (Unknown for a text that could not be read).
+fn classes(ins: &Inspection) -> Vec<crate::sql::Class> {
+    let mut c: Vec<crate::sql::Class> = ins
+        .statements
+        .iter()
+        .flat_map(|s| &s.ops)
+        .map(|o| o.class)
+        .collect();
+    if ins.unparsed.is_some() || c.is_empty() {
+        c.push(crate::sql::Class::Unknown);
+    }
+    c
 }
 
 /// The tag of each statement.

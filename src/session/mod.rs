@@ -49,6 +49,8 @@ pub struct Shared {
     pub tokens: Arc<crate::admin::auth::TokenSet>,
     /// Every decision and lifecycle event goes out through here.
     pub events: crate::approval::events::EventSink,
+    /// The audit log, when `[audit] file` is set.
+    pub audit: Option<crate::audit::AuditLog>,
     next_id: AtomicU64,
 }
 
@@ -87,6 +89,7 @@ impl Shared {
             approvals,
             tokens,
             events,
+            audit: None,
             policy: arc_swap::ArcSwap::from_pointee(policy),
             cache: InspectCache::default(),
             upstream: Arc::new(config.upstream.clone()),
@@ -147,6 +150,12 @@ async fn serve(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr, id: u64) {
         Ok(s) => s,
         Err(e) => {
             tracing::warn!(error = %e, "upstream unreachable");
+            metrics::counter!(crate::telemetry::UPSTREAM_CONNECT_FAILURES_TOTAL).increment(1);
+            shared
+                .events
+                .emit(crate::approval::events::Event::UpstreamDown {
+                    error: e.to_string(),
+                });
             let fatal = PgError::fatal(SqlState::CONNECTION_FAILURE, format!("pgwarden: {e}"))
                 .with_hint("Check that PostgreSQL is running and that pgwarden's upstream setting points at it.");
             let _ = client.write_all(&fatal.to_bytes()).await;
@@ -182,6 +191,28 @@ async fn serve(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr, id: u64) {
         startup_deadline: deadline,
         cancel: crate::cancel::CancelSignal::default(),
     };
+    let started = std::time::Instant::now();
+    shared
+        .events
+        .emit(crate::approval::events::Event::SessionStarted {
+            session: id,
+            user: startup.user().to_owned(),
+            database: startup.database().to_owned(),
+            application_name: startup.param("application_name").map(str::to_owned),
+            client_addr: Some(peer.ip().to_string()),
+            tls: client.is_tls(),
+        });
+    metrics::gauge!(crate::telemetry::UPSTREAM_CONNECTIONS).increment(1.0);
     let end = relay::run(ctx, client, server, packet, rest, &mut gate).await;
+    metrics::gauge!(crate::telemetry::UPSTREAM_CONNECTIONS).decrement(1.0);
     tracing::info!(end = ?end, "session closed");
+    shared
+        .events
+        .emit(crate::approval::events::Event::SessionEnded {
+            session: id,
+            user: startup.user().to_owned(),
+            database: startup.database().to_owned(),
+            reason: format!("{end:?}"),
+            duration_ms: started.elapsed().as_millis() as u64,
+        });
 }

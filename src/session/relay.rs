@@ -163,6 +163,8 @@ where
         }
         reserve(&mut sin);
         reserve(&mut cin);
+        // Whatever was forwarded last turn is answered in frames read from now on.
+        st.collect_answers = gate.wants_answers();
         let startup_pending = st.phase != Phase::Ready;
         // While a message waits, the client is read (up to a bound past the waiting message,
         // which heads `cin`, so a hang-up is noticed however large it is) but not framed.
@@ -202,8 +204,8 @@ where
                                 Err(fatal) => end = Some(client_violation(&st, fatal, &mut s2c)),
                             }
                         }
-                        for (failed, tx, ready) in st.ready_events.drain(..) {
-                            gate.on_ready(failed, tx, ready);
+                        for (failed, tx, ready, answer) in st.ready_events.drain(..) {
+                            gate.on_ready(failed, tx, ready, &answer);
                         }
                         if let Some(key) = st.new_cancel_key.take() {
                             cancel_guard = Some(ctx.shared.cancels.register(key, CancelTarget {

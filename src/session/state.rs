@@ -85,7 +85,20 @@ pub struct SessionState {
     batch_error: bool,
     /// Batches that ended (failed?, transaction state after), for the gate: drained by the
     /// relay after each call to `server_frames`.
-    pub ready_events: Vec<(bool, TxStatus, u64)>,
+    pub ready_events: Vec<(bool, TxStatus, u64, BatchAnswer)>,
+    /// Whether the server's answers (command tags, the first error) are collected for the
+    /// gate's audit records; set by the relay from [`super::verdict::Gate::wants_answers`].
+    pub collect_answers: bool,
+    answer: BatchAnswer,
+}
+
+/// What the server answered in one batch (up to its ReadyForQuery), when collected.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct BatchAnswer {
+    /// CommandComplete tags, in order.
+    pub commands: Vec<String>,
+    /// The first ErrorResponse as the client saw it: SQLSTATE and message.
+    pub error: Option<(String, String)>,
 }
 
 /// What becomes of one gated client frame.
@@ -118,6 +131,8 @@ impl SessionState {
             refusals: Refusals::default(),
             batch_error: false,
             ready_events: Vec::new(),
+            collect_answers: false,
+            answer: BatchAnswer::default(),
         }
     }
 
@@ -356,7 +371,8 @@ impl SessionState {
                 return Ok(());
             };
             let frame_len = h.frame_len();
-            let wanted = matches!(h.tag, b'Z' | b'K' | b'S' | b'R' | b'E');
+            let wanted = matches!(h.tag, b'Z' | b'K' | b'S' | b'R' | b'E')
+                || (h.tag == b'C' && self.collect_answers);
             if !wanted || frame_len > READ_LIMIT {
                 self.server_streaming = frame_len;
                 continue;
@@ -364,8 +380,16 @@ impl SessionState {
             if sin.len() < frame_len {
                 return Ok(());
             }
+            let rewritten = self.rewrite_server_frame(h.tag, &sin[HEADER_LEN..frame_len]);
+            if self.collect_answers {
+                let body = match &rewritten {
+                    Some(f) => &f[HEADER_LEN..],
+                    None => &sin[HEADER_LEN..frame_len],
+                };
+                self.collect_answer(h.tag, body);
+            }
             self.read_server_frame(h.tag, &sin[HEADER_LEN..frame_len]);
-            match self.rewrite_server_frame(h.tag, &sin[HEADER_LEN..frame_len]) {
+            match rewritten {
                 Some(frame) => out.extend_from_slice(&frame),
                 None => out.extend_from_slice(&sin[..frame_len]),
             }
@@ -404,6 +428,23 @@ impl SessionState {
         Some(frame)
     }
 
+    fn collect_answer(&mut self, tag: u8, body: &[u8]) {
+        match tag {
+            b'C' => {
+                let end = body.iter().position(|&b| b == 0).unwrap_or(body.len());
+                self.answer
+                    .commands
+                    .push(String::from_utf8_lossy(&body[..end]).into_owned());
+            }
+            b'E' if self.answer.error.is_none() => {
+                if let Some(f) = read::error_fields(body) {
+                    self.answer.error = Some((f.code, f.message));
+                }
+            }
+            _ => {}
+        }
+    }
+
     /// The number of the ReadyForQuery that ends the batch a message sent now belongs to.
     fn batch_end(&self) -> u64 {
         self.readies + u64::from(self.pending_ready) + 1
@@ -421,9 +462,10 @@ impl SessionState {
                 }
                 self.readies += 1;
                 self.refusals.on_ready(self.readies);
+                let answer = std::mem::take(&mut self.answer);
                 if self.phase == Phase::Ready {
                     self.ready_events
-                        .push((self.batch_error, self.tx, self.readies));
+                        .push((self.batch_error, self.tx, self.readies, answer));
                 }
                 self.batch_error = false;
                 self.phase = Phase::Ready;

@@ -10,6 +10,7 @@ use futures_util::stream::{self, BoxStream, StreamExt};
 use tokio::sync::oneshot;
 
 use super::params::ServerParams;
+use super::state::BatchAnswer;
 use crate::wire::messages::PgError;
 use crate::wire::read::TxStatus;
 pub use crate::workflow::{HoldEnd, Resumed};
@@ -56,7 +57,13 @@ pub trait Gate {
     /// A batch ended with ReadyForQuery number `ready` (see [`View::batch_end`]): whether an
     /// error was raised in it, and the transaction state after it. Effects of statements take
     /// hold here, not when forwarded.
-    fn on_ready(&mut self, _failed: bool, _tx: TxStatus, _ready: u64) {}
+    fn on_ready(&mut self, _failed: bool, _tx: TxStatus, _ready: u64, _answer: &BatchAnswer) {}
+
+    /// Whether the server's answers (command tags, errors) are wanted in [`Self::on_ready`]:
+    /// collecting them costs a little, so only while something waits for them.
+    fn wants_answers(&self) -> bool {
+        false
+    }
 
     /// A wait this gate asked for ended with `answer`; the same message is checked next.
     fn resume(&mut self, _answer: Resumed) {}

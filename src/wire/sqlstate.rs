@@ -25,6 +25,9 @@ impl SqlState {
     /// 57014: what PostgreSQL raises when authentication times out.
     pub const QUERY_CANCELED: SqlState = SqlState("57014");
 
+    /// 58030: pgwarden cannot write its audit log.
+    pub const IO_ERROR: SqlState = SqlState("58030");
+
     pub fn code(&self) -> &'static str {
         self.0
     }

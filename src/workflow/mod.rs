@@ -42,6 +42,11 @@ pub enum Resumed {
         key: String,
         outcome: Result<Review, String>,
     },
+    /// The statement's audit record was synced (its seq), or could not be written.
+    Audited {
+        key: String,
+        outcome: Result<u64, String>,
+    },
 }
 
 impl Resumed {
@@ -51,7 +56,8 @@ impl Resumed {
             Resumed::Answers { key, .. }
             | Resumed::Hold { key, .. }
             | Resumed::Ticket { key, .. }
-            | Resumed::BreakGlass { key, .. } => key,
+            | Resumed::BreakGlass { key, .. }
+            | Resumed::Audited { key, .. } => key,
         }
     }
 }

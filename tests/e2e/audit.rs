@@ -1,0 +1,328 @@
+//! The audit log on the wire: recorded statements are in the log (synced) before they run,
+//! with their outcome after; plain reads are not recorded, refusals always are; prepared
+//! statements are recorded at every run; a log that cannot be written refuses what it must
+//! record and turns /readyz unready; kill -9 in the middle of a write stream leaves a log that
+//! verifies, holding every statement the client saw succeed.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::support::process::Process;
+use crate::support::{eventually, shipped_policies, sqlstate, unique, via, Proxy};
+
+fn records(file: &Path) -> Vec<Value> {
+    std::fs::read_to_string(file)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect()
+}
+
+/// `pgwarden audit verify` on `file` with its checkpoints and public key: (status, stdout).
+fn verify(file: &Path, public_key: &Path) -> (i32, String) {
+    let mut cp = file.as_os_str().to_owned();
+    cp.push(".checkpoints");
+    let out = Command::new(env!("CARGO_BIN_EXE_pgwarden"))
+        .args(["audit", "verify"])
+        .arg(file)
+        .arg("--checkpoints")
+        .arg(PathBuf::from(cp))
+        .arg("--public-key")
+        .arg(public_key)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}
+
+fn statements<'a>(recs: &'a [Value], needle: &str) -> Vec<&'a Value> {
+    recs.iter()
+        .filter(|r| r["type"] == "statement")
+        .filter(|r| {
+            r["statement"]["text"]
+                .as_str()
+                .unwrap_or("")
+                .contains(needle)
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn statements_are_recorded_with_their_outcomes_and_the_log_verifies() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("audit.jsonl");
+    let key = dir.path().join("signing.key");
+    let (f, k) = (file.clone(), key.clone());
+    let proxy = Proxy::start_with(move |c| {
+        c.policies = shipped_policies();
+        c.audit.file = Some(f);
+        c.audit.signing_key = Some(k);
+    })
+    .await;
+    let t = unique("audited");
+    let c = via(&proxy).await;
+    c.batch_execute(&format!("CREATE TABLE {t} (id int PRIMARY KEY, v text)"))
+        .await
+        .unwrap();
+    let insert = c
+        .prepare(&format!("INSERT INTO {t} VALUES ($1, $2)"))
+        .await
+        .unwrap();
+    c.execute(&insert, &[&1i32, &"one"]).await.unwrap();
+    c.execute(&insert, &[&2i32, &"two"]).await.unwrap();
+    c.batch_execute(&format!("UPDATE {t} SET v = 'secret-literal' WHERE id = 1"))
+        .await
+        .unwrap();
+    let n: i64 = c
+        .query_one(&format!("SELECT count(*) FROM {t}"), &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 2);
+    // Another session: dropping what this session created is exempt.
+    let other = via(&proxy).await;
+    let e = other
+        .batch_execute(&format!("DROP TABLE {t}"))
+        .await
+        .unwrap_err();
+    assert_eq!(sqlstate(&e).as_deref(), Some("42501"));
+    let e = c
+        .batch_execute(&format!("INSERT INTO {t} VALUES (1, 'dup')"))
+        .await
+        .unwrap_err();
+    assert_eq!(sqlstate(&e).as_deref(), Some("23505"));
+    proxy.shared.audit.as_ref().unwrap().flush().await;
+    let recs = records(&file);
+
+    // CREATE TABLE: recorded before it ran, its outcome after.
+    let create = statements(&recs, "CREATE TABLE");
+    assert_eq!(create.len(), 1, "{recs:#?}");
+    assert_eq!(create[0]["statement"]["classes"][0], "ddl");
+    assert_eq!(create[0]["statement"]["tags"][0], "CREATE TABLE");
+    assert_eq!(create[0]["session"]["user"], "postgres");
+    assert_eq!(create[0]["decision"]["refused"], false);
+    let seq = create[0]["seq"].as_u64().unwrap();
+    let outcome = recs
+        .iter()
+        .find(|r| r["type"] == "outcome" && r["decisions"][0] == seq)
+        .expect("an outcome for CREATE TABLE");
+    assert_eq!(outcome["commands"][0]["tag"], "CREATE TABLE");
+    assert!(outcome["seq"].as_u64().unwrap() > seq);
+
+    // The prepared INSERT: one record per run, each with its row count; then the simple
+    // INSERT with literals (redacted to the same text) that failed.
+    let inserts: Vec<&Value> = statements(&recs, "INSERT INTO")
+        .into_iter()
+        .filter(|r| r["statement"]["text"].as_str().unwrap().contains("$1, $2"))
+        .collect();
+    assert_eq!(inserts.len(), 3, "{inserts:#?}");
+    for r in &inserts[..2] {
+        let seq = r["seq"].as_u64().unwrap();
+        let o = recs
+            .iter()
+            .find(|o| o["type"] == "outcome" && o["decisions"][0] == seq)
+            .expect("an outcome for each run");
+        assert_eq!(o["commands"][0]["tag"], "INSERT");
+        assert_eq!(o["commands"][0]["rows"], 1);
+    }
+
+    // Literals are redacted; rows counted.
+    let update = statements(&recs, "UPDATE");
+    assert_eq!(update.len(), 1);
+    let text = update[0]["statement"]["text"].as_str().unwrap();
+    assert!(
+        !text.contains("secret-literal") && text.contains("$1"),
+        "{text}"
+    );
+    assert!(update[0]["statement"]["fingerprint"].is_string());
+
+    // Plain reads are not recorded; refusals are, with their SQLSTATE.
+    assert!(statements(&recs, "count(*)").is_empty());
+    let drop = statements(&recs, "DROP TABLE");
+    assert_eq!(drop.len(), 1);
+    assert_eq!(drop[0]["decision"]["refused"], true);
+    assert_eq!(drop[0]["decision"]["rules"][0], "destructive.drop-table");
+    assert_eq!(drop[0]["refusal"]["sqlstate"], "42501");
+
+    // A server error is the outcome.
+    assert!(
+        statements(&recs, "'dup'").is_empty(),
+        "literals are redacted"
+    );
+    let seq = inserts[2]["seq"].as_u64().unwrap();
+    let failed = recs
+        .iter()
+        .find(|r| r["type"] == "outcome" && r["decisions"][0] == seq)
+        .expect("the failed INSERT has an outcome");
+    assert_eq!(failed["error"]["sqlstate"], "23505");
+    assert!(failed["commands"].as_array().unwrap().is_empty());
+
+    // Lifecycle: the policy and the session.
+    assert!(recs.iter().any(|r| r["type"] == "policy_loaded"));
+    assert!(recs.iter().any(|r| r["type"] == "session_started"));
+
+    drop_table(&proxy, &t).await;
+    proxy.stop().await;
+    let (code, out) = verify(&file, &key.with_extension("pub"));
+    assert_eq!(code, 0, "{out}");
+    assert!(out.starts_with("intact:"), "{out}");
+    // The session's end was recorded at shutdown, and the final head checkpointed.
+    assert!(records(&file).iter().any(|r| r["type"] == "session_ended"));
+    assert!(out.contains("checkpoint(s) verified"), "{out}");
+}
+
+async fn drop_table(_proxy: &Proxy, t: &str) {
+    let c = crate::support::direct().await;
+    c.batch_execute(&format!("DROP TABLE IF EXISTS {t}"))
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn an_unwritable_audit_log_refuses_what_it_must_record_and_readyz_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_path_buf();
+    let proxy = Proxy::start_with(move |c| {
+        c.audit.file = Some(PathBuf::from("/dev/full"));
+        c.audit.checkpoints = Some(d.join("cp"));
+        c.audit.signing_key = Some(d.join("key"));
+        c.admin.listen = Some("127.0.0.1:0".parse().unwrap());
+    })
+    .await;
+    let mut events = proxy.shared.events.subscribe();
+    let c = via(&proxy).await;
+    let t = unique("unaudited");
+    let e = c
+        .batch_execute(&format!("CREATE TABLE {t} (id int)"))
+        .await
+        .unwrap_err();
+    assert_eq!(sqlstate(&e).as_deref(), Some("58030"), "{e:?}");
+    let db = e.as_db_error().unwrap();
+    assert!(
+        db.message().contains("audit log cannot be written"),
+        "{db:?}"
+    );
+    // The table was not created: nothing ran unrecorded.
+    let direct = crate::support::direct().await;
+    let exists: bool = direct
+        .query_one("SELECT to_regclass($1) IS NOT NULL", &[&t])
+        .await
+        .unwrap()
+        .get(0);
+    assert!(!exists);
+    // Plain reads still run, and the session goes on.
+    let one: i32 = c.query_one("SELECT 1", &[]).await.unwrap().get(0);
+    assert_eq!(one, 1);
+    // The alert event went out.
+    let failing = eventually(Duration::from_secs(10), "the audit failure event", || {
+        let got = loop {
+            match events.try_recv() {
+                Ok(e) if e.event.kind() == "audit_sink_failing" => break Some(()),
+                Ok(_) => continue,
+                Err(_) => break None,
+            }
+        };
+        async move { got }
+    })
+    .await;
+    assert_eq!(failing, ());
+    // /readyz is unready and says why.
+    let url = format!("{}/readyz", proxy.admin_url());
+    let resp = reqwest::get(&url).await.unwrap();
+    assert_eq!(resp.status().as_u16(), 503);
+    let body: Value = resp.json().await.unwrap();
+    assert!(
+        body["checks"]["audit"]
+            .as_str()
+            .unwrap()
+            .contains("cannot be written"),
+        "{body}"
+    );
+    proxy.stop().await;
+}
+
+#[tokio::test]
+async fn kill_9_mid_stream_leaves_a_log_that_verifies_with_every_acknowledged_statement() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("audit.jsonl");
+    let key = dir.path().join("signing.key");
+    std::fs::create_dir(dir.path().join("policies")).unwrap();
+    let cfg = dir.path().join("pgwarden.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "listen = \"127.0.0.1:0\"\npolicies = \"{}\"\n[state]\ndir = \"{}\"\n[admin]\nlisten = \"off\"\n[upstream]\naddress = \"127.0.0.1:5432\"\n[audit]\nfile = \"{}\"\nsigning_key = \"{}\"\ncheckpoint_interval = \"100ms\"\n",
+            dir.path().join("policies").display(),
+            dir.path().join("state").display(),
+            file.display(),
+            key.display(),
+        ),
+    )
+    .unwrap();
+    let p = Process::start(&cfg, false);
+    let t = unique("killed");
+    let direct = crate::support::direct().await;
+    direct
+        .batch_execute(&format!("CREATE TABLE {t} (id int)"))
+        .await
+        .unwrap();
+    let mut writers = Vec::new();
+    for w in 0..4 {
+        let dsn = p.dsn();
+        let t = t.clone();
+        writers.push(tokio::spawn(async move {
+            let c = crate::support::connect(&dsn).await;
+            let mut acked = 0u64;
+            for i in 0.. {
+                match c
+                    .batch_execute(&format!("INSERT INTO {t} VALUES ({})", w * 1_000_000 + i))
+                    .await
+                {
+                    Ok(()) => acked += 1,
+                    Err(_) => break,
+                }
+            }
+            acked
+        }));
+    }
+    let f = file.clone();
+    eventually(Duration::from_secs(60), "200 audit records", || {
+        let n = std::fs::read_to_string(&f)
+            .map(|s| s.lines().count())
+            .unwrap_or(0);
+        async move { (n >= 200).then_some(()) }
+    })
+    .await;
+    p.kill9().await;
+    let mut acked = 0;
+    for w in writers {
+        acked += w.await.unwrap();
+    }
+    let (code, out) = verify(&file, &key.with_extension("pub"));
+    assert_eq!(code, 0, "{out}");
+    // Every INSERT a client saw succeed had its record synced first.
+    let recorded = records(&file)
+        .iter()
+        .filter(|r| r["type"] == "statement")
+        .filter(|r| r["statement"]["tags"][0] == "INSERT")
+        .count() as u64;
+    assert!(
+        recorded >= acked,
+        "recorded {recorded} < acknowledged {acked}"
+    );
+    let rows: i64 = direct
+        .query_one(&format!("SELECT count(*) FROM {t}"), &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert!(rows as u64 <= recorded, "{rows} rows, {recorded} records");
+    direct
+        .batch_execute(&format!("DROP TABLE {t}"))
+        .await
+        .unwrap();
+}
