@@ -22,7 +22,7 @@ use std::sync::{mpsc, Arc, Mutex};
 use std::time::Duration;
 
 use serde_json::{Map, Value};
-use tokio::sync::oneshot;
+use tokio::sync::{broadcast, oneshot};
 
 use crate::approval::events::EventSink;
 use crate::config::{Audit as AuditConfig, AuditOnFailure};
@@ -41,14 +41,61 @@ pub struct Settings {
     pub checkpoint_idle: Duration,
 }
 
-/// What the writer and the readiness check share: whether the log is failing, and why.
-#[derive(Debug, Default)]
+/// What the writer and the readiness check share: whether the log is failing, and why; and
+/// the records as they are synced, for live readers (`GET /api/events`).
+#[derive(Debug)]
 pub struct Shared {
     failing: AtomicBool,
     error: Mutex<Option<String>>,
+    written: broadcast::Sender<Arc<Written>>,
+}
+
+/// A record as written: its seq, its live-event type, and its line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Written {
+    pub seq: u64,
+    pub kind: String,
+    pub line: String,
+}
+
+impl Written {
+    /// Reads a line of the log (`None`: not a record).
+    pub fn parse(line: &str) -> Option<Written> {
+        let v: Value = serde_json::from_str(line).ok()?;
+        Some(Written {
+            seq: v.get("seq")?.as_u64()?,
+            kind: live_kind(&v),
+            line: line.to_owned(),
+        })
+    }
+}
+
+/// The live-event type of a record: its `type`, except that a refused statement is
+/// `refused`.
+pub fn live_kind(v: &Value) -> String {
+    let t = v.get("type").and_then(Value::as_str).unwrap_or("unknown");
+    if t == "statement" && v["decision"]["refused"] == Value::Bool(true) {
+        "refused".into()
+    } else {
+        t.into()
+    }
 }
 
 impl Shared {
+    fn new() -> Shared {
+        Shared {
+            failing: AtomicBool::new(false),
+            error: Mutex::new(None),
+            written: broadcast::channel(4096).0,
+        }
+    }
+
+    fn publish(&self, w: Written) {
+        if self.written.receiver_count() > 0 {
+            let _ = self.written.send(Arc::new(w));
+        }
+    }
+
     fn set_failing(&self, error: Option<String>) {
         self.failing.store(error.is_some(), Ordering::Release);
         *self.error.lock().expect("not poisoned") = error;
@@ -65,6 +112,8 @@ pub struct AuditLog {
     pub on_failure: AuditOnFailure,
     /// The public half of the checkpoint signing key (hex).
     pub public_key: String,
+    /// The active file (rotated ones are `FILE.000001`, ...).
+    pub file: PathBuf,
 }
 
 impl std::fmt::Debug for AuditLog {
@@ -100,7 +149,7 @@ impl AuditLog {
         };
         let key = checkpoint::load_or_create_key(&settings.signing_key)?;
         let public_key = hex::encode(key.verifying_key().as_bytes());
-        let shared = Arc::new(Shared::default());
+        let shared = Arc::new(Shared::new());
         let (w, discarded) =
             writer::Writer::open(settings.clone(), shared.clone(), events.clone(), key)?;
         tracing::info!(file = %settings.file.display(), checkpoints = %settings.checkpoints.display(), log_id = %w.head().log_id, seq = w.head().seq, public_key = %public_key, "audit log open");
@@ -115,6 +164,7 @@ impl AuditLog {
             redact_literals: cfg.redact_literals,
             on_failure: cfg.on_failure,
             public_key,
+            file: settings.file.clone(),
         };
         if let Some(n) = discarded {
             let mut p = Map::new();
@@ -169,6 +219,50 @@ impl AuditLog {
         if self.tx.send(writer::Request::Flush(tx)).is_ok() {
             let _ = rx.await;
         }
+    }
+
+    /// Records as they are synced, from now on.
+    pub fn subscribe(&self) -> broadcast::Receiver<Arc<Written>> {
+        self.shared.written.subscribe()
+    }
+
+    /// Records already written with a seq above `after`, oldest first (rotated files are read
+    /// from the first one that may hold them). Blocking file IO: call from a blocking task.
+    pub fn backlog(&self, after: u64, limit: usize) -> Vec<Written> {
+        let mut files: Vec<PathBuf> = (1..)
+            .map(|n| rotated_name(&self.file, n))
+            .take_while(|p| p.exists())
+            .collect();
+        files.push(self.file.clone());
+        // Skip whole rotated files that end before `after`.
+        let mut start = 0;
+        for (i, f) in files.iter().enumerate().rev() {
+            let first = std::fs::File::open(f).ok().and_then(|f| {
+                use std::io::BufRead;
+                let mut l = String::new();
+                std::io::BufReader::new(f).read_line(&mut l).ok()?;
+                Written::parse(l.trim_end()).map(|w| w.seq)
+            });
+            if first.is_some_and(|s| s <= after + 1) {
+                start = i;
+                break;
+            }
+        }
+        let mut out = Vec::new();
+        for f in &files[start..] {
+            let Ok(text) = std::fs::read_to_string(f) else {
+                continue;
+            };
+            for l in text.lines() {
+                if let Some(w) = Written::parse(l).filter(|w| w.seq > after) {
+                    out.push(w);
+                    if out.len() >= limit {
+                        return out;
+                    }
+                }
+            }
+        }
+        out
     }
 
     /// The last write error while the log is failing.

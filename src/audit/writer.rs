@@ -149,6 +149,7 @@ impl Writer {
         let mut buf = String::new();
         let mut acks = Vec::new();
         let mut flushes = Vec::new();
+        let mut written = Vec::new();
         let mut head = self.head.clone();
         for r in group {
             match r {
@@ -161,11 +162,17 @@ impl Writer {
                         Value::String(jiff::Timestamp::now().to_string()),
                     );
                     payload.insert("prev_hash".into(), Value::String(head.hash.clone()));
+                    let kind = super::live_kind(&Value::Object(payload.clone()));
                     let (line, hash) = seal(payload);
                     head.hash = hash;
                     buf.push_str(&line);
                     buf.push('\n');
                     acks.push((head.seq, ack));
+                    written.push(super::Written {
+                        seq: head.seq,
+                        kind,
+                        line,
+                    });
                 }
                 Request::Flush(done) => flushes.push(done),
             }
@@ -187,6 +194,9 @@ impl Writer {
                         if let Some(a) = ack {
                             let _ = a.send(Ok(seq));
                         }
+                    }
+                    for w in written {
+                        self.shared.publish(w);
                     }
                     self.rotate_if_full();
                 }
