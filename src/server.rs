@@ -82,6 +82,7 @@ impl Server {
                     source,
                 })?;
         let events = crate::approval::events::EventSink::new();
+        crate::alerts::start(config.webhooks.clone(), &events, shutdown.clone());
         let approvals =
             crate::approval::Approvals::open(&config.state_dir, events).map_err(|e| {
                 ServerError::State {

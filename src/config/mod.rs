@@ -40,6 +40,8 @@ pub struct Config {
     pub state_dir: PathBuf,
     /// How held statements wait (`[holds]`).
     pub holds: Holds,
+    /// Where alerts go (`[[webhook]]`); none by default.
+    pub webhooks: Vec<crate::alerts::WebhookConfig>,
 }
 
 /// The admin HTTP listener: health, readiness and the JSON API.
@@ -182,6 +184,7 @@ impl Default for Config {
                 show_literals: false,
                 on_missing_ticket: OnMissingTicket::Refuse,
             },
+            webhooks: Vec::new(),
         }
     }
 }
