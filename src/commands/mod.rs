@@ -4,7 +4,8 @@
 //! files), `explain` (facts and decision for one string), `policy validate` / `policy test`.
 //!
 //! Clients of a running instance's admin API ([`client`]): `holds`, `tickets`, `reviews`.
-//! And `tokens add`, which writes the admin API's tokens file.
+//! And `tokens add`, which writes the admin API's tokens file; `webhook verify`, which checks
+//! a saved webhook delivery's signature.
 
 pub mod check;
 pub mod client;
@@ -14,6 +15,7 @@ pub mod policy;
 pub mod reviews;
 pub mod tickets;
 pub mod tokens;
+pub mod webhook;
 
 use std::path::Path;
 

@@ -4,6 +4,7 @@
 
 mod support;
 
+mod alerts;
 mod auth;
 mod catalog;
 mod check_ticket;
