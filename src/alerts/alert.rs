@@ -188,7 +188,9 @@ pub fn alert_for(e: &Arc<Emitted>) -> Option<Alert> {
             None,
             None,
             true,
-            format!("the audit log cannot be written; statements it must record are refused: {error}"),
+            format!(
+                "the audit log cannot be written; statements it must record are refused: {error}"
+            ),
         ),
         Event::UpstreamDown { error } => (
             Filter::UpstreamDown,
@@ -197,7 +199,9 @@ pub fn alert_for(e: &Arc<Emitted>) -> Option<Alert> {
             true,
             format!("PostgreSQL is unreachable: {error}"),
         ),
-        Event::AuditCheckpoint { log_id, seq, hash, .. } => (
+        Event::AuditCheckpoint {
+            log_id, seq, hash, ..
+        } => (
             Filter::Checkpoint,
             None,
             None,

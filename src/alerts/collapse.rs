@@ -138,7 +138,11 @@ mod tests {
         assert_eq!(c.next_deadline(), Some(t0 + w));
         assert!(c.flush(t0 + w - Duration::from_millis(1)).is_empty());
         let summaries = c.flush(t0 + w);
-        assert_eq!(summaries.len(), 1, "only the window with repeats: {summaries:?}");
+        assert_eq!(
+            summaries.len(),
+            1,
+            "only the window with repeats: {summaries:?}"
+        );
         let s = &summaries[0];
         assert_eq!((s.count, s.repeat, s.event.seq), (4, true, 5));
         assert!(s.summary.starts_with("4 more: refused"), "{}", s.summary);

@@ -64,7 +64,12 @@ pub fn start(
 ) -> Alerts {
     let mut running = Alerts::default();
     for cfg in webhooks {
-        let key = match cfg.secret.as_ref().map(|s| sign::key(s.expose())).transpose() {
+        let key = match cfg
+            .secret
+            .as_ref()
+            .map(|s| sign::key(s.expose()))
+            .transpose()
+        {
             Ok(k) => k,
             Err(e) => {
                 tracing::error!(webhook = %cfg.name, error = %e, "webhook disabled: unusable secret");
@@ -86,13 +91,7 @@ pub fn start(
         };
         let stats = Arc::new(Stats::default());
         let cfg = Arc::new(cfg);
-        let queue = deliver::spawn(
-            cfg.clone(),
-            key,
-            client,
-            stats.clone(),
-            shutdown.clone(),
-        );
+        let queue = deliver::spawn(cfg.clone(), key, client, stats.clone(), shutdown.clone());
         tracing::info!(webhook = %cfg.name, url = %redacted_url(&cfg.url), events = ?cfg.events.iter().map(|f| f.name()).collect::<Vec<_>>(), "webhook alerts on");
         tokio::spawn(dispatch(
             cfg.clone(),

@@ -59,7 +59,10 @@ fn mac(key: &[u8], id: &str, timestamp: &str, body: &[u8]) -> [u8; 32] {
 
 /// The `webhook-signature` value for one attempt.
 pub fn sign(key: &[u8], id: &str, timestamp: i64, body: &[u8]) -> String {
-    format!("v1,{}", B64.encode(mac(key, id, &timestamp.to_string(), body)))
+    format!(
+        "v1,{}",
+        B64.encode(mac(key, id, &timestamp.to_string(), body))
+    )
 }
 
 /// A fresh `webhook-id` (`msg_` and 128 random bits, hex): unique per alert, the same
@@ -153,8 +156,11 @@ pub fn verify_saved(
     })
 }
 
-/// Header (name, value) pairs and the body of a saved request.
-fn split_saved(saved: &[u8]) -> Result<(Vec<(String, String)>, &[u8]), VerifyError> {
+/// A header line of a saved request: (name, value).
+type Header = (String, String);
+
+/// The headers and the body of a saved request.
+fn split_saved(saved: &[u8]) -> Result<(Vec<Header>, &[u8]), VerifyError> {
     let crlf = find(saved, b"\r\n\r\n").map(|i| (i, 4));
     let lf = find(saved, b"\n\n").map(|i| (i, 2));
     let (end, sep) = match (crlf, lf) {

@@ -197,7 +197,10 @@ async fn a_client_error_is_not_retried_and_attempts_are_bounded() {
     let shutdown = CancellationToken::new();
     let mut w = webhook("ops", &url);
     w.max_attempts = 3;
-    let mut gone = webhook("gone", &format!("{}/missing", url.trim_end_matches("/hook")));
+    let mut gone = webhook(
+        "gone",
+        &format!("{}/missing", url.trim_end_matches("/hook")),
+    );
     gone.max_attempts = 3;
     let alerts = start(vec![w, gone], &events, shutdown.clone());
     events.emit(refusal(1, "r"));
@@ -276,6 +279,9 @@ async fn repeats_are_collapsed_into_one_summary_at_the_window_end() {
     assert!(text.starts_with("pgwarden refused: refused"), "{text}");
     let (_, summary) = next(&mut rx).await;
     let text = summary.json()["text"].as_str().unwrap().to_owned();
-    assert!(text.starts_with("pgwarden refused: 4 more: refused"), "{text}");
+    assert!(
+        text.starts_with("pgwarden refused: 4 more: refused"),
+        "{text}"
+    );
     shutdown.cancel();
 }

@@ -61,7 +61,9 @@ fn verify(a: &VerifyArgs) -> i32 {
         }
     };
     let saved = match a.file.as_deref() {
-        Some(p) if p.as_os_str() != "-" => std::fs::read(p).map_err(|e| (p.display().to_string(), e)),
+        Some(p) if p.as_os_str() != "-" => {
+            std::fs::read(p).map_err(|e| (p.display().to_string(), e))
+        }
         _ => {
             let mut v = Vec::new();
             std::io::stdin()

@@ -464,7 +464,11 @@ fn apply_webhooks(cfg: &mut Config, cx: &mut Ctx<'_>, whole: &Item) {
                             }
                         }
                         if a.is_empty() {
-                            cx.err(item, &full, "must name at least one event (or leave it out for all)");
+                            cx.err(
+                                item,
+                                &full,
+                                "must name at least one event (or leave it out for all)",
+                            );
                         }
                         w.events = events;
                     }
@@ -1043,7 +1047,10 @@ backoff_max = "1s"
         assert_eq!((b.max_attempts, b.queue), (3, 10));
         assert_eq!(b.collapse_window, Duration::ZERO);
         assert_eq!(b.backoff_max, Duration::from_secs(1));
-        assert!(!format!("{cfg:?}").contains("c2VjcmV0"), "secrets are not printed");
+        assert!(
+            !format!("{cfg:?}").contains("c2VjcmV0"),
+            "secrets are not printed"
+        );
         assert!(Config::from_toml(Path::new("p.toml"), "")
             .unwrap()
             .webhooks
@@ -1072,7 +1079,11 @@ backoff_max = "1s"
             ],
             "{err}"
         );
-        assert!(err.to_string().contains("\"dropped\" is not one of refused, held"), "{err}");
+        assert!(
+            err.to_string()
+                .contains("\"dropped\" is not one of refused, held"),
+            "{err}"
+        );
         assert!(err.to_string().contains("exclude each other"), "{err}");
         let not_tables = Config::from_toml(Path::new("p.toml"), "webhook = \"x\"\n").unwrap_err();
         assert_eq!(not_tables.0[0].key, "webhook");

@@ -20,7 +20,11 @@ const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 /// A request as the receiver saw it, saved the way a capture tool writes it.
 type Saved = Vec<u8>;
 
-async fn hook(State(tx): State<mpsc::UnboundedSender<Saved>>, h: HeaderMap, body: Bytes) -> StatusCode {
+async fn hook(
+    State(tx): State<mpsc::UnboundedSender<Saved>>,
+    h: HeaderMap,
+    body: Bytes,
+) -> StatusCode {
     let mut s = b"POST /hook HTTP/1.1\r\n".to_vec();
     for (n, v) in &h {
         s.extend_from_slice(format!("{}: ", n.as_str()).as_bytes());
@@ -96,7 +100,14 @@ async fn a_refusal_on_the_wire_arrives_as_a_signed_webhook_that_verifies() {
     let file = dir.path().join("delivery.http");
     std::fs::write(&file, &saved).unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_pgwarden"))
-        .args(["webhook", "verify", "--secret", SECRET, "--tolerance", "10m"])
+        .args([
+            "webhook",
+            "verify",
+            "--secret",
+            SECRET,
+            "--tolerance",
+            "10m",
+        ])
         .arg(&file)
         .output()
         .unwrap();
