@@ -353,6 +353,79 @@ pub(crate) mod tests {
         }
     }
 
+    fn hold(status: HoldStatus) -> crate::approval::model::Hold {
+        let at = jiff::Timestamp::from_second(1_700_000_000).unwrap();
+        crate::approval::model::Hold {
+            id: 42,
+            status,
+            sql: "DROP TABLE orders".into(),
+            user: "app".into(),
+            database: "shop".into(),
+            client_addr: None,
+            application_name: String::new(),
+            rules: vec![crate::approval::model::HeldRule {
+                id: "locking.big".into(),
+                message: "m".into(),
+                hint: None,
+            }],
+            approvals_required: 2,
+            approver_groups: vec![],
+            approvals: vec![],
+            opened_at: at,
+            expires_at: at,
+            closed_at: None,
+            closed_by: Some("dana".into()),
+            reason: Some("not now".into()),
+        }
+    }
+
+    #[test]
+    fn holds_map_to_held_approved_denied_expired_and_partial_approvals_are_not_alerts() {
+        let f = |e| alert_for(&emitted(1, e)).map(|a| (a.filter, a.collapsible, a.summary));
+        let (filter, collapsible, summary) = f(Event::HoldOpened {
+            hold: hold(HoldStatus::Pending),
+        })
+        .unwrap();
+        assert_eq!((filter, collapsible), (Filter::Held, false));
+        assert_eq!(
+            summary,
+            "hold 42 waits for approval: app on shop, locking.big: DROP TABLE orders"
+        );
+        assert_eq!(
+            f(Event::HoldApproved {
+                hold: hold(HoldStatus::Pending)
+            }),
+            None,
+            "one approval of two"
+        );
+        assert_eq!(
+            f(Event::HoldApproved {
+                hold: hold(HoldStatus::Approved)
+            })
+            .map(|a| a.0),
+            Some(Filter::Approved)
+        );
+        let (filter, _, summary) = f(Event::HoldDenied {
+            hold: hold(HoldStatus::Denied),
+        })
+        .unwrap();
+        assert_eq!(filter, Filter::Denied);
+        assert_eq!(summary, "hold 42 denied by dana (\"not now\"): app on shop");
+        assert_eq!(
+            f(Event::HoldExpired {
+                hold: hold(HoldStatus::Expired)
+            })
+            .map(|a| a.0),
+            Some(Filter::Expired)
+        );
+        assert_eq!(
+            f(Event::HoldWithdrawn {
+                hold: hold(HoldStatus::Withdrawn)
+            }),
+            None
+        );
+    }
+
     #[test]
     fn statement_text_in_a_summary_is_one_line_and_clipped() {
         assert_eq!(clip("SELECT\n  1"), "SELECT 1");
