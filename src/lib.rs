@@ -28,12 +28,15 @@
 //! - [`policy`]: policy files → compiled rules → `decide(facts, session)`; pure.
 //! - [`workflow`]: workflow as code, pure: a refusing decision → forward, refuse, check a
 //!   ticket, hold for approval, break-glass; the texts clients see; `policy test` cases.
+//! - [`alerts`]: webhooks for refusals, holds, approvals, break-glass and instance alarms:
+//!   a bounded queue per webhook, retries with backoff, Standard Webhooks signatures.
 //! - [`reload`]: policy hot reload (SIGHUP, file watch), validated and tested before the swap.
 //! - [`commands`]: `check`, `explain`, `policy validate|test`: the same decisions offline;
 //!   `holds`, `tickets`, `reviews`: clients of the admin API; `tokens add`.
 //! - [`net`]: one stream type over TCP, Unix sockets and TLS.
 
 pub mod admin;
+pub mod alerts;
 pub mod approval;
 pub mod audit;
 pub mod cancel;

@@ -44,6 +44,11 @@ enum Command {
         #[command(subcommand)]
         command: commands::tokens::TokensCommand,
     },
+    /// Webhook deliveries: check a saved one's signature.
+    Webhook {
+        #[command(subcommand)]
+        command: commands::webhook::WebhookCommand,
+    },
     /// The audit log: verify its chain and checkpoints.
     Audit {
         #[command(subcommand)]
@@ -273,6 +278,7 @@ fn main() -> anyhow::Result<()> {
         Command::Tickets(a) => commands::tickets::run(a),
         Command::Reviews(a) => commands::reviews::run(a),
         Command::Tokens { command } => commands::tokens::run(command),
+        Command::Webhook { command } => commands::webhook::run(command),
     };
     std::process::exit(code);
 }

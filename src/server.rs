@@ -84,6 +84,7 @@ impl Server {
                     source,
                 })?;
         let events = crate::approval::events::EventSink::new();
+        crate::alerts::start(config.webhooks.clone(), &events, shutdown.clone());
         let approvals = crate::approval::Approvals::open(&config.state_dir, events.clone())
             .map_err(|e| ServerError::State {
                 dir: config.state_dir.display().to_string(),

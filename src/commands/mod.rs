@@ -5,7 +5,8 @@
 //!
 //! Clients of a running instance's admin API ([`client`]): `holds`, `tickets`, `reviews`.
 //! And `tokens add`, which writes the admin API's tokens file; `audit verify`, which checks
-//! an audit log's chain and signed checkpoints.
+//! an audit log's chain and signed checkpoints; `webhook verify`, which checks a saved
+//! webhook delivery's signature.
 
 pub mod audit;
 pub mod check;
@@ -16,6 +17,7 @@ pub mod policy;
 pub mod reviews;
 pub mod tickets;
 pub mod tokens;
+pub mod webhook;
 
 use std::path::Path;
 

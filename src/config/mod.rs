@@ -42,6 +42,8 @@ pub struct Config {
     pub holds: Holds,
     /// The audit log (`[audit]`, `--audit-file`).
     pub audit: Audit,
+    /// Where alerts go (`[[webhook]]`); none by default.
+    pub webhooks: Vec<crate::alerts::WebhookConfig>,
 }
 
 /// `[audit]`: the tamper-evident audit log.
@@ -253,6 +255,7 @@ impl Default for Config {
                 checkpoint_interval: Duration::from_secs(60),
                 checkpoint_idle: Duration::from_secs(2),
             },
+            webhooks: Vec::new(),
         }
     }
 }

@@ -197,6 +197,7 @@ pub(super) fn apply_toml(cfg: &mut Config, file: &Path, text: &str, errors: &mut
                     apply_holds(cfg, &mut cx, t);
                 }
             }
+            "webhook" => apply_webhooks(cfg, &mut cx, item),
             _ => unknown(&mut cx, kspan, key),
         }
     }
@@ -466,6 +467,181 @@ fn apply_holds(cfg: &mut Config, cx: &mut Ctx<'_>, t: &Table) {
                 }
             }
             _ => unknown(cx, t.key(key).and_then(|k| k.span()), &full),
+        }
+    }
+}
+
+/// Longest webhook timeout, backoff or collapse window accepted.
+const MAX_WEBHOOK_WAIT: Duration = Duration::from_secs(24 * 3600);
+
+/// `[[webhook]]`: one table per webhook; `url` is required, everything else has a default
+/// (see [`crate::alerts::WebhookConfig::new`]); `secret_file` is read here, at startup.
+fn apply_webhooks(cfg: &mut Config, cx: &mut Ctx<'_>, whole: &Item) {
+    use crate::alerts::{Filter, Format, Secret, WebhookConfig};
+    let Some(tables) = whole.as_array_of_tables() else {
+        cx.err(whole, "webhook", "expected [[webhook]] tables");
+        return;
+    };
+    for (i, t) in tables.iter().enumerate() {
+        let mut w = WebhookConfig::new(format!("webhook-{}", i + 1), "");
+        let (mut secret, mut secret_file) = (None, None);
+        let table_line = line_of(cx.text, t.span());
+        for (key, item) in t.iter() {
+            let full = format!("webhook.{key}");
+            match key {
+                "name" => {
+                    if let Some(v) = string(cx, item, &full) {
+                        if v.trim().is_empty() {
+                            cx.err(item, &full, "must not be empty");
+                        } else {
+                            w.name = v;
+                        }
+                    }
+                }
+                "url" => {
+                    if let Some(v) = string(cx, item, &full) {
+                        match reqwest::Url::parse(&v) {
+                            Ok(u) if matches!(u.scheme(), "http" | "https") && u.has_host() => {
+                                w.url = v
+                            }
+                            Ok(_) => cx.err(item, &full, "must be an http:// or https:// URL"),
+                            Err(e) => cx.err(item, &full, format!("not a URL: {e}")),
+                        }
+                    }
+                }
+                "events" => match item.as_array() {
+                    Some(a) => {
+                        let mut events = Vec::new();
+                        for v in a.iter() {
+                            match v.as_str().and_then(Filter::parse) {
+                                Some(f) if !events.contains(&f) => events.push(f),
+                                Some(_) => {}
+                                None => {
+                                    let names: Vec<_> =
+                                        Filter::ALL.iter().map(|f| f.name()).collect();
+                                    cx.err(
+                                        item,
+                                        &full,
+                                        format!(
+                                            "{} is not one of {}",
+                                            v.to_string().trim(),
+                                            names.join(", ")
+                                        ),
+                                    );
+                                }
+                            }
+                        }
+                        if a.is_empty() {
+                            cx.err(
+                                item,
+                                &full,
+                                "must name at least one event (or leave it out for all)",
+                            );
+                        }
+                        w.events = events;
+                    }
+                    None => cx.err(item, &full, "expected an array of event names"),
+                },
+                "format" => {
+                    if let Some(v) = string(cx, item, &full) {
+                        match v.as_str() {
+                            "json" => w.format = Format::Json,
+                            "slack" => w.format = Format::Slack,
+                            _ => cx.err(item, &full, format!("{v:?} is not one of json, slack")),
+                        }
+                    }
+                }
+                "secret" => secret = string(cx, item, &full).map(|v| (item, v)),
+                "secret_file" => secret_file = non_empty_path(cx, item, &full).map(|p| (item, p)),
+                "timeout" => match duration(cx, item, &full) {
+                    Some(d) if d >= Duration::from_millis(1) && d <= MAX_WEBHOOK_WAIT => {
+                        w.timeout = d
+                    }
+                    Some(_) => cx.err(item, &full, "must be between 1ms and 24h"),
+                    None => {}
+                },
+                "max_attempts" => {
+                    if let Some(n) = integer(cx, item, &full, 1, 100) {
+                        w.max_attempts = n as u32;
+                    }
+                }
+                "queue" => {
+                    if let Some(n) = integer(cx, item, &full, 1, 1_000_000) {
+                        w.queue = n as usize;
+                    }
+                }
+                "collapse_window" => match duration(cx, item, &full) {
+                    Some(d) if d <= MAX_WEBHOOK_WAIT => w.collapse_window = d,
+                    Some(_) => cx.err(item, &full, "must be at most 24h (\"0s\" turns it off)"),
+                    None => {}
+                },
+                "backoff_initial" | "backoff_max" => match duration(cx, item, &full) {
+                    Some(d) if d >= Duration::from_millis(1) && d <= MAX_WEBHOOK_WAIT => {
+                        if key == "backoff_initial" {
+                            w.backoff_initial = d;
+                        } else {
+                            w.backoff_max = d;
+                        }
+                    }
+                    Some(_) => cx.err(item, &full, "must be between 1ms and 24h"),
+                    None => {}
+                },
+                _ => unknown(cx, t.key(key).and_then(|k| k.span()), &full),
+            }
+        }
+        match (secret, secret_file) {
+            (Some((item, _)), Some(_)) => cx.err(
+                item,
+                "webhook.secret",
+                "secret and secret_file exclude each other: set one",
+            ),
+            (Some((item, v)), None) => match crate::alerts::sign::key(&v) {
+                Ok(_) => w.secret = Some(Secret::new(v)),
+                Err(e) => cx.err(item, "webhook.secret", e.to_string()),
+            },
+            (None, Some((item, path))) => match std::fs::read_to_string(&path) {
+                Ok(text) => match crate::alerts::sign::key(text.trim()) {
+                    Ok(_) => w.secret = Some(Secret::new(text.trim())),
+                    Err(e) => cx.err(
+                        item,
+                        "webhook.secret_file",
+                        format!("{}: {e}", path.display()),
+                    ),
+                },
+                Err(e) => cx.err(
+                    item,
+                    "webhook.secret_file",
+                    format!("cannot read {}: {e}", path.display()),
+                ),
+            },
+            (None, None) => {}
+        }
+        if w.backoff_initial > w.backoff_max {
+            cx.errors.push(ConfigError::new(
+                cx.file,
+                table_line,
+                "webhook.backoff_max",
+                "must not be shorter than backoff_initial",
+            ));
+        }
+        if w.url.is_empty() && !t.contains_key("url") {
+            cx.errors.push(ConfigError::new(
+                cx.file,
+                table_line,
+                "webhook.url",
+                "a [[webhook]] needs url (e.g. \"https://hooks.example.com/pgwarden\")",
+            ));
+        }
+        if cfg.webhooks.iter().any(|o| o.name == w.name) {
+            cx.errors.push(ConfigError::new(
+                cx.file,
+                table_line,
+                "webhook.name",
+                format!("{:?} names two webhooks", w.name),
+            ));
+        }
+        if !w.url.is_empty() {
+            cfg.webhooks.push(w);
         }
     }
 }
@@ -890,6 +1066,102 @@ on_missing_ticket = "hold"
         };
         let err = Config::load(None, &bad).unwrap_err().to_string();
         assert!(err.contains("--admin-listen"), "{err}");
+    }
+
+    #[test]
+    fn webhooks_parse_with_their_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        let secret_file = dir.path().join("secret");
+        std::fs::write(&secret_file, "whsec_c2VjcmV0\n").unwrap();
+        let text = format!(
+            r#"
+[[webhook]]
+url = "https://hooks.example.com/pgwarden"
+secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+
+[[webhook]]
+name = "chat"
+url = "http://127.0.0.1:9000/slack"
+events = ["refused", "break-glass", "checkpoint"]
+format = "slack"
+secret_file = "{}"
+timeout = "2s"
+max_attempts = 3
+queue = 10
+collapse_window = "0s"
+backoff_initial = "100ms"
+backoff_max = "1s"
+"#,
+            secret_file.display()
+        );
+        let cfg = Config::from_toml(Path::new("p.toml"), &text).unwrap();
+        use crate::alerts::{Filter, Format};
+        let [a, b] = &cfg.webhooks[..] else {
+            panic!("two webhooks: {:?}", cfg.webhooks)
+        };
+        assert_eq!(a.name, "webhook-1");
+        assert_eq!(a.events, Filter::defaults());
+        assert_eq!(a.format, Format::Json);
+        assert_eq!(a.timeout, Duration::from_secs(5));
+        assert_eq!((a.max_attempts, a.queue), (5, 1024));
+        assert_eq!(a.collapse_window, Duration::from_secs(60));
+        assert_eq!(a.backoff_initial, Duration::from_millis(500));
+        assert_eq!(a.backoff_max, Duration::from_secs(30));
+        assert!(a.secret.is_some());
+        assert_eq!(b.name, "chat");
+        assert_eq!(
+            b.events,
+            vec![Filter::Refused, Filter::BreakGlass, Filter::Checkpoint]
+        );
+        assert_eq!(b.format, Format::Slack);
+        assert_eq!(b.secret.as_ref().unwrap().expose(), "whsec_c2VjcmV0");
+        assert_eq!((b.max_attempts, b.queue), (3, 10));
+        assert_eq!(b.collapse_window, Duration::ZERO);
+        assert_eq!(b.backoff_max, Duration::from_secs(1));
+        assert!(
+            !format!("{cfg:?}").contains("c2VjcmV0"),
+            "secrets are not printed"
+        );
+        assert!(Config::from_toml(Path::new("p.toml"), "")
+            .unwrap()
+            .webhooks
+            .is_empty());
+    }
+
+    #[test]
+    fn webhook_errors_have_lines() {
+        let text = "[[webhook]]\nurl = \"ftp://x/\"\nevents = [\"refused\", \"dropped\"]\nformat = \"xml\"\nsecret = \"a\"\nsecret_file = \"/nonexistent\"\nretries = 3\nqueue = 0\n[[webhook]]\nname = \"webhook-1\"\nsecret = \"whsec_!!\"\nbackoff_initial = \"2s\"\nbackoff_max = \"1s\"\n[[webhook]]\ntimeout = \"soon\"\n";
+        let err = Config::from_toml(Path::new("p.toml"), text).unwrap_err();
+        let got: Vec<_> = err.0.iter().map(|e| (e.line, e.key.clone())).collect();
+        assert_eq!(
+            got,
+            vec![
+                (2, "webhook.url".into()),
+                (3, "webhook.events".into()),
+                (4, "webhook.format".into()),
+                (7, "webhook.retries".into()),
+                (8, "webhook.queue".into()),
+                (5, "webhook.secret".into()),
+                (11, "webhook.secret".into()),
+                (9, "webhook.backoff_max".into()),
+                (9, "webhook.url".into()),
+                (15, "webhook.timeout".into()),
+                (14, "webhook.url".into()),
+            ],
+            "{err}"
+        );
+        assert!(
+            err.to_string()
+                .contains("\"dropped\" is not one of refused, held"),
+            "{err}"
+        );
+        assert!(err.to_string().contains("exclude each other"), "{err}");
+        let not_tables = Config::from_toml(Path::new("p.toml"), "webhook = \"x\"\n").unwrap_err();
+        assert_eq!(not_tables.0[0].key, "webhook");
+        let twice = "[[webhook]]\nurl = \"http://a/\"\n[[webhook]]\nname = \"webhook-1\"\nurl = \"http://b/\"\n";
+        let err = Config::from_toml(Path::new("p.toml"), twice).unwrap_err();
+        assert_eq!(err.0.len(), 1, "{err}");
+        assert_eq!((err.0[0].line, err.0[0].key.as_str()), (3, "webhook.name"));
     }
 
     #[test]

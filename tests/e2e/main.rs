@@ -5,6 +5,7 @@
 mod support;
 
 mod audit;
+mod alerts;
 mod auth;
 mod catalog;
 mod check_ticket;
