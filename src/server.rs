@@ -84,6 +84,8 @@ impl Server {
                     source,
                 })?;
         let events = crate::approval::events::EventSink::new();
+        let metrics = crate::telemetry::install();
+        crate::telemetry::watch_events(&events);
         crate::alerts::start(config.webhooks.clone(), &events, shutdown.clone());
         let approvals = crate::approval::Approvals::open(&config.state_dir, events.clone())
             .map_err(|e| ServerError::State {
@@ -154,7 +156,17 @@ impl Server {
             };
             Admin {
                 listener,
-                state: crate::admin::AdminState::new(approvals, tokens, readiness),
+                state: crate::admin::AdminState::with_live(
+                    approvals,
+                    tokens,
+                    readiness,
+                    Some(crate::admin::live::Live {
+                        events: shared.events.clone(),
+                        audit: shared.audit.clone(),
+                        metrics: Some(metrics),
+                        shutdown: shared.shutdown.clone(),
+                    }),
+                ),
                 tls: admin_tls,
             }
         });

@@ -6,6 +6,7 @@
 //! - `handlers`: one function per route; each authenticates, checks the role, calls
 //!   [`Approvals`] and returns its JSON verbatim.
 //! - [`error`]: [`ApiError`], every refusal as `{"error": "..."}` with its status.
+//! - [`live`]: `/metrics` (Prometheus) and `/api/events` (Server-Sent Events).
 //!
 //! The server builds an [`AdminState`], makes the [`router`] and runs [`serve`] on a bound
 //! listener until its shutdown token is cancelled; on SIGHUP it calls
@@ -15,6 +16,7 @@ pub mod auth;
 mod capped;
 pub mod error;
 mod handlers;
+pub mod live;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -119,17 +121,33 @@ struct Inner {
     approvals: Approvals,
     tokens: Arc<TokenSet>,
     readiness: Readiness,
+    live: Option<live::Live>,
 }
 
 impl AdminState {
     pub fn new(approvals: Approvals, tokens: Arc<TokenSet>, readiness: Readiness) -> Self {
+        Self::with_live(approvals, tokens, readiness, None)
+    }
+
+    /// With `/metrics` and `/api/events` served from `live`.
+    pub fn with_live(
+        approvals: Approvals,
+        tokens: Arc<TokenSet>,
+        readiness: Readiness,
+        live: Option<live::Live>,
+    ) -> Self {
         AdminState {
             inner: Arc::new(Inner {
                 approvals,
                 tokens,
                 readiness,
+                live,
             }),
         }
+    }
+
+    pub(crate) fn live(&self) -> Option<&live::Live> {
+        self.inner.live.as_ref()
     }
 
     pub fn approvals(&self) -> &Approvals {
@@ -152,6 +170,8 @@ pub fn router(state: AdminState) -> Router {
     Router::new()
         .route("/healthz", get(h::healthz))
         .route("/readyz", get(h::readyz))
+        .route("/metrics", get(live::metrics))
+        .route("/api/events", get(live::events))
         .route("/api/tickets", get(h::list_tickets).post(h::create_ticket))
         .route("/api/tickets/{id}", get(h::get_ticket))
         .route("/api/tickets/{id}/approve", post(h::approve_ticket))

@@ -64,6 +64,7 @@ pub struct PolicyGate {
 /// A message waiting for its audit record to be synced.
 struct Awaiting {
     key: String,
+    since: Instant,
     /// What forwarding it changes in the session (none for a Bind).
     ins: Option<Arc<Inspection>>,
     once_only: bool,
@@ -294,6 +295,12 @@ impl PolicyGate {
     fn enforce(&mut self, ins: Arc<Inspection>, view: &View<'_>, text: &[u8]) -> Verdict {
         let d = self.decide(&ins, view);
         report(&d, &ins);
+        if self.resumed.is_none() {
+            // Counted once per decision, not again when a wait's answer comes back.
+            let class = classes(&ins)[0];
+            metrics::counter!(crate::telemetry::STATEMENTS_TOTAL, "class" => class.name(), "action" => d.action.name())
+                .increment(1);
+        }
         if !d.action.refuses() && self.resumed.is_none() {
             // The hot path: nothing to route.
             if !d.matches.is_empty() {
@@ -463,6 +470,7 @@ impl PolicyGate {
         let rx = audit.append(rec.payload());
         self.awaiting = Some(Awaiting {
             key: key.clone(),
+            since: Instant::now(),
             ins,
             once_only: self.once_only,
         });
@@ -490,6 +498,8 @@ impl PolicyGate {
         };
         let a = self.awaiting.take().expect("checked above");
         self.once_only = a.once_only;
+        metrics::histogram!(crate::telemetry::ADDED_LATENCY_SECONDS)
+            .record(a.since.elapsed().as_secs_f64());
         let go = |gate: &mut Self| {
             if let Some(ins) = &a.ins {
                 gate.ledger.remember(ins, view.batch_end);
@@ -576,12 +586,8 @@ impl PolicyGate {
         }
         let mut class_names: Vec<String> = Vec::new();
         for c in classes(ins) {
-            let n = serde_json::to_value(c)
-                .ok()
-                .and_then(|v| v.as_str().map(str::to_owned))
-                .unwrap_or_default();
-            if !class_names.contains(&n) {
-                class_names.push(n);
+            if !class_names.iter().any(|n| n == c.name()) {
+                class_names.push(c.name().to_owned());
             }
         }
         let mut objects: Vec<String> = Vec::new();
@@ -796,7 +802,15 @@ impl Gate for PolicyGate {
         self.once_only = false;
         let v = match self.audited(|| text_key(text), view) {
             Some(v) => v,
-            None => self.check_text(text, view),
+            None => {
+                let started = Instant::now();
+                let v = self.check_text(text, view);
+                if !matches!(v, Verdict::Wait(_)) {
+                    metrics::histogram!(crate::telemetry::ADDED_LATENCY_SECONDS)
+                        .record(started.elapsed().as_secs_f64());
+                }
+                v
+            }
         };
         if !matches!(v, Verdict::Wait(_)) && self.shared.catalog.is_some() {
             // Decided: answers fetched for it are not reused for a later text.

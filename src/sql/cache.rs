@@ -51,6 +51,7 @@ impl InspectCache {
         }
         let exact = &self.exact[read_as.standard_conforming_strings as usize];
         if let Some(hit) = exact.get(text) {
+            metrics::counter!(crate::telemetry::INSPECTION_CACHE_HITS_TOTAL).increment(1);
             return (hit.clone(), Source::Exact);
         }
         // The scanner reads strings as a standard-conforming server does; with that setting
@@ -62,10 +63,15 @@ impl InspectCache {
         };
         if let Some(nk) = &nkey {
             if let Some(hit) = self.normalized.get(nk.as_str()) {
+                metrics::counter!(crate::telemetry::INSPECTION_CACHE_HITS_TOTAL).increment(1);
                 return (hit.clone(), Source::Normalized);
             }
         }
+        metrics::counter!(crate::telemetry::INSPECTION_CACHE_MISSES_TOTAL).increment(1);
+        let started = std::time::Instant::now();
         let ins = Arc::new(inspect(text, read_as));
+        metrics::histogram!(crate::telemetry::INSPECTION_SECONDS)
+            .record(started.elapsed().as_secs_f64());
         if exact.len() >= self.capacity {
             exact.clear();
         }

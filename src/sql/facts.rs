@@ -21,6 +21,20 @@ pub enum Class {
 }
 
 impl Class {
+    pub fn name(self) -> &'static str {
+        match self {
+            Class::Read => "read",
+            Class::Write => "write",
+            Class::Ddl => "ddl",
+            Class::Role => "role",
+            Class::Function => "function",
+            Class::Tcl => "tcl",
+            Class::Session => "session",
+            Class::Maintenance => "maintenance",
+            Class::Unknown => "unknown",
+        }
+    }
+
     pub fn parse(s: &str) -> Option<Class> {
         Some(match s {
             "read" => Class::Read,

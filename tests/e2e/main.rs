@@ -4,8 +4,8 @@
 
 mod support;
 
-mod audit;
 mod alerts;
+mod audit;
 mod auth;
 mod catalog;
 mod check_ticket;
@@ -15,6 +15,7 @@ mod enforce;
 mod holds;
 mod hostile;
 mod lifecycle;
+mod observe;
 mod protocol;
 mod reload;
 mod session_facts;
