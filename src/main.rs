@@ -28,7 +28,7 @@ enum Command {
     Check(CheckArgs),
     /// Print the facts pgwarden sees in SQL and the policy's decision.
     Explain(ExplainArgs),
-    /// Validate or test a policy directory.
+    /// Validate, test or replay a policy directory.
     Policy {
         #[command(subcommand)]
         command: PolicyCommand,
@@ -43,6 +43,33 @@ enum Command {
     Tokens {
         #[command(subcommand)]
         command: commands::tokens::TokensCommand,
+    },
+    /// Audit logs, offline: report.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum AuditCommand {
+    /// Changes by ticket, user and database; refusals; holds and their approvers;
+    /// break-glass uses. CSV: one row per statement record (columns: log_id, seq, ts,
+    /// session, user, role, database, application_name, client_addr, change, action,
+    /// refused, mode, rules, ticket, break_glass, hold, approvers, classes, tags, objects,
+    /// outcome, sqlstate, error, rows, duration_us, policy_version, fingerprint, text).
+    Report {
+        /// Audit log files (JSON Lines), in order.
+        #[arg(required = true, value_name = "FILE")]
+        files: Vec<PathBuf>,
+        /// Leave out records before T: RFC 3339 or a date (YYYY-MM-DD, 00:00 UTC).
+        #[arg(long, value_name = "T")]
+        since: Option<String>,
+        /// Leave out records at or after T: RFC 3339 or a date (YYYY-MM-DD, 00:00 UTC).
+        #[arg(long, value_name = "T")]
+        until: Option<String>,
+        #[arg(long, value_enum, default_value = "text")]
+        format: commands::audit_report::Format,
     },
 }
 
@@ -175,6 +202,17 @@ enum PolicyCommand {
         #[arg(long, value_name = "FILE")]
         config: Option<PathBuf>,
     },
+    /// Re-decide the statements of audit logs with another policy set: what it would newly
+    /// refuse and newly allow, per rule. Exit 0.
+    Replay {
+        /// Audit log files (JSON Lines), in order.
+        #[arg(long, required = true, num_args = 1.., value_name = "FILE")]
+        audit: Vec<PathBuf>,
+        #[arg(long, value_name = "DIR")]
+        policies: PathBuf,
+        #[arg(long, alias = "env", value_name = "E", default_value = "production")]
+        environment: String,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -235,6 +273,24 @@ fn main() -> anyhow::Result<()> {
                 &rule,
                 config.as_deref(),
             ),
+            PolicyCommand::Replay {
+                audit,
+                policies,
+                environment,
+            } => commands::replay::run(&audit, &policies, &environment),
+        },
+        Command::Audit { command } => match command {
+            AuditCommand::Report {
+                files,
+                since,
+                until,
+                format,
+            } => commands::audit_report::run(&commands::audit_report::Args {
+                files: &files,
+                since: since.as_deref(),
+                until: until.as_deref(),
+                format,
+            }),
         },
         Command::Holds(a) => commands::holds::run(a),
         Command::Tickets(a) => commands::tickets::run(a),
