@@ -365,3 +365,180 @@ pub fn run(audit: &[PathBuf], policies: &Path, environment: &str) -> i32 {
         .write_all(text(&diff, audit.len(), policies).as_bytes());
     EXIT_OK
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::approval::model::{Requester, Scope, TicketStatus};
+    use crate::audit_report::read::read_files;
+    use crate::audit_report::tests::fixture;
+
+    /// A policy directory with one rule: `tag` decided with `action`, and `extra` TOML.
+    fn policy_dir(dir: &Path, name: &str, rules: &[(&str, &str, &str)], extra: &str) -> Policy {
+        let d = dir.join(name);
+        std::fs::create_dir_all(&d).unwrap();
+        let mut toml = String::from(extra);
+        for (id, tag, action) in rules {
+            toml.push_str(&format!(
+                "[[rule]]\nid = \"{id}\"\ndescription = \"{tag}\"\nseverity = \"high\"\naction = \"{action}\"\nmessage = \"{tag} is {action}\"\n[rule.match]\ntags = [\"{tag}\"]\n\n"
+            ));
+        }
+        std::fs::write(d.join("rules.toml"), toml).unwrap();
+        crate::policy::load_dir(&d, "production").expect("policy compiles")
+    }
+
+    /// The fixture written to a file and read back as the command reads it.
+    fn fixture_in(dir: &Path, extra_first: &str) -> Log {
+        let f = dir.join("audit.jsonl");
+        std::fs::write(&f, format!("{extra_first}{}", fixture())).unwrap();
+        let log = read_files(&[&f]).unwrap();
+        assert_eq!(log.skipped.len(), 1, "the torn last line");
+        log
+    }
+
+    fn replayed(p: &Policy, log: &Log) -> Diff {
+        replay(p, log, OnMissingTicket::Refuse)
+    }
+
+    #[test]
+    fn drop_table_from_alert_to_block_is_newly_refused_by_that_rule() {
+        let tmp = tempfile::tempdir().unwrap();
+        let log = fixture_in(tmp.path(), "");
+        let alert = policy_dir(tmp.path(), "alert", &[("t.drop-table", "DROP TABLE", "alert")], "");
+        let block = policy_dir(tmp.path(), "block", &[("t.drop-table", "DROP TABLE", "block")], "");
+
+        let a = replayed(&alert, &log);
+        assert_eq!(a.statements, 6);
+        assert_eq!(a.newly_refused, 0);
+        // The recorded DROP DATABASE refusal has no rule in this set.
+        assert_eq!(a.newly_allowed, 1);
+        assert_eq!(a.newly_allowed_by_rule[0].rule, "destructive.drop-database");
+        assert_eq!(a.newly_allowed_by_rule[0].examples[0].seq, 9);
+
+        let b = replayed(&block, &log);
+        assert_eq!(b.newly_refused, 1);
+        let d = &b.newly_refused_by_rule[0];
+        assert_eq!(d.rule, "t.drop-table");
+        assert_eq!(d.count, 1);
+        assert_eq!(d.actions.iter().collect::<Vec<_>>(), ["block"]);
+        assert_eq!(d.examples[0].seq, 3);
+        assert_eq!(d.examples[0].old_action, "require_ticket");
+        assert_eq!(d.examples[0].text, "DROP TABLE orders_old");
+        assert_eq!(b.still_refused, 0);
+        assert_eq!(b.still_allowed, 4);
+
+        let t = text(&b, 1, Path::new("block"));
+        assert!(t.contains("newly refused: 1 statement"));
+        assert!(t.contains("t.drop-table (block): 1"));
+        assert!(t.contains("#3 2024-05-01T09:00:00Z alice@app was require_ticket, now block: DROP TABLE orders_old"));
+        assert!(t.contains("literals redacted"));
+    }
+
+    #[test]
+    fn require_ticket_under_a_recorded_ticket_the_log_does_not_show_counts_as_covered() {
+        let tmp = tempfile::tempdir().unwrap();
+        let log = fixture_in(tmp.path(), "");
+        let p = policy_dir(
+            tmp.path(),
+            "ticket",
+            &[("t.drop-table", "DROP TABLE", "require_ticket")],
+            "",
+        );
+        let d = replayed(&p, &log);
+        assert_eq!(d.newly_refused, 0);
+        assert_eq!(d.assumed_covered, 1);
+        assert!(text(&d, 1, Path::new("ticket")).contains("1 require_ticket decisions counted as covered"));
+    }
+
+    fn ticket_record(rules: &[&str]) -> String {
+        let t = Ticket {
+            id: "CHG-7".into(),
+            title: "drop old orders".into(),
+            requester: Requester::default(),
+            status: TicketStatus::Approved,
+            approvals: Vec::new(),
+            approvals_required: 1,
+            approver_groups: Vec::new(),
+            valid_from: None,
+            valid_until: None,
+            max_uses: None,
+            uses: 0,
+            scope: Scope {
+                rules: rules.iter().map(|r| r.to_string()).collect(),
+                ..Scope::default()
+            },
+            created_at: "2024-05-01T07:00:00Z".parse().unwrap(),
+            closed_by: None,
+            reason: None,
+        };
+        let mut v = serde_json::json!({
+            "log_id": "L1", "seq": 100, "ts": "2024-05-01T07:00:00Z",
+            "type": "ticket_approved", "prev_hash": "0", "hash": "1",
+        });
+        v["ticket"] = serde_json::to_value(&t).unwrap();
+        format!("{v}\n")
+    }
+
+    #[test]
+    fn a_ticket_the_log_shows_is_checked_for_cover_under_the_new_rules() {
+        let tmp = tempfile::tempdir().unwrap();
+        let p = policy_dir(
+            tmp.path(),
+            "ticket",
+            &[("t.drop-table", "DROP TABLE", "require_ticket")],
+            "",
+        );
+        // Scoped to another rule: the new rule is not covered.
+        let narrow = fixture_in(tmp.path(), &ticket_record(&["destructive.drop-table"]));
+        let d = replayed(&p, &narrow);
+        assert_eq!(d.assumed_covered, 0);
+        assert_eq!(d.newly_refused, 1);
+        assert_eq!(d.newly_refused_by_rule[0].rule, "t.drop-table");
+        assert_eq!(d.newly_refused_by_rule[0].examples[0].new_action, "require_ticket");
+        // Scoped to it: covered.
+        let wide = fixture_in(tmp.path(), &ticket_record(&["t.drop-table"]));
+        assert_eq!(replayed(&p, &wide).newly_refused, 0);
+    }
+
+    #[test]
+    fn break_glass_replays_only_for_users_the_new_set_allows() {
+        let tmp = tempfile::tempdir().unwrap();
+        let log = fixture_in(tmp.path(), "");
+        let rules = [("t.truncate", "TRUNCATE TABLE", "require_ticket")];
+        let allowed = policy_dir(tmp.path(), "bg", &rules, "[break_glass]\nusers = [\"root\"]\n\n");
+        assert_eq!(replayed(&allowed, &log).newly_refused, 0);
+        let nobody = policy_dir(tmp.path(), "nobg", &rules, "");
+        let d = replayed(&nobody, &log);
+        assert_eq!(d.newly_refused, 1);
+        assert_eq!(d.newly_refused_by_rule[0].examples[0].seq, 15);
+    }
+
+    #[test]
+    fn a_statement_that_ran_after_approval_is_not_newly_refused_by_a_hold() {
+        let tmp = tempfile::tempdir().unwrap();
+        let log = fixture_in(tmp.path(), "");
+        let hold = policy_dir(tmp.path(), "hold", &[("t.index", "CREATE INDEX", "hold")], "");
+        assert_eq!(replayed(&hold, &log).newly_refused, 0);
+        let block = policy_dir(tmp.path(), "block", &[("t.index", "CREATE INDEX", "block")], "");
+        assert_eq!(replayed(&block, &log).newly_refused, 1);
+    }
+
+    #[test]
+    fn the_session_and_time_come_from_the_record() {
+        let log = crate::audit_report::tests::fixture_log();
+        let r = &log.records[2];
+        let Body::Statement(s) = &r.body else {
+            panic!("statement")
+        };
+        let ctx = session_of(r, s);
+        assert_eq!(ctx.user, "alice");
+        assert_eq!(ctx.database, "app");
+        assert_eq!(ctx.application, "psql");
+        assert_eq!(ctx.client_addr, Some("10.0.0.5".parse().unwrap()));
+        assert!(ctx.tls);
+        assert_eq!(ctx.ticket.as_deref(), Some("CHG-7"));
+        assert_eq!(ctx.now, "2024-05-01T09:00:00Z".parse().unwrap());
+        assert_eq!(client_addr(Some("10.0.0.5:5432")), Some("10.0.0.5".parse().unwrap()));
+        assert_eq!(client_addr(Some("/tmp/.s.PGSQL.5432")), None);
+    }
+}
