@@ -196,10 +196,16 @@ pub fn html(r: &Report) -> String {
     }
     out.push_str("<h2>Charts</h2><div class=\"charts\">\n");
     for chart in [
-        bar_chart("Changes by ticket", &group_bars(&r.by_ticket, "(no ticket)")),
+        bar_chart(
+            "Changes by ticket",
+            &group_bars(&r.by_ticket, "(no ticket)"),
+        ),
         bar_chart("Changes by user", &group_bars(&r.by_user, "")),
         bar_chart("Changes by database", &group_bars(&r.by_database, "")),
-        bar_chart("Changes per day (UTC)", &per_day.into_iter().collect::<Vec<_>>()),
+        bar_chart(
+            "Changes per day (UTC)",
+            &per_day.into_iter().collect::<Vec<_>>(),
+        ),
         bar_chart(
             "Refusals by rule",
             &r.refusals_by_rule
@@ -233,7 +239,15 @@ pub fn html(r: &Report) -> String {
     table(
         &mut out,
         &[
-            "time", "seq", "user", "database", "ticket", "approval", "tags", "outcome", "rows",
+            "time",
+            "seq",
+            "user",
+            "database",
+            "ticket",
+            "approval",
+            "tags",
+            "outcome",
+            "rows",
             "statement",
         ],
         r.changes()
@@ -245,11 +259,9 @@ pub fn html(r: &Report) -> String {
                     escape(&e.session.database),
                     escape(e.decision.ticket.as_deref().unwrap_or("")),
                     match (&e.approval, e.decision.break_glass) {
-                        (Some(a), _) => escape(&format!(
-                            "hold {} by {}",
-                            a.hold,
-                            a.approvers.join(", ")
-                        )),
+                        (Some(a), _) => {
+                            escape(&format!("hold {} by {}", a.hold, a.approvers.join(", ")))
+                        }
                         (None, true) => "break-glass".into(),
                         (None, false) => String::new(),
                     },
@@ -269,7 +281,16 @@ pub fn html(r: &Report) -> String {
     out.push_str("<h2>Refusals</h2>\n");
     table(
         &mut out,
-        &["time", "seq", "user", "database", "action", "rules", "error", "statement"],
+        &[
+            "time",
+            "seq",
+            "user",
+            "database",
+            "action",
+            "rules",
+            "error",
+            "statement",
+        ],
         r.refusals()
             .map(|e| {
                 vec![
@@ -293,8 +314,18 @@ pub fn html(r: &Report) -> String {
     table(
         &mut out,
         &[
-            "hold", "status", "user", "database", "rules", "approvers", "opened", "closed",
-            "closed by", "reason", "ran as", "statement",
+            "hold",
+            "status",
+            "user",
+            "database",
+            "rules",
+            "approvers",
+            "opened",
+            "closed",
+            "closed by",
+            "reason",
+            "ran as",
+            "statement",
         ],
         r.holds
             .iter()
@@ -329,7 +360,14 @@ pub fn html(r: &Report) -> String {
     table(
         &mut out,
         &[
-            "review", "time", "user", "database", "reason", "rules", "reviewed by", "statement",
+            "review",
+            "time",
+            "user",
+            "database",
+            "reason",
+            "rules",
+            "reviewed by",
+            "statement",
         ],
         r.break_glass
             .iter()

@@ -345,7 +345,8 @@ pub fn build(log: &Log, range: Range, files: &[String]) -> Report {
             _ => summary.no_outcome += 1,
         }
     }
-    summary.break_glass_statements = statements.iter().filter(|e| e.decision.break_glass).count() as u64;
+    summary.break_glass_statements =
+        statements.iter().filter(|e| e.decision.break_glass).count() as u64;
     let mut by_rule: BTreeMap<String, u64> = BTreeMap::new();
     for e in statements.iter().filter(|e| e.decision.refused) {
         summary.refusals += 1;

@@ -256,7 +256,9 @@ fn parse_record(line: &str) -> Result<Record, String> {
             Ok(t) => Body::Ticket(Box::new(t)),
             Err(_) => Body::Other,
         },
-        "break_glass_used" => Body::BreakGlass(serde_json::from_value(field("review")).map_err(fit)?),
+        "break_glass_used" => {
+            Body::BreakGlass(serde_json::from_value(field("review")).map_err(fit)?)
+        }
         _ => Body::Other,
     };
     Ok(Record {

@@ -266,7 +266,13 @@ pub fn text(r: &Report) -> String {
         "{} changes ({} succeeded, {} failed, {} no outcome); {} refused; {} holds ({} approved); {} break-glass uses",
         s.changes, s.succeeded, s.failed, s.no_outcome, s.refusals, s.holds, s.holds_approved, s.break_glass_uses
     );
-    groups_text(&mut out, "Changes by ticket", &r.by_ticket, "(no ticket)", "users");
+    groups_text(
+        &mut out,
+        "Changes by ticket",
+        &r.by_ticket,
+        "(no ticket)",
+        "users",
+    );
     groups_text(&mut out, "Changes by user", &r.by_user, "", "tickets");
     groups_text(&mut out, "Changes by database", &r.by_database, "", "users");
 
@@ -285,7 +291,11 @@ pub fn text(r: &Report) -> String {
             via.push(format!("ticket {}", one_line(t, 40)));
         }
         if let Some(a) = &e.approval {
-            via.push(format!("hold {} approved by {}", a.hold, one_line(&a.approvers.join(", "), 60)));
+            via.push(format!(
+                "hold {} approved by {}",
+                a.hold,
+                one_line(&a.approvers.join(", "), 60)
+            ));
         }
         if e.decision.break_glass {
             via.push("break-glass".into());
@@ -347,7 +357,11 @@ pub fn text(r: &Report) -> String {
             format!("approved by {}", one_line(&h.approvers.join(", "), 80))
         };
         let needed = if h.approvals_required > 0 {
-            format!(" ({} of {} needed)", h.approvers.len(), h.approvals_required)
+            format!(
+                " ({} of {} needed)",
+                h.approvers.len(),
+                h.approvals_required
+            )
         } else {
             String::new()
         };

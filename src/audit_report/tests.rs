@@ -90,7 +90,12 @@ fn hold(seq: u64, ts: &str, kind: &str, status: &str, approvers: &[&str]) -> Str
 /// unknown type, and a torn last line.
 pub(crate) fn fixture() -> String {
     let lines = vec![
-        rec(1, "2024-05-01T08:00:00Z", "policy_loaded", json!({"version": "v1"})),
+        rec(
+            1,
+            "2024-05-01T08:00:00Z",
+            "policy_loaded",
+            json!({"version": "v1"}),
+        ),
         rec(
             2,
             "2024-05-01T08:59:00Z",
@@ -159,8 +164,20 @@ pub(crate) fn fixture() -> String {
             json!({"refusal": {"sqlstate": "42501", "message": "pgwarden: destructive.drop-database: no"}}),
         ),
         hold(10, "2024-05-02T09:00:00Z", "hold_opened", "pending", &[]),
-        hold(11, "2024-05-02T09:05:00Z", "hold_approved", "pending", &["dave"]),
-        hold(12, "2024-05-02T09:06:00Z", "hold_approved", "approved", &["dave", "erin"]),
+        hold(
+            11,
+            "2024-05-02T09:05:00Z",
+            "hold_approved",
+            "pending",
+            &["dave"],
+        ),
+        hold(
+            12,
+            "2024-05-02T09:06:00Z",
+            "hold_approved",
+            "approved",
+            &["dave", "erin"],
+        ),
         statement(
             13,
             "2024-05-02T09:06:01Z",

@@ -124,7 +124,11 @@ pub fn redecide(
     let ctx = session_of(r, s);
     let d = policy.decide(&ins, &ctx, Mode::Enforce);
     let mut refusing_rules = BTreeSet::new();
-    for m in d.matches.iter().filter(|m| !m.monitor && m.action.refuses()) {
+    for m in d
+        .matches
+        .iter()
+        .filter(|m| !m.monitor && m.action.refuses())
+    {
         refusing_rules.insert(m.rule.clone());
     }
     let mut rules: Vec<String> = Vec::new();
@@ -404,8 +408,18 @@ mod tests {
     fn drop_table_from_alert_to_block_is_newly_refused_by_that_rule() {
         let tmp = tempfile::tempdir().unwrap();
         let log = fixture_in(tmp.path(), "");
-        let alert = policy_dir(tmp.path(), "alert", &[("t.drop-table", "DROP TABLE", "alert")], "");
-        let block = policy_dir(tmp.path(), "block", &[("t.drop-table", "DROP TABLE", "block")], "");
+        let alert = policy_dir(
+            tmp.path(),
+            "alert",
+            &[("t.drop-table", "DROP TABLE", "alert")],
+            "",
+        );
+        let block = policy_dir(
+            tmp.path(),
+            "block",
+            &[("t.drop-table", "DROP TABLE", "block")],
+            "",
+        );
 
         let a = replayed(&alert, &log);
         assert_eq!(a.statements, 6);
@@ -447,7 +461,8 @@ mod tests {
         let d = replayed(&p, &log);
         assert_eq!(d.newly_refused, 0);
         assert_eq!(d.assumed_covered, 1);
-        assert!(text(&d, 1, Path::new("ticket")).contains("1 require_ticket decisions counted as covered"));
+        assert!(text(&d, 1, Path::new("ticket"))
+            .contains("1 require_ticket decisions counted as covered"));
     }
 
     fn ticket_record(rules: &[&str]) -> String {
@@ -494,7 +509,10 @@ mod tests {
         assert_eq!(d.assumed_covered, 0);
         assert_eq!(d.newly_refused, 1);
         assert_eq!(d.newly_refused_by_rule[0].rule, "t.drop-table");
-        assert_eq!(d.newly_refused_by_rule[0].examples[0].new_action, "require_ticket");
+        assert_eq!(
+            d.newly_refused_by_rule[0].examples[0].new_action,
+            "require_ticket"
+        );
         // Scoped to it: covered.
         let wide = fixture_in(tmp.path(), &ticket_record(&["t.drop-table"]));
         assert_eq!(replayed(&p, &wide).newly_refused, 0);
@@ -505,7 +523,12 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let log = fixture_in(tmp.path(), "");
         let rules = [("t.truncate", "TRUNCATE TABLE", "require_ticket")];
-        let allowed = policy_dir(tmp.path(), "bg", &rules, "[break_glass]\nusers = [\"root\"]\n\n");
+        let allowed = policy_dir(
+            tmp.path(),
+            "bg",
+            &rules,
+            "[break_glass]\nusers = [\"root\"]\n\n",
+        );
         assert_eq!(replayed(&allowed, &log).newly_refused, 0);
         let nobody = policy_dir(tmp.path(), "nobg", &rules, "");
         let d = replayed(&nobody, &log);
@@ -517,9 +540,19 @@ mod tests {
     fn a_statement_that_ran_after_approval_is_not_newly_refused_by_a_hold() {
         let tmp = tempfile::tempdir().unwrap();
         let log = fixture_in(tmp.path(), "");
-        let hold = policy_dir(tmp.path(), "hold", &[("t.index", "CREATE INDEX", "hold")], "");
+        let hold = policy_dir(
+            tmp.path(),
+            "hold",
+            &[("t.index", "CREATE INDEX", "hold")],
+            "",
+        );
         assert_eq!(replayed(&hold, &log).newly_refused, 0);
-        let block = policy_dir(tmp.path(), "block", &[("t.index", "CREATE INDEX", "block")], "");
+        let block = policy_dir(
+            tmp.path(),
+            "block",
+            &[("t.index", "CREATE INDEX", "block")],
+            "",
+        );
         assert_eq!(replayed(&block, &log).newly_refused, 1);
     }
 
@@ -538,7 +571,10 @@ mod tests {
         assert!(ctx.tls);
         assert_eq!(ctx.ticket.as_deref(), Some("CHG-7"));
         assert_eq!(ctx.now, "2024-05-01T09:00:00Z".parse().unwrap());
-        assert_eq!(client_addr(Some("10.0.0.5:5432")), Some("10.0.0.5".parse().unwrap()));
+        assert_eq!(
+            client_addr(Some("10.0.0.5:5432")),
+            Some("10.0.0.5".parse().unwrap())
+        );
         assert_eq!(client_addr(Some("/tmp/.s.PGSQL.5432")), None);
     }
 }

@@ -4,6 +4,7 @@
 
 mod support;
 
+mod audit_report;
 mod auth;
 mod catalog;
 mod check_ticket;
