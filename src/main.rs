@@ -54,7 +54,9 @@ enum Command {
 #[derive(Subcommand)]
 enum AuditCommand {
     /// Changes by ticket, user and database; refusals; holds and their approvers;
-    /// break-glass uses. CSV: one row per statement record (columns: log_id, seq, ts,
+    /// break-glass uses.
+    ///
+    /// CSV: one row per statement record (columns: log_id, seq, ts,
     /// session, user, role, database, application_name, client_addr, change, action,
     /// refused, mode, rules, ticket, break_glass, hold, approvers, classes, tags, objects,
     /// outcome, sqlstate, error, rows, duration_us, policy_version, fingerprint, text).
@@ -208,8 +210,10 @@ enum PolicyCommand {
         /// Audit log files (JSON Lines), in order.
         #[arg(long, required = true, num_args = 1.., value_name = "FILE")]
         audit: Vec<PathBuf>,
+        /// The policy set to re-decide with.
         #[arg(long, value_name = "DIR")]
         policies: PathBuf,
+        /// Environment to decide for.
         #[arg(long, alias = "env", value_name = "E", default_value = "production")]
         environment: String,
     },

@@ -263,7 +263,7 @@ pub fn text(r: &Report) -> String {
     );
     let _ = writeln!(
         out,
-        "{} changes ({} succeeded, {} failed, {} no outcome); {} refused; {} holds ({} approved); {} break-glass uses",
+        "changes: {} ({} succeeded, {} failed, {} without outcome); refused: {}; holds: {} ({} approved); break-glass uses: {}",
         s.changes, s.succeeded, s.failed, s.no_outcome, s.refusals, s.holds, s.holds_approved, s.break_glass_uses
     );
     groups_text(

@@ -398,7 +398,7 @@ fn json_has_the_summary_groups_and_the_records() {
 #[test]
 fn text_names_tickets_approvers_and_refusals() {
     let t = render::text(&report(Range::default()));
-    assert!(t.contains("4 changes (2 succeeded, 1 failed, 1 no outcome); 1 refused"));
+    assert!(t.contains("changes: 4 (2 succeeded, 1 failed, 1 without outcome); refused: 1;"));
     assert!(t.contains("CHG-7"));
     assert!(t.contains("failed 23505"));
     assert!(t.contains("hold 4 approved by dave, erin"));

@@ -43,6 +43,9 @@ pub struct Example {
     pub user: String,
     pub database: String,
     pub old_action: String,
+    /// How it went then: `refused`, `ran`, `ran under ticket CHG-7`, `ran under
+    /// break-glass`, `ran once hold 4 was approved`.
+    pub old_outcome: String,
     pub new_action: String,
     pub text: String,
 }
@@ -167,6 +170,19 @@ pub fn redecide(
     }
 }
 
+fn old_outcome(s: &StatementRecord) -> String {
+    let d = &s.decision;
+    match (&s.approval, &d.ticket) {
+        _ if d.refused => "refused".into(),
+        _ if d.break_glass => "ran under break-glass".into(),
+        (Some(a), _) => format!("ran once hold {} was approved", a.hold),
+        (None, Some(t)) if Action::parse(&d.action) == Some(Action::RequireTicket) => {
+            format!("ran under ticket {t}")
+        }
+        _ => "ran".into(),
+    }
+}
+
 fn example(r: &Record, s: &StatementRecord, new: &Redecided) -> Example {
     Example {
         seq: r.seq,
@@ -174,6 +190,7 @@ fn example(r: &Record, s: &StatementRecord, new: &Redecided) -> Example {
         user: s.session.user.clone(),
         database: s.session.database.clone(),
         old_action: s.decision.action.clone(),
+        old_outcome: old_outcome(s),
         new_action: new.action.name().to_owned(),
         text: s.statement.text.clone(),
     }
@@ -294,12 +311,13 @@ fn rules_text(out: &mut String, title: &str, n: u64, rules: &[RuleDiff]) {
         for e in &d.examples {
             let _ = writeln!(
                 out,
-                "    #{} {} {}@{} was {}, now {}: {}",
+                "    #{} {} {}@{} was {} ({}), now {}: {}",
                 e.seq,
                 e.ts,
                 crate::audit_report::render::one_line(&e.user, 40),
                 crate::audit_report::render::one_line(&e.database, 40),
                 crate::audit_report::render::one_line(&e.old_action, 20),
+                crate::audit_report::render::one_line(&e.old_outcome, 60),
                 e.new_action,
                 crate::audit_report::render::one_line(&e.text, 100)
             );
@@ -444,7 +462,7 @@ mod tests {
         let t = text(&b, 1, Path::new("block"));
         assert!(t.contains("newly refused: 1 statement"));
         assert!(t.contains("t.drop-table (block): 1"));
-        assert!(t.contains("#3 2024-05-01T09:00:00Z alice@app was require_ticket, now block: DROP TABLE orders_old"));
+        assert!(t.contains("#3 2024-05-01T09:00:00Z alice@app was require_ticket (ran under ticket CHG-7), now block: DROP TABLE orders_old"));
         assert!(t.contains("literals redacted"));
     }
 
