@@ -34,11 +34,14 @@
 //! - [`commands`]: `check`, `explain`, `policy validate|test`: the same decisions offline;
 //!   `holds`, `tickets`, `reviews`: clients of the admin API; `tokens add`.
 //! - [`net`]: one stream type over TCP, Unix sockets and TLS.
+//! - [`audit_report`]: audit logs read offline → `pgwarden audit report` (text, CSV, JSON,
+//!   HTML with SVG charts); the reader `policy replay` uses too.
 
 pub mod admin;
 pub mod alerts;
 pub mod approval;
 pub mod audit;
+pub mod audit_report;
 pub mod cancel;
 pub mod catalog;
 pub mod commands;

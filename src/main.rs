@@ -28,7 +28,7 @@ enum Command {
     Check(CheckArgs),
     /// Print the facts pgwarden sees in SQL and the policy's decision.
     Explain(ExplainArgs),
-    /// Validate or test a policy directory.
+    /// Validate, test or replay a policy directory.
     Policy {
         #[command(subcommand)]
         command: PolicyCommand,
@@ -49,7 +49,7 @@ enum Command {
         #[command(subcommand)]
         command: commands::webhook::WebhookCommand,
     },
-    /// The audit log: verify its chain and checkpoints.
+    /// The audit log, offline: verify its chain and checkpoints; report on it.
     Audit {
         #[command(subcommand)]
         command: AuditCommand,
@@ -71,6 +71,26 @@ enum AuditCommand {
         /// (`audit-signing.pub` in the state dir).
         #[arg(long, value_name = "KEY")]
         public_key: Option<String>,
+    },
+    /// Changes by ticket, user and database; refusals; holds and their approvers;
+    /// break-glass uses.
+    ///
+    /// CSV: one row per statement record (columns: log_id, seq, ts,
+    /// session, user, role, database, application_name, client_addr, change, action,
+    /// refused, mode, rules, ticket, break_glass, hold, approvers, classes, tags, objects,
+    /// outcome, sqlstate, error, rows, duration_us, policy_version, fingerprint, text).
+    Report {
+        /// Audit log files (JSON Lines), in order.
+        #[arg(required = true, value_name = "FILE")]
+        files: Vec<PathBuf>,
+        /// Leave out records before T: RFC 3339 or a date (YYYY-MM-DD, 00:00 UTC).
+        #[arg(long, value_name = "T")]
+        since: Option<String>,
+        /// Leave out records at or after T: RFC 3339 or a date (YYYY-MM-DD, 00:00 UTC).
+        #[arg(long, value_name = "T")]
+        until: Option<String>,
+        #[arg(long, value_enum, default_value = "text")]
+        format: commands::audit_report::Format,
     },
 }
 
@@ -206,6 +226,19 @@ enum PolicyCommand {
         #[arg(long, value_name = "FILE")]
         config: Option<PathBuf>,
     },
+    /// Re-decide the statements of audit logs with another policy set: what it would newly
+    /// refuse and newly allow, per rule. Exit 0.
+    Replay {
+        /// Audit log files (JSON Lines), in order.
+        #[arg(long, required = true, num_args = 1.., value_name = "FILE")]
+        audit: Vec<PathBuf>,
+        /// The policy set to re-decide with.
+        #[arg(long, value_name = "DIR")]
+        policies: PathBuf,
+        /// Environment to decide for.
+        #[arg(long, alias = "env", value_name = "E", default_value = "production")]
+        environment: String,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -266,8 +299,24 @@ fn main() -> anyhow::Result<()> {
                 &rule,
                 config.as_deref(),
             ),
+            PolicyCommand::Replay {
+                audit,
+                policies,
+                environment,
+            } => commands::replay::run(&audit, &policies, &environment),
         },
         Command::Audit { command } => match command {
+            AuditCommand::Report {
+                files,
+                since,
+                until,
+                format,
+            } => commands::audit_report::run(&commands::audit_report::Args {
+                files: &files,
+                since: since.as_deref(),
+                until: until.as_deref(),
+                format,
+            }),
             AuditCommand::Verify {
                 files,
                 checkpoints,

@@ -1,7 +1,9 @@
 //! The commands besides `serve`, each returning the process exit status.
 //!
 //! Offline, with the same inspection and decision code as the wire: `check` (decide on SQL
-//! files), `explain` (facts and decision for one string), `policy validate` / `policy test`.
+//! files), `explain` (facts and decision for one string), `policy validate` / `policy test`,
+//! `policy replay` (recorded statements re-decided with another policy set).
+//! Over audit logs, offline: `audit report`.
 //!
 //! Clients of a running instance's admin API ([`client`]): `holds`, `tickets`, `reviews`.
 //! And `tokens add`, which writes the admin API's tokens file; `audit verify`, which checks
@@ -9,11 +11,13 @@
 //! webhook delivery's signature.
 
 pub mod audit;
+pub mod audit_report;
 pub mod check;
 pub mod client;
 pub mod explain;
 pub mod holds;
 pub mod policy;
+pub mod replay;
 pub mod reviews;
 pub mod tickets;
 pub mod tokens;

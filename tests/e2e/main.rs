@@ -6,6 +6,7 @@ mod support;
 
 mod alerts;
 mod audit;
+mod audit_report;
 mod auth;
 mod catalog;
 mod check_ticket;
