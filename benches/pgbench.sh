@@ -71,6 +71,7 @@ cleanup() {
     local rc=$?
     trap - EXIT INT TERM
     stop_pid "$PGWARDEN_PID" pgwarden
+    stop_pid "${AUDIT_PID:-}" pgwarden-audit
     if [[ -z $BOUNCER_PID && -n $BOUNCER_DIR && -s $BOUNCER_DIR/pgbouncer.pid ]]; then
         BOUNCER_PID=$(cat "$BOUNCER_DIR/pgbouncer.pid")
     fi
@@ -102,10 +103,10 @@ WORK=$(mktemp -d /tmp/pgwarden-bench.XXXXXX)
 BOUNCER_DIR=$(mktemp -d /tmp/pgwarden-bench-pgbouncer.XXXXXX)
 chown postgres: "$BOUNCER_DIR"
 
-# Two distinct free ports, held open together so they differ.
-read -r BOUNCER_PORT PGWARDEN_PORT < <(python3 -c '
+# Three distinct free ports, held open together so they differ.
+read -r BOUNCER_PORT PGWARDEN_PORT AUDIT_PORT < <(python3 -c '
 import socket
-ss = [socket.socket() for _ in range(2)]
+ss = [socket.socket() for _ in range(3)]
 for s in ss:
     s.bind(("127.0.0.1", 0))
 print(*(s.getsockname()[1] for s in ss))
@@ -138,6 +139,17 @@ if [[ -n ${PGWARDEN_CONFIG:-} ]]; then CONFIG_ARGS=(--config "$PGWARDEN_CONFIG")
 PGWARDEN_PID=$!
 wait_ready "$PGWARDEN_PORT" pgwarden "$PGWARDEN_PID"
 log "pgwarden pid $PGWARDEN_PID on 127.0.0.1:$PGWARDEN_PORT"
+# AUDIT=1: a second pgwarden, the same but writing its audit log (records synced before each
+# recorded statement runs), as target pgwarden-audit.
+AUDIT_PID=
+if [[ ${AUDIT:-0} == 1 ]]; then
+    "$PGWARDEN_BIN" serve "${CONFIG_ARGS[@]}" --listen "127.0.0.1:$AUDIT_PORT" --upstream "$PG_HOST:$PG_PORT" \
+        --policies "${PGWARDEN_POLICIES:-$REPO/policies}" --admin-listen off --state-dir "$WORK/state-audit" \
+        --audit-file "${AUDIT_FILE:-$WORK/audit/audit.jsonl}" </dev/null >"$WORK/pgwarden-audit.log" 2>&1 &
+    AUDIT_PID=$!
+    wait_ready "$AUDIT_PORT" pgwarden-audit "$AUDIT_PID"
+    log "pgwarden-audit pid $AUDIT_PID on 127.0.0.1:$AUDIT_PORT, audit log ${AUDIT_FILE:-$WORK/audit/audit.jsonl}"
+fi
 
 # ---------------------------------------------------------------- pgbouncer ---------
 printf '"%s" ""\n' "$PG_USER" >"$BOUNCER_DIR/userlist.txt"
@@ -214,15 +226,17 @@ fi
 ((${#WORKLOADS[@]} > 0)) || die "no workload matches ONLY=$ONLY"
 
 TARGETS=(direct pgbouncer pgwarden direct-AA)
+[[ -n $AUDIT_PID ]] && TARGETS+=(pgwarden-audit)
 target_port() {
     case $1 in
     direct | direct-AA) echo "$PG_PORT" ;;
     pgbouncer) echo "$BOUNCER_PORT" ;;
     pgwarden) echo "$PGWARDEN_PORT" ;;
+    pgwarden-audit) echo "$AUDIT_PORT" ;;
     esac
 }
 target_host() { case $1 in direct | direct-AA) echo "$PG_HOST" ;; *) echo 127.0.0.1 ;; esac; }
-target_pid() { case $1 in pgbouncer) echo "$BOUNCER_PID" ;; pgwarden) echo "$PGWARDEN_PID" ;; *) echo "" ;; esac; }
+target_pid() { case $1 in pgbouncer) echo "$BOUNCER_PID" ;; pgwarden) echo "$PGWARDEN_PID" ;; pgwarden-audit) echo "$AUDIT_PID" ;; *) echo "" ;; esac; }
 
 # utime + stime of a whole process (all threads), in clock ticks.
 cpu_ticks() {
@@ -325,6 +339,8 @@ with open(path) as f:
         if r["workload"] not in order:
             order.append(r["workload"])
         runs.setdefault(key, []).append(r)
+if any(t == "pgwarden-audit" for (_, t) in runs):
+    targets.append("pgwarden-audit")
 
 def med(xs):
     return statistics.median(xs) if xs else None

@@ -16,7 +16,11 @@
 //!
 //! - [`config`]: the TOML file and flags, validated, all errors at once.
 //! - [`approval`]: tickets, holds, approvals and break-glass reviews; their store and events.
-//! - [`admin`]: the admin HTTP listener: health, readiness, the JSON API for approvers.
+//! - [`admin`]: the admin HTTP listener: health, readiness, the JSON API for approvers,
+//!   `/metrics` and the live event stream.
+//! - [`audit`]: the tamper-evident audit log: records synced before a statement runs, hash
+//!   chain, rotation, signed checkpoints, verification.
+//! - [`telemetry`]: every Prometheus metric, named in one place; the recorder.
 //! - [`server`]: the accept loop, connection limit and shutdown.
 //! - [`session`]: startup phase, relay loop, session state; the one place that sequences the wire.
 //! - [`wire`]: sans-IO protocol: the framer, startup packets, the messages pgwarden reads and
@@ -32,7 +36,8 @@
 //!   a bounded queue per webhook, retries with backoff, Standard Webhooks signatures.
 //! - [`reload`]: policy hot reload (SIGHUP, file watch), validated and tested before the swap.
 //! - [`commands`]: `check`, `explain`, `policy validate|test`: the same decisions offline;
-//!   `holds`, `tickets`, `reviews`: clients of the admin API; `tokens add`.
+//!   `holds`, `tickets`, `reviews`: clients of the admin API; `tokens add`; `audit verify`,
+//!   `policy replay`, `webhook verify`.
 //! - [`net`]: one stream type over TCP, Unix sockets and TLS.
 //! - [`audit_report`]: audit logs read offline → `pgwarden audit report` (text, CSV, JSON,
 //!   HTML with SVG charts); the reader `policy replay` uses too.

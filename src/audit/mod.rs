@@ -250,11 +250,13 @@ impl AuditLog {
         }
         let mut out = Vec::new();
         for f in &files[start..] {
-            let Ok(text) = std::fs::read_to_string(f) else {
+            use std::io::BufRead;
+            let Ok(file) = std::fs::File::open(f) else {
                 continue;
             };
-            for l in text.lines() {
-                if let Some(w) = Written::parse(l).filter(|w| w.seq > after) {
+            // Line by line: a reader catching up never holds more than `limit` records.
+            for l in std::io::BufReader::new(file).lines().map_while(Result::ok) {
+                if let Some(w) = Written::parse(&l).filter(|w| w.seq > after) {
                     out.push(w);
                     if out.len() >= limit {
                         return out;

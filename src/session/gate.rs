@@ -59,7 +59,14 @@ pub struct PolicyGate {
     /// Prepared statements (extended protocol) recorded at each Bind: the record made when
     /// their Parse was decided.
     prepared_records: HashMap<Vec<u8>, StatementRecord>,
+    /// Fingerprints of recently recorded inspections: texts that share a cached inspection
+    /// differ only in literals, which fingerprints leave out (the Arc held keeps the
+    /// inspection, and so its address, alive).
+    fingerprints: std::cell::RefCell<std::collections::VecDeque<(Arc<Inspection>, Option<String>)>>,
 }
+
+/// How many inspections' fingerprints a session remembers.
+const FINGERPRINT_MEMO: usize = 32;
 
 /// A message waiting for its audit record to be synced.
 struct Awaiting {
@@ -96,6 +103,7 @@ impl PolicyGate {
             awaiting: None,
             outcomes: Vec::new(),
             prepared_records: HashMap::new(),
+            fingerprints: Default::default(),
         }
     }
 
@@ -540,11 +548,27 @@ impl PolicyGate {
         }
     }
 
+    /// The fingerprint of `text`, whose inspection is `ins`.
+    fn fingerprint(&self, ins: &Arc<Inspection>, text: &str, read_as: ReadAs) -> Option<String> {
+        let mut memo = self.fingerprints.borrow_mut();
+        if let Some((_, f)) = memo.iter().find(|(i, _)| Arc::ptr_eq(i, ins)) {
+            return f.clone();
+        }
+        let f = crate::sql::fingerprint::fingerprints(text, read_as)
+            .ok()
+            .map(|f| f.join(","));
+        if memo.len() >= FINGERPRINT_MEMO {
+            memo.pop_front();
+        }
+        memo.push_back((ins.clone(), f.clone()));
+        f
+    }
+
     #[allow(clippy::too_many_arguments)]
     fn statement_record(
         &self,
         d: &Decision,
-        ins: &Inspection,
+        ins: &Arc<Inspection>,
         view: &View<'_>,
         text: &[u8],
         ticket: Option<String>,
@@ -569,9 +593,7 @@ impl PolicyGate {
                 } else {
                     t.to_owned()
                 };
-                let fp = crate::sql::fingerprint::fingerprints(t, read_as)
-                    .ok()
-                    .map(|f| f.join(","));
+                let fp = self.fingerprint(ins, t, read_as);
                 (shown, fp)
             }
             Err(_) => (
@@ -642,7 +664,7 @@ impl PolicyGate {
     fn record_refusal(
         &self,
         d: &Decision,
-        ins: &Inspection,
+        ins: &Arc<Inspection>,
         view: &View<'_>,
         text: &[u8],
         ticket: Option<String>,

@@ -18,7 +18,7 @@ const BOUND: Duration = Duration::from_secs(60);
 const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 
 /// A request as the receiver saw it, saved the way a capture tool writes it.
-type Saved = Vec<u8>;
+pub type Saved = Vec<u8>;
 
 async fn hook(
     State(tx): State<mpsc::UnboundedSender<Saved>>,
@@ -38,7 +38,7 @@ async fn hook(
 }
 
 /// A receiver on 127.0.0.1:0: its URL and the requests it gets.
-async fn receiver() -> (String, mpsc::UnboundedReceiver<Saved>) {
+pub async fn receiver() -> (String, mpsc::UnboundedReceiver<Saved>) {
     let (tx, rx) = mpsc::unbounded_channel();
     let app = axum::Router::new()
         .route("/hook", axum::routing::post(hook))

@@ -11,7 +11,7 @@ use std::time::Duration;
 use serde_json::Value;
 
 use crate::support::process::Process;
-use crate::support::{eventually, shipped_policies, sqlstate, unique, via, Proxy};
+use crate::support::{eventually, shipped_policies, sqlstate, unique, via, within, Proxy};
 
 fn records(file: &Path) -> Vec<Value> {
     std::fs::read_to_string(file)
@@ -187,7 +187,9 @@ async fn drop_table(_proxy: &Proxy, t: &str) {
 async fn an_unwritable_audit_log_refuses_what_it_must_record_and_readyz_says_so() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path().to_path_buf();
+    let (hook_url, mut hooks) = crate::alerts::receiver().await;
     let proxy = Proxy::start_with(move |c| {
+        c.webhooks = vec![pgwarden::alerts::WebhookConfig::new("ops", hook_url)];
         c.audit.file = Some(PathBuf::from("/dev/full"));
         c.audit.checkpoints = Some(d.join("cp"));
         c.audit.signing_key = Some(d.join("key"));
@@ -231,6 +233,16 @@ async fn an_unwritable_audit_log_refuses_what_it_must_record_and_readyz_says_so(
     })
     .await;
     assert_eq!(failing, ());
+    // ... and reached the webhook.
+    within(Duration::from_secs(30), "the audit alert webhook", async {
+        loop {
+            let got = hooks.recv().await.expect("the receiver runs");
+            if String::from_utf8_lossy(&got).contains("audit_sink_failing") {
+                break;
+            }
+        }
+    })
+    .await;
     // /readyz is unready and says why.
     let url = format!("{}/readyz", proxy.admin_url());
     let resp = reqwest::get(&url).await.unwrap();
