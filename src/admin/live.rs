@@ -38,6 +38,10 @@ pub struct Live {
 /// At most this many missed records are read back from the files per catch-up.
 const BACKLOG: usize = 10_000;
 
+/// Live readers reading missed records back from the files at once (each holds at most
+/// `crate::audit::BACKLOG_BYTES` until it has sent them).
+static CATCH_UPS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(2);
+
 pub(super) async fn metrics(State(state): State<AdminState>) -> Response {
     match state.live().and_then(|l| l.metrics.clone()) {
         Some(h) => (
@@ -116,12 +120,14 @@ fn records(
                 if st.catch_up {
                     st.catch_up = false;
                     let (log, after) = (st.log.clone(), st.last.unwrap_or(0));
-                    let back = tokio::task::spawn_blocking(move || log.backlog(after, BACKLOG))
-                        .await
-                        .unwrap_or_default();
-                    if back.len() == BACKLOG {
-                        st.catch_up = true;
-                    }
+                    // One catch-up at a time per instance: each holds up to BACKLOG_BYTES.
+                    let permit = CATCH_UPS.acquire().await.ok();
+                    let (back, more) =
+                        tokio::task::spawn_blocking(move || log.backlog(after, BACKLOG))
+                            .await
+                            .unwrap_or_default();
+                    drop(permit);
+                    st.catch_up = more;
                     st.queue.extend(back);
                 }
                 if let Some(w) = st.queue.pop_front() {

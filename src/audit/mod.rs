@@ -30,6 +30,9 @@ use crate::sql::Class;
 
 pub use writer::{rotated_name, Head, ACK_TIMEOUT, MAX_GROUP};
 
+/// About how many bytes of records one catch-up of a live reader holds.
+pub const BACKLOG_BYTES: usize = 1 << 20;
+
 /// The writer's settings, resolved from `[audit]` and the state dir.
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -227,8 +230,10 @@ impl AuditLog {
     }
 
     /// Records already written with a seq above `after`, oldest first (rotated files are read
-    /// from the first one that may hold them). Blocking file IO: call from a blocking task.
-    pub fn backlog(&self, after: u64, limit: usize) -> Vec<Written> {
+    /// from the first one that may hold them), at most `limit` of them and about
+    /// [`BACKLOG_BYTES`]; `true` with them when more remain. Blocking file IO: call from a
+    /// blocking task.
+    pub fn backlog(&self, after: u64, limit: usize) -> (Vec<Written>, bool) {
         let mut files: Vec<PathBuf> = (1..)
             .map(|n| rotated_name(&self.file, n))
             .take_while(|p| p.exists())
@@ -249,6 +254,7 @@ impl AuditLog {
             }
         }
         let mut out = Vec::new();
+        let mut bytes = 0usize;
         for f in &files[start..] {
             use std::io::BufRead;
             let Ok(file) = std::fs::File::open(f) else {
@@ -257,14 +263,15 @@ impl AuditLog {
             // Line by line: a reader catching up never holds more than `limit` records.
             for l in std::io::BufReader::new(file).lines().map_while(Result::ok) {
                 if let Some(w) = Written::parse(&l).filter(|w| w.seq > after) {
+                    bytes += w.line.len();
                     out.push(w);
-                    if out.len() >= limit {
-                        return out;
+                    if out.len() >= limit || bytes >= BACKLOG_BYTES {
+                        return (out, true);
                     }
                 }
             }
         }
-        out
+        (out, false)
     }
 
     /// The last write error while the log is failing.

@@ -148,19 +148,150 @@ pub fn event_payload(e: &Event) -> Option<Map<String, Value>> {
     }
 }
 
-/// `text` as recorded: cut to [`MAX_RECORDED_TEXT`] on a character boundary, with the SHA-256
-/// of the whole when cut.
-pub fn bounded_text(text: String) -> (String, Option<String>, bool) {
-    if text.len() <= MAX_RECORDED_TEXT {
+/// `text` as recorded: cut so that it takes at most [`MAX_RECORDED_TEXT`] bytes once written
+/// as JSON (control characters take six), on a character boundary; when cut, the SHA-256 of
+/// `sent` (the text as the client sent it) goes with it.
+pub fn bounded_text(text: String, sent: &[u8]) -> (String, Option<String>, bool) {
+    let mut written = 0usize;
+    let mut end = None;
+    for (i, c) in text.char_indices() {
+        written += match c {
+            '"' | '\\' | '\n' | '\r' | '\t' => 2,
+            c if (c as u32) < 0x20 => 6,
+            c => c.len_utf8(),
+        };
+        if written > MAX_RECORDED_TEXT {
+            end = Some(i);
+            break;
+        }
+    }
+    let Some(end) = end else {
         return (text, None, false);
-    }
+    };
     use sha2::{Digest, Sha256};
-    let digest = hex::encode(Sha256::digest(text.as_bytes()));
-    let mut end = MAX_RECORDED_TEXT;
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
+    let digest = hex::encode(Sha256::digest(sent));
     (text[..end].to_owned(), Some(digest), true)
+}
+
+/// Built-in functions that only compute (no writes, no side effects): a read calling only these
+/// (or none) is a plain read. Any other function (a user function, `nextval`, `set_config`,
+/// `pg_advisory_lock`, `lo_*`, `dblink`...) could change something, so a read that calls one
+/// is recorded like a write.
+const PURE_FUNCTIONS: &[&str] = &[
+    "abs",
+    "age",
+    "array_agg",
+    "array_length",
+    "array_position",
+    "array_to_string",
+    "avg",
+    "bool_and",
+    "bool_or",
+    "btrim",
+    "cardinality",
+    "ceil",
+    "ceiling",
+    "char_length",
+    "character_length",
+    "clock_timestamp",
+    "coalesce",
+    "concat",
+    "concat_ws",
+    "count",
+    "current_database",
+    "current_date",
+    "current_schema",
+    "current_setting",
+    "current_user",
+    "date_part",
+    "date_trunc",
+    "decode",
+    "encode",
+    "every",
+    "exp",
+    "extract",
+    "floor",
+    "format",
+    "generate_series",
+    "greatest",
+    "json_agg",
+    "json_build_object",
+    "json_object_agg",
+    "jsonb_agg",
+    "jsonb_build_object",
+    "jsonb_object_agg",
+    "left",
+    "least",
+    "length",
+    "ln",
+    "localtime",
+    "localtimestamp",
+    "log",
+    "lower",
+    "lpad",
+    "ltrim",
+    "max",
+    "md5",
+    "min",
+    "mod",
+    "now",
+    "nullif",
+    "octet_length",
+    "pg_backend_pid",
+    "pg_typeof",
+    "position",
+    "power",
+    "random",
+    "regexp_replace",
+    "regexp_match",
+    "regexp_matches",
+    "repeat",
+    "replace",
+    "reverse",
+    "right",
+    "round",
+    "row_number",
+    "rank",
+    "dense_rank",
+    "rpad",
+    "rtrim",
+    "session_user",
+    "sign",
+    "split_part",
+    "sqrt",
+    "statement_timestamp",
+    "string_agg",
+    "strpos",
+    "substr",
+    "substring",
+    "sum",
+    "timeofday",
+    "to_char",
+    "to_date",
+    "to_json",
+    "to_jsonb",
+    "to_number",
+    "to_timestamp",
+    "transaction_timestamp",
+    "trim",
+    "trunc",
+    "unnest",
+    "upper",
+    "version",
+];
+
+/// Whether `ins` is a plain read: every operation reads and every function it calls is a
+/// known pure built-in.
+pub fn plain_read(ins: &crate::sql::Inspection) -> bool {
+    ins.unparsed.is_none()
+        && !ins.statements.is_empty()
+        && ins.statements.iter().all(|s| {
+            s.ops.iter().all(|o| o.class == crate::sql::Class::Read)
+                && s.functions.iter().all(|f| {
+                    let name = f.strip_prefix("pg_catalog.").unwrap_or(f);
+                    PURE_FUNCTIONS.contains(&name)
+                })
+        })
 }
 
 #[cfg(test)]
@@ -187,11 +318,30 @@ mod tests {
     }
 
     #[test]
+    fn reads_that_call_functions_that_may_write_are_not_plain() {
+        let plain = |sql: &str| plain_read(&crate::sql::inspect(sql, Default::default()));
+        assert!(plain("SELECT 1"));
+        assert!(plain(
+            "SELECT count(*), max(id) FROM t WHERE lower(name) = 'x'"
+        ));
+        assert!(!plain("SELECT nextval('s')"));
+        assert!(!plain("SELECT my_func()"));
+        assert!(!plain("SELECT pg_catalog.set_config('a.b', 'c', false)"));
+        assert!(!plain("SELECT * FROM t; SELECT app.audit_me()"));
+        assert!(!plain("UPDATE t SET a = 1"));
+    }
+
+    #[test]
     fn long_texts_are_cut_on_a_character_boundary_with_their_digest() {
         let text = "é".repeat(MAX_RECORDED_TEXT);
-        let (cut, digest, truncated) = bounded_text(text);
+        let (cut, digest, truncated) = bounded_text(text.clone(), text.as_bytes());
         assert!(truncated && digest.is_some());
         assert!(cut.len() <= MAX_RECORDED_TEXT);
-        assert_eq!(bounded_text("x".into()), ("x".into(), None, false));
+        assert_eq!(bounded_text("x".into(), b"x"), ("x".into(), None, false));
+        // Control characters count as JSON writes them.
+        let ctl = "\u{1}".repeat(MAX_RECORDED_TEXT);
+        let (cut, _, truncated) = bounded_text(ctl.clone(), ctl.as_bytes());
+        assert!(truncated);
+        assert!(serde_json::to_string(&cut).unwrap().len() <= MAX_RECORDED_TEXT + 2);
     }
 }

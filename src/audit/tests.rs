@@ -252,3 +252,41 @@ async fn a_device_that_refuses_writes_fails_every_record_and_says_so() {
     // Still failing, and said once.
     assert!(log.append(payload(2)).await.unwrap().is_err());
 }
+
+#[tokio::test]
+async fn a_log_rewritten_under_a_new_id_is_unanchored() {
+    tampered(
+        |l| {
+            let mut prev = chain::GENESIS.to_owned();
+            for line in l.iter_mut() {
+                let mut v: Map<String, Value> = serde_json::from_str(line).unwrap();
+                v.insert("log_id".into(), Value::String("ffff".into()));
+                v.insert("prev_hash".into(), Value::String(prev.clone()));
+                v.remove("hash");
+                let (new, hash) = chain::seal(v);
+                *line = new;
+                prev = hash;
+            }
+        },
+        Broken::Unanchored,
+        Some(1),
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn records_cut_from_the_front_are_named_when_a_checkpoint_predates_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = AuditLog::start(&config(dir.path()), dir.path(), &EventSink::new()).unwrap();
+    write(&log, 3).await;
+    log.flush().await;
+    write(&log, 3).await;
+    log.flush().await;
+    let file = dir.path().join("audit.jsonl");
+    let mut l = lines(&file);
+    l.drain(..4);
+    put(&file, &l);
+    let r = check(dir.path(), &[file]);
+    let p = r.problem.unwrap();
+    assert_eq!((p.kind, p.seq), (Broken::Deleted, Some(5)), "{p}");
+}

@@ -32,6 +32,9 @@ pub enum Broken {
     Fork,
     /// A checkpoint whose signature does not verify with the given key.
     BadCheckpoint,
+    /// Checkpoints were given but none is of this log: nothing ties the records to the key
+    /// (a whole log rewritten under a new `log_id` looks like this).
+    Unanchored,
 }
 
 impl Broken {
@@ -45,6 +48,7 @@ impl Broken {
             Broken::Foreign => "foreign",
             Broken::Fork => "fork",
             Broken::BadCheckpoint => "bad checkpoint",
+            Broken::Unanchored => "unanchored",
         }
     }
 }
@@ -289,6 +293,7 @@ pub fn verify(
         return report;
     };
     let text = String::from_utf8_lossy(cp_bytes);
+    let mut same_log = 0usize;
     for (i, line) in text.lines().enumerate() {
         if line.trim().is_empty() {
             continue;
@@ -327,6 +332,25 @@ pub fn verify(
         if report.log_id.as_deref().is_some_and(|id| id != cp.log_id) {
             continue;
         }
+        same_log += 1;
+        let first = report.first_seq.unwrap_or(1);
+        if cp.seq < first {
+            // Records the instance signed are missing from the front (files given must start
+            // at the log's first record, or at one no checkpoint predates).
+            let r = recs.first().expect("first_seq is set");
+            report.problem = Some(Problem {
+                kind: Broken::Deleted,
+                place: r.place.clone(),
+                seq: Some(r.seq),
+                detail: format!(
+                    "records before seq {first} are missing: the checkpoint signed at {} ({cp_name} line {}) names seq {}",
+                    cp.ts,
+                    i + 1,
+                    cp.seq
+                ),
+            });
+            return report;
+        }
         let last = report.last_seq.unwrap_or(0);
         if cp.seq > last {
             let place = recs.last().map(|r| r.place.clone()).unwrap_or(Place {
@@ -364,9 +388,22 @@ pub fn verify(
                 });
                 return report;
             }
-            // Before the first file given: nothing to compare.
+            // Within the range every seq is present (the walk checked): unreachable.
             None => {}
         }
+    }
+    if same_log == 0 && report.records > 0 {
+        let r = recs.first().expect("records > 0");
+        report.problem = Some(Problem {
+            kind: Broken::Unanchored,
+            place: r.place.clone(),
+            seq: Some(r.seq),
+            detail: format!(
+                "{cp_name} holds no checkpoint of log {}: nothing ties these records to the signing key",
+                report.log_id.as_deref().unwrap_or("-")
+            ),
+        });
+        return report;
     }
     if key.is_none() {
         report

@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
 
-use super::state::BatchAnswer;
+use super::state::{BatchAnswer, ParseAnswer};
 use super::verdict::{Gate, Resumed, Verdict, View, Waiting};
 use super::waits;
 use super::Shared;
@@ -63,6 +63,22 @@ pub struct PolicyGate {
     /// differ only in literals, which fingerprints leave out (the Arc held keeps the
     /// inspection, and so its address, alive).
     fingerprints: std::cell::RefCell<std::collections::VecDeque<(Arc<Inspection>, Option<String>)>>,
+    /// The record the Parse being decided leaves for its Binds (see [`PendingParse`]).
+    parse_record: Option<StatementRecord>,
+    /// Forwarded Parses whose effect on the name (its record, its one run) waits for the
+    /// server's ParseComplete: a Parse the server rejects or skips (the name is taken, an
+    /// earlier message of the batch failed) leaves the statement it had in place, and so its
+    /// record and its one-run limit.
+    pending_parses: std::collections::VecDeque<PendingParse>,
+}
+
+struct PendingParse {
+    batch_end: u64,
+    name: Vec<u8>,
+    record: Option<StatementRecord>,
+    once_only: bool,
+    /// A Bind already ran it before the server confirmed it.
+    once_used: bool,
 }
 
 /// How many inspections' fingerprints a session remembers.
@@ -104,6 +120,8 @@ impl PolicyGate {
             outcomes: Vec::new(),
             prepared_records: HashMap::new(),
             fingerprints: Default::default(),
+            parse_record: None,
+            pending_parses: Default::default(),
         }
     }
 
@@ -447,15 +465,16 @@ impl PolicyGate {
             || ticket.is_some()
             || break_glass
             || approval.is_some()
-            || audit.records_class(classes(&ins));
-        if let Some(name) = view.parse_name {
-            if must {
-                let rec =
-                    self.statement_record(d, &ins, view, text, ticket, break_glass, approval, None);
-                self.prepared_records.insert(name.to_vec(), rec);
-            } else {
-                self.prepared_records.remove(name);
-            }
+            || audit.records_class(classes(&ins))
+            // A read that calls a function that could change something counts as a call.
+            || (classes(&ins).iter().all(|c| *c == crate::sql::Class::Read)
+                && !crate::audit::record::plain_read(&ins)
+                && audit.records_class([crate::sql::Class::Function]));
+        if view.parse_name.is_some() {
+            // Recorded at each Bind, once the server confirmed the Parse (see `check`).
+            self.parse_record = must.then(|| {
+                self.statement_record(d, &ins, view, text, ticket, break_glass, approval, None)
+            });
             self.ledger.remember(&ins, view.batch_end);
             return Verdict::Forward;
         }
@@ -601,7 +620,7 @@ impl PolicyGate {
                 None,
             ),
         };
-        let (shown, mut digest, truncated) = bounded_text(shown);
+        let (shown, mut digest, truncated) = bounded_text(shown, text);
         if shown.starts_with("(statement text not recorded") {
             use sha2::{Digest, Sha256};
             digest = Some(hex::encode(Sha256::digest(text)));
@@ -746,6 +765,8 @@ impl PolicyGate {
 impl Gate for PolicyGate {
     fn on_ready(&mut self, failed: bool, tx: TxStatus, ready: u64, answer: &BatchAnswer) {
         self.ledger.on_ready(failed, tx, ready);
+        // Parses of ended batches the server never confirmed took no effect.
+        self.pending_parses.retain(|p| p.batch_end > ready);
         if self.outcomes.is_empty() {
             return;
         }
@@ -777,6 +798,10 @@ impl Gate for PolicyGate {
 
     fn wants_answers(&self) -> bool {
         !self.outcomes.is_empty() || self.awaiting.is_some()
+    }
+
+    fn wants_parse_answers(&self) -> bool {
+        !self.pending_parses.is_empty()
     }
 
     fn check_function_call(&mut self, oid: u32, view: &View<'_>) -> Verdict {
@@ -840,15 +865,49 @@ impl Gate for PolicyGate {
         }
         if let Some(name) = view.parse_name {
             // A prepared statement a ticket, an approval or break-glass let through may run
-            // once: each further run asks again (Parse it again). Any other Parse of the
-            // name replaces it.
-            if matches!(v, Verdict::Forward) && self.once_only {
-                self.once.insert(name.to_vec(), true);
-            } else if !matches!(v, Verdict::Wait(_)) {
-                self.once.remove(name);
+            // once: each further run asks again (Parse it again). Another Parse of the name
+            // replaces it, and its record, once the server confirms it (`on_parse_answer`);
+            // a refused Parse leaves the name as it was (the server keeps its statement).
+            let record = self.parse_record.take();
+            if matches!(v, Verdict::Forward) {
+                // Every forwarded Parse is queued, to stay in step with the server's
+                // ParseCompletes (one a Parse before it answers must not apply this one).
+                self.pending_parses.push_back(PendingParse {
+                    batch_end: view.batch_end,
+                    name: name.to_vec(),
+                    record,
+                    once_only: self.once_only,
+                    once_used: false,
+                });
             }
         }
         v
+    }
+
+    fn on_parse_answer(&mut self, answer: ParseAnswer) {
+        match answer {
+            ParseAnswer::Complete => {
+                let Some(p) = self.pending_parses.pop_front() else {
+                    return;
+                };
+                match p.record {
+                    Some(r) => {
+                        self.prepared_records.insert(p.name.clone(), r);
+                    }
+                    None => {
+                        self.prepared_records.remove(&p.name);
+                    }
+                }
+                if p.once_only {
+                    self.once.insert(p.name, !p.once_used);
+                } else {
+                    self.once.remove(&p.name);
+                }
+            }
+            ParseAnswer::Failed { batch_end } => {
+                self.pending_parses.retain(|p| p.batch_end != batch_end)
+            }
+        }
     }
 
     fn check_bind(&mut self, statement: &[u8], view: &View<'_>) -> Verdict {
@@ -856,30 +915,64 @@ impl Gate for PolicyGate {
         if let Some(v) = self.audited(key, view) {
             return v;
         }
-        match self.once.get_mut(statement) {
-            None => self.bind_recorded(statement, key()),
-            Some(unused) if *unused => {
-                *unused = false;
-                self.bind_recorded(statement, key())
+        // What the Bind runs: the newest Parse of the name the server has not confirmed yet
+        // (in the Bind's own batch it decides; from an earlier batch it may still fail, so
+        // the stricter of it and what was confirmed applies), else what was confirmed.
+        let (once_ok, record) = match self
+            .pending_parses
+            .iter()
+            .rposition(|p| p.name == statement)
+        {
+            Some(i) => {
+                let p = &mut self.pending_parses[i];
+                let same_batch = p.batch_end == view.batch_end;
+                let mut ok = true;
+                if p.once_only {
+                    ok = !p.once_used;
+                    p.once_used = true;
+                }
+                let mut record = p.record.clone();
+                if !same_batch {
+                    if let Some(unused) = self.once.get_mut(statement) {
+                        ok &= *unused;
+                        *unused = false;
+                    }
+                    if record.is_none() {
+                        record = self.prepared_records.get(statement).cloned();
+                    }
+                }
+                (ok, record)
             }
-            Some(_) => {
-                let name = if statement.is_empty() {
-                    "the unnamed prepared statement".to_owned()
-                } else {
-                    format!(
-                        "prepared statement \"{}\"",
-                        String::from_utf8_lossy(statement)
-                    )
+            None => {
+                let ok = match self.once.get_mut(statement) {
+                    None => true,
+                    Some(unused) => std::mem::replace(unused, false),
                 };
-                Verdict::Refuse(
-                    PgError::error(
-                        SqlState::INSUFFICIENT_PRIVILEGE,
-                        format!("pgwarden: {name} was let through for one run"),
-                    )
-                    .with_detail("It needed a change ticket, an approval or break-glass, which covers one run of it.")
-                    .with_hint("Prepare it again (Parse) to have it decided again."),
-                )
+                (ok, self.prepared_records.get(statement).cloned())
             }
+        };
+        if !once_ok {
+            let name = if statement.is_empty() {
+                "the unnamed prepared statement".to_owned()
+            } else {
+                format!(
+                    "prepared statement \"{}\"",
+                    String::from_utf8_lossy(statement)
+                )
+            };
+            tracing::warn!(statement = %name, "Bind refused: let through for one run");
+            return Verdict::Refuse(
+                PgError::error(
+                    SqlState::INSUFFICIENT_PRIVILEGE,
+                    format!("pgwarden: {name} was let through for one run"),
+                )
+                .with_detail("It needed a change ticket, an approval or break-glass, which covers one run of it.")
+                .with_hint("Prepare it again (Parse) to have it decided again."),
+            );
+        }
+        match (self.shared.audit.clone(), record) {
+            (Some(audit), Some(rec)) => self.await_record(&audit, rec, key(), None),
+            _ => Verdict::Forward,
         }
     }
 
@@ -894,17 +987,6 @@ impl Gate for PolicyGate {
 }
 
 impl PolicyGate {
-    /// A Bind of a prepared statement that is recorded at each run: waits for its record.
-    fn bind_recorded(&mut self, statement: &[u8], key: String) -> Verdict {
-        let (Some(audit), Some(rec)) = (
-            self.shared.audit.clone(),
-            self.prepared_records.get(statement).cloned(),
-        ) else {
-            return Verdict::Forward;
-        };
-        self.await_record(&audit, rec, key, None)
-    }
-
     fn check_text(&mut self, text: &[u8], view: &View<'_>) -> Verdict {
         self.check_server_version(view);
         let Ok(text) = std::str::from_utf8(text) else {

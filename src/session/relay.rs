@@ -165,6 +165,7 @@ where
         reserve(&mut cin);
         // Whatever was forwarded last turn is answered in frames read from now on.
         st.collect_answers = gate.wants_answers();
+        st.watch_parses = gate.wants_parse_answers();
         let startup_pending = st.phase != Phase::Ready;
         // While a message waits, the client is read (up to a bound past the waiting message,
         // which heads `cin`, so a hang-up is noticed however large it is) but not framed.
@@ -203,6 +204,9 @@ where
                                 Ok(w) => waiting = begin_wait(w, &mut cancels),
                                 Err(fatal) => end = Some(client_violation(&st, fatal, &mut s2c)),
                             }
+                        }
+                        for a in st.parse_answers.drain(..) {
+                            gate.on_parse_answer(a);
                         }
                         for (failed, tx, ready, answer) in st.ready_events.drain(..) {
                             gate.on_ready(failed, tx, ready, &answer);

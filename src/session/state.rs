@@ -90,6 +90,21 @@ pub struct SessionState {
     /// gate's audit records; set by the relay from [`super::verdict::Gate::wants_answers`].
     pub collect_answers: bool,
     answer: BatchAnswer,
+    /// What the server said of Parse messages, in order, while answers are collected: the
+    /// gate applies a Parse's effects only once the server confirmed it. Drained by the relay.
+    pub parse_answers: Vec<ParseAnswer>,
+    /// Whether Parse answers are watched (set by the relay from the gate).
+    pub watch_parses: bool,
+}
+
+/// The server's word on the Parse messages of a batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ParseAnswer {
+    /// ParseComplete: the oldest unanswered Parse took effect.
+    Complete,
+    /// An error in batch `batch_end` (see `View::batch_end`): its Parses still unanswered
+    /// were skipped (or failed) and took no effect.
+    Failed { batch_end: u64 },
 }
 
 /// What the server answered in one batch (up to its ReadyForQuery), when collected.
@@ -133,6 +148,8 @@ impl SessionState {
             ready_events: Vec::new(),
             collect_answers: false,
             answer: BatchAnswer::default(),
+            parse_answers: Vec::new(),
+            watch_parses: false,
         }
     }
 
@@ -372,7 +389,8 @@ impl SessionState {
             };
             let frame_len = h.frame_len();
             let wanted = matches!(h.tag, b'Z' | b'K' | b'S' | b'R' | b'E')
-                || (h.tag == b'C' && self.collect_answers);
+                || (h.tag == b'C' && self.collect_answers)
+                || (h.tag == b'1' && self.watch_parses);
             if !wanted || frame_len > READ_LIMIT {
                 self.server_streaming = frame_len;
                 continue;
@@ -381,6 +399,15 @@ impl SessionState {
                 return Ok(());
             }
             let rewritten = self.rewrite_server_frame(h.tag, &sin[HEADER_LEN..frame_len]);
+            if self.watch_parses {
+                match h.tag {
+                    b'1' => self.parse_answers.push(ParseAnswer::Complete),
+                    b'E' => self.parse_answers.push(ParseAnswer::Failed {
+                        batch_end: self.readies + 1,
+                    }),
+                    _ => {}
+                }
+            }
             if self.collect_answers {
                 let body = match &rewritten {
                     Some(f) => &f[HEADER_LEN..],

@@ -10,7 +10,7 @@ use futures_util::stream::{self, BoxStream, StreamExt};
 use tokio::sync::oneshot;
 
 use super::params::ServerParams;
-use super::state::BatchAnswer;
+use super::state::{BatchAnswer, ParseAnswer};
 use crate::wire::messages::PgError;
 use crate::wire::read::TxStatus;
 pub use crate::workflow::{HoldEnd, Resumed};
@@ -58,6 +58,15 @@ pub trait Gate {
     /// error was raised in it, and the transaction state after it. Effects of statements take
     /// hold here, not when forwarded.
     fn on_ready(&mut self, _failed: bool, _tx: TxStatus, _ready: u64, _answer: &BatchAnswer) {}
+
+    /// The server answered a Parse (see [`ParseAnswer`]); called before `on_ready` for the
+    /// same read, in order.
+    fn on_parse_answer(&mut self, _answer: ParseAnswer) {}
+
+    /// Whether [`Self::on_parse_answer`] is wanted now.
+    fn wants_parse_answers(&self) -> bool {
+        false
+    }
 
     /// Whether the server's answers (command tags, errors) are wanted in [`Self::on_ready`]:
     /// collecting them costs a little, so only while something waits for them.

@@ -338,3 +338,100 @@ async fn kill_9_mid_stream_leaves_a_log_that_verifies_with_every_acknowledged_st
         .await
         .unwrap();
 }
+
+fn parse(name: &str, sql: &str) -> Vec<u8> {
+    let mut b = name.as_bytes().to_vec();
+    b.push(0);
+    b.extend_from_slice(sql.as_bytes());
+    b.extend_from_slice(&[0, 0, 0]);
+    crate::support::raw::msg(b'P', &b)
+}
+
+fn bind_execute(name: &str) -> Vec<u8> {
+    let mut b = vec![0];
+    b.extend_from_slice(name.as_bytes());
+    b.extend_from_slice(&[0, 0, 0, 0, 0, 0, 0]);
+    let mut out = crate::support::raw::msg(b'B', &b);
+    out.extend(crate::support::raw::msg(b'E', &[0, 0, 0, 0, 0]));
+    out
+}
+
+fn sync() -> Vec<u8> {
+    crate::support::raw::msg(b'S', &[])
+}
+
+/// Reads to the next ReadyForQuery: the SQLSTATEs of the errors and the command tags.
+async fn batch(s: &mut tokio::net::TcpStream) -> (Vec<String>, Vec<String>) {
+    let (mut errors, mut tags) = (Vec::new(), Vec::new());
+    loop {
+        let m = crate::support::raw::read_msg(s)
+            .await
+            .expect("the session stays");
+        match m.tag {
+            b'E' => errors.push(m.sqlstate().unwrap_or_default()),
+            b'C' => tags.push(
+                String::from_utf8_lossy(&m.body)
+                    .trim_end_matches('\0')
+                    .to_owned(),
+            ),
+            b'Z' => return (errors, tags),
+            _ => {}
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_reparse_the_server_rejects_does_not_unrecord_the_statement_it_keeps() {
+    use tokio::io::AsyncWriteExt;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("audit.jsonl");
+    let f = file.clone();
+    let proxy = Proxy::start_with(move |c| c.audit.file = Some(f)).await;
+    let t = unique("reparsed");
+    let direct = crate::support::direct().await;
+    direct
+        .batch_execute(&format!("CREATE TABLE {t} (id int)"))
+        .await
+        .unwrap();
+    let mut s = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+    crate::support::raw::login(&mut s, "postgres", "test").await;
+    let insert = format!("INSERT INTO {t} VALUES (1)");
+    // Parse and Bind pipelined in one batch: the run is recorded.
+    let mut w = parse("s1", &insert);
+    w.extend(bind_execute("s1"));
+    w.extend(sync());
+    s.write_all(&w).await.unwrap();
+    let (errors, tags) = batch(&mut s).await;
+    assert!(errors.is_empty(), "{errors:?}");
+    assert_eq!(tags, ["INSERT 0 1"]);
+    // A Parse of the taken name fails (42P05); an error earlier in a batch skips another.
+    let mut w = parse("s1", "SELECT 1");
+    w.extend(sync());
+    w.extend(bind_execute("nosuch"));
+    w.extend(parse("s1", "SELECT 2"));
+    w.extend(sync());
+    // The statement the server kept is the INSERT: its run is recorded.
+    w.extend(bind_execute("s1"));
+    w.extend(sync());
+    s.write_all(&w).await.unwrap();
+    assert_eq!(batch(&mut s).await.0, ["42P05"]);
+    assert_eq!(batch(&mut s).await.0, ["26000"]);
+    let (errors, tags) = batch(&mut s).await;
+    assert!(errors.is_empty(), "{errors:?}");
+    assert_eq!(tags, ["INSERT 0 1"]);
+    proxy.shared.audit.as_ref().unwrap().flush().await;
+    let recs = records(&file);
+    let runs = statements(&recs, &format!("INSERT INTO {t}")).len();
+    let rows: i64 = direct
+        .query_one(&format!("SELECT count(*) FROM {t}"), &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(rows, 2);
+    assert_eq!(runs, 2, "every run of the INSERT has its record");
+    direct
+        .batch_execute(&format!("DROP TABLE {t}"))
+        .await
+        .unwrap();
+    proxy.stop().await;
+}

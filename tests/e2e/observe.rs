@@ -6,7 +6,9 @@ use std::time::Duration;
 
 use crate::support::admin::{policy_dir, Tokens};
 use crate::support::process::Process;
-use crate::support::{connect, direct, shipped_policies, sqlstate, unique, via, within, Proxy};
+use crate::support::{
+    connect, direct, eventually, shipped_policies, sqlstate, unique, via, within, Proxy,
+};
 
 const RULES: &str = r#"
 [[rule]]
@@ -91,9 +93,17 @@ async fn metrics_count_a_known_sequence_of_statements() {
     assert_eq!(v("pgwarden_client_connections_total", &[]), Some(1.0));
     assert_eq!(v("pgwarden_client_connections", &[]), Some(1.0));
     // session_started, policy_loaded, 4 statement records before they ran and their
-    // 4 outcomes, 1 refusal: at least those were written.
-    let records = v("pgwarden_audit_records_total", &[]).unwrap();
-    assert!(records >= 11.0, "{records}");
+    // 4 outcomes, 1 refusal: at least those are written (outcomes and the refusal without
+    // anyone waiting for them: polled).
+    eventually(Duration::from_secs(30), "11 audit records counted", || {
+        let url = url.clone();
+        async move {
+            let text = reqwest::get(&url).await.ok()?.text().await.ok()?;
+            let n = value(&text, "pgwarden_audit_records_total", &[])?;
+            (n >= 11.0).then_some(())
+        }
+    })
+    .await;
     assert_eq!(v("pgwarden_audit_write_failures_total", &[]), Some(0.0));
     assert!(v("pgwarden_audit_write_seconds_count", &[]).unwrap() >= 1.0);
     assert!(v("pgwarden_added_latency_seconds_count", &[]).unwrap() >= 7.0);
