@@ -915,6 +915,20 @@ impl Gate for PolicyGate {
         if let Some(v) = self.audited(key, view) {
             return v;
         }
+        // A statement SQL PREPARE made, run by a protocol Bind: decided (and recorded) again
+        // as the EXECUTE it amounts to.
+        let protocol_named = self.pending_parses.iter().any(|p| p.name == statement)
+            || self.prepared_records.contains_key(statement)
+            || self.once.contains_key(statement);
+        if !protocol_named {
+            if let Some(name) = std::str::from_utf8(statement)
+                .ok()
+                .filter(|n| !n.is_empty() && self.ledger.prepared(n).is_some())
+            {
+                let exec = format!("EXECUTE \"{}\"", name.replace('"', "\"\""));
+                return self.check(exec.as_bytes(), view);
+            }
+        }
         // What the Bind runs: the newest Parse of the name the server has not confirmed yet
         // (in the Bind's own batch it decides; from an earlier batch it may still fail, so
         // the stricter of it and what was confirmed applies), else what was confirmed.

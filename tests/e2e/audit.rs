@@ -435,3 +435,44 @@ async fn a_reparse_the_server_rejects_does_not_unrecord_the_statement_it_keeps()
         .unwrap();
     proxy.stop().await;
 }
+
+#[tokio::test]
+async fn a_sql_prepared_statement_run_by_a_protocol_bind_is_recorded_each_run() {
+    use tokio::io::AsyncWriteExt;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("audit.jsonl");
+    let f = file.clone();
+    let proxy = Proxy::start_with(move |c| c.audit.file = Some(f)).await;
+    let t = unique("sqlprep");
+    let direct = crate::support::direct().await;
+    direct
+        .batch_execute(&format!("CREATE TABLE {t} (id int)"))
+        .await
+        .unwrap();
+    let mut s = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+    crate::support::raw::login(&mut s, "postgres", "test").await;
+    s.write_all(&crate::support::raw::query(&format!(
+        "PREPARE sq AS INSERT INTO {t} VALUES (7)"
+    )))
+    .await
+    .unwrap();
+    assert!(batch(&mut s).await.0.is_empty());
+    let mut w = bind_execute("sq");
+    w.extend(sync());
+    w.extend(bind_execute("sq"));
+    w.extend(sync());
+    s.write_all(&w).await.unwrap();
+    for _ in 0..2 {
+        let (errors, tags) = batch(&mut s).await;
+        assert!(errors.is_empty(), "{errors:?}");
+        assert_eq!(tags, ["INSERT 0 1"]);
+    }
+    proxy.shared.audit.as_ref().unwrap().flush().await;
+    let recs = records(&file);
+    assert_eq!(statements(&recs, "EXECUTE \"sq\"").len(), 2, "{recs:#?}");
+    direct
+        .batch_execute(&format!("DROP TABLE {t}"))
+        .await
+        .unwrap();
+    proxy.stop().await;
+}
