@@ -236,19 +236,8 @@ impl Default for Config {
                 file: None,
                 checkpoints: None,
                 signing_key: None,
-                record: {
-                    use crate::sql::Class::*;
-                    vec![
-                        Write,
-                        Ddl,
-                        Role,
-                        Function,
-                        Tcl,
-                        Session,
-                        Maintenance,
-                        Unknown,
-                    ]
-                },
+                // Everything but plain reads.
+                record: crate::sql::Class::ALL[1..].to_vec(),
                 redact_literals: true,
                 on_failure: AuditOnFailure::Refuse,
                 max_file_size: 100 << 20,

@@ -385,13 +385,7 @@ fn apply_audit(cfg: &mut Config, cx: &mut Ctx<'_>, t: &Table) {
                 let mut classes = Vec::new();
                 for v in arr.iter() {
                     match v.as_str() {
-                        Some("all") => {
-                            use crate::sql::Class::*;
-                            classes.extend([
-                                Read, Write, Ddl, Role, Function, Tcl, Session, Maintenance,
-                                Unknown,
-                            ]);
-                        }
+                        Some("all") => classes.extend(crate::sql::Class::ALL),
                         Some(name) => match crate::sql::Class::parse(name) {
                             Some(c) => classes.push(c),
                             None => cx.err(item, &full, format!("{name:?} is not a statement class (read, write, ddl, role, function, tcl, session, maintenance, unknown, all)")),

@@ -21,6 +21,19 @@ pub enum Class {
 }
 
 impl Class {
+    /// Every class.
+    pub const ALL: [Class; 9] = [
+        Class::Read,
+        Class::Write,
+        Class::Ddl,
+        Class::Role,
+        Class::Function,
+        Class::Tcl,
+        Class::Session,
+        Class::Maintenance,
+        Class::Unknown,
+    ];
+
     pub fn name(self) -> &'static str {
         match self {
             Class::Read => "read",

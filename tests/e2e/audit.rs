@@ -380,28 +380,72 @@ async fn batch(s: &mut tokio::net::TcpStream) -> (Vec<String>, Vec<String>) {
     }
 }
 
-#[tokio::test]
-async fn a_reparse_the_server_rejects_does_not_unrecord_the_statement_it_keeps() {
-    use tokio::io::AsyncWriteExt;
+/// A proxy writing its audit log to a temp file, a table made for the test, and a raw
+/// session through the proxy.
+struct RawFixture {
+    proxy: Proxy,
+    file: PathBuf,
+    table: String,
+    direct: tokio_postgres::Client,
+    s: tokio::net::TcpStream,
+    _dir: tempfile::TempDir,
+}
+
+async fn raw_fixture(prefix: &str) -> RawFixture {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("audit.jsonl");
     let f = file.clone();
     let proxy = Proxy::start_with(move |c| c.audit.file = Some(f)).await;
-    let t = unique("reparsed");
+    let table = unique(prefix);
     let direct = crate::support::direct().await;
     direct
-        .batch_execute(&format!("CREATE TABLE {t} (id int)"))
+        .batch_execute(&format!("CREATE TABLE {table} (id int)"))
         .await
         .unwrap();
     let mut s = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
     crate::support::raw::login(&mut s, "postgres", "test").await;
+    RawFixture {
+        proxy,
+        file,
+        table,
+        direct,
+        s,
+        _dir: dir,
+    }
+}
+
+impl RawFixture {
+    /// Flushes the log: its records, and the table's row count.
+    async fn finish(self) -> (Vec<Value>, i64) {
+        self.proxy.shared.audit.as_ref().unwrap().flush().await;
+        let recs = records(&self.file);
+        let rows: i64 = self
+            .direct
+            .query_one(&format!("SELECT count(*) FROM {}", self.table), &[])
+            .await
+            .unwrap()
+            .get(0);
+        self.direct
+            .batch_execute(&format!("DROP TABLE {}", self.table))
+            .await
+            .unwrap();
+        self.proxy.stop().await;
+        (recs, rows)
+    }
+}
+
+#[tokio::test]
+async fn a_reparse_the_server_rejects_does_not_unrecord_the_statement_it_keeps() {
+    use tokio::io::AsyncWriteExt;
+    let mut fx = raw_fixture("reparsed").await;
+    let (t, s) = (fx.table.clone(), &mut fx.s);
     let insert = format!("INSERT INTO {t} VALUES (1)");
     // Parse and Bind pipelined in one batch: the run is recorded.
     let mut w = parse("s1", &insert);
     w.extend(bind_execute("s1"));
     w.extend(sync());
     s.write_all(&w).await.unwrap();
-    let (errors, tags) = batch(&mut s).await;
+    let (errors, tags) = batch(s).await;
     assert!(errors.is_empty(), "{errors:?}");
     assert_eq!(tags, ["INSERT 0 1"]);
     // A Parse of the taken name fails (42P05); an error earlier in a batch skips another.
@@ -414,65 +458,39 @@ async fn a_reparse_the_server_rejects_does_not_unrecord_the_statement_it_keeps()
     w.extend(bind_execute("s1"));
     w.extend(sync());
     s.write_all(&w).await.unwrap();
-    assert_eq!(batch(&mut s).await.0, ["42P05"]);
-    assert_eq!(batch(&mut s).await.0, ["26000"]);
-    let (errors, tags) = batch(&mut s).await;
+    assert_eq!(batch(s).await.0, ["42P05"]);
+    assert_eq!(batch(s).await.0, ["26000"]);
+    let (errors, tags) = batch(s).await;
     assert!(errors.is_empty(), "{errors:?}");
     assert_eq!(tags, ["INSERT 0 1"]);
-    proxy.shared.audit.as_ref().unwrap().flush().await;
-    let recs = records(&file);
+    let (recs, rows) = fx.finish().await;
     let runs = statements(&recs, &format!("INSERT INTO {t}")).len();
-    let rows: i64 = direct
-        .query_one(&format!("SELECT count(*) FROM {t}"), &[])
-        .await
-        .unwrap()
-        .get(0);
     assert_eq!(rows, 2);
     assert_eq!(runs, 2, "every run of the INSERT has its record");
-    direct
-        .batch_execute(&format!("DROP TABLE {t}"))
-        .await
-        .unwrap();
-    proxy.stop().await;
 }
 
 #[tokio::test]
 async fn a_sql_prepared_statement_run_by_a_protocol_bind_is_recorded_each_run() {
     use tokio::io::AsyncWriteExt;
-    let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("audit.jsonl");
-    let f = file.clone();
-    let proxy = Proxy::start_with(move |c| c.audit.file = Some(f)).await;
-    let t = unique("sqlprep");
-    let direct = crate::support::direct().await;
-    direct
-        .batch_execute(&format!("CREATE TABLE {t} (id int)"))
-        .await
-        .unwrap();
-    let mut s = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
-    crate::support::raw::login(&mut s, "postgres", "test").await;
+    let mut fx = raw_fixture("sqlprep").await;
+    let (t, s) = (fx.table.clone(), &mut fx.s);
     s.write_all(&crate::support::raw::query(&format!(
         "PREPARE sq AS INSERT INTO {t} VALUES (7)"
     )))
     .await
     .unwrap();
-    assert!(batch(&mut s).await.0.is_empty());
+    assert!(batch(s).await.0.is_empty());
     let mut w = bind_execute("sq");
     w.extend(sync());
     w.extend(bind_execute("sq"));
     w.extend(sync());
     s.write_all(&w).await.unwrap();
     for _ in 0..2 {
-        let (errors, tags) = batch(&mut s).await;
+        let (errors, tags) = batch(s).await;
         assert!(errors.is_empty(), "{errors:?}");
         assert_eq!(tags, ["INSERT 0 1"]);
     }
-    proxy.shared.audit.as_ref().unwrap().flush().await;
-    let recs = records(&file);
+    let (recs, rows) = fx.finish().await;
+    assert_eq!(rows, 2);
     assert_eq!(statements(&recs, "EXECUTE \"sq\"").len(), 2, "{recs:#?}");
-    direct
-        .batch_execute(&format!("DROP TABLE {t}"))
-        .await
-        .unwrap();
-    proxy.stop().await;
 }
