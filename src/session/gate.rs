@@ -91,6 +91,9 @@ struct Awaiting {
     /// What forwarding it changes in the session (none for a Bind).
     ins: Option<Arc<Inspection>>,
     once_only: bool,
+    /// A refusal waits for its record too (so a flood of refusals throttles only the session
+    /// sending it), then is sent whatever the write's outcome.
+    refusal: Option<PgError>,
 }
 
 struct PendingOutcome {
@@ -385,8 +388,7 @@ impl PolicyGate {
             }
             (Route::Refuse(e), _) => {
                 self.emit_decision(&d, &ins, ticket.clone(), false, true);
-                self.record_refusal(&d, &ins, view, text, ticket, &e);
-                Verdict::Refuse(e)
+                self.refuse(&d, &ins, view, text, ticket, e)
             }
             (Route::CheckTicket { id }, Some(a)) => {
                 let showing = workflow::showing(
@@ -418,8 +420,7 @@ impl PolicyGate {
                             new.sql.len()
                         )),
                     );
-                    self.record_refusal(&d, &ins, view, text, ticket, &e);
-                    return Verdict::Refuse(e);
+                    return self.refuse(&d, &ins, view, text, ticket, e);
                 }
                 let reminder = self.shared.config.holds.reminder;
                 Verdict::Wait(waits::hold(a, new, note, reminder, key.to_owned()))
@@ -438,8 +439,7 @@ impl PolicyGate {
             // Routes that need the store are only taken with one.
             (_, None) => {
                 let e = workflow::refusal(&d, &ins, None);
-                self.record_refusal(&d, &ins, view, text, ticket, &e);
-                Verdict::Refuse(e)
+                self.refuse(&d, &ins, view, text, ticket, e)
             }
         }
     }
@@ -500,6 +500,7 @@ impl PolicyGate {
             since: Instant::now(),
             ins,
             once_only: self.once_only,
+            refusal: None,
         });
         Verdict::Wait(Waiting::once(async move {
             let outcome = match tokio::time::timeout(crate::audit::ACK_TIMEOUT, rx).await {
@@ -524,9 +525,15 @@ impl PolicyGate {
             unreachable!("matched above")
         };
         let a = self.awaiting.take().expect("checked above");
-        self.once_only = a.once_only;
         metrics::histogram!(crate::telemetry::ADDED_LATENCY_SECONDS)
             .record(a.since.elapsed().as_secs_f64());
+        if let Some(e) = a.refusal {
+            if let Err(error) = outcome {
+                tracing::error!(error = %error, "audit log failing: a refusal was not recorded");
+            }
+            return Some(Verdict::Refuse(e));
+        }
+        self.once_only = a.once_only;
         let go = |gate: &mut Self| {
             if let Some(ins) = &a.ins {
                 gate.ledger.remember(ins, view.batch_end);
@@ -679,16 +686,17 @@ impl PolicyGate {
         }
     }
 
-    /// Records a refusal (refusals are always recorded; nothing waits for the write).
-    fn record_refusal(
-        &self,
+    /// Refuses with `e`, recorded first (refusals are always recorded; the session waits for
+    /// the write like a forwarded statement, so only its own messages queue behind it).
+    fn refuse(
+        &mut self,
         d: &Decision,
         ins: &Arc<Inspection>,
         view: &View<'_>,
         text: &[u8],
         ticket: Option<String>,
-        e: &PgError,
-    ) {
+        e: PgError,
+    ) -> Verdict {
         for m in d
             .matches
             .iter()
@@ -697,10 +705,15 @@ impl PolicyGate {
             metrics::counter!(crate::telemetry::REFUSALS_TOTAL, "rule" => m.rule.clone())
                 .increment(1);
         }
-        if let Some(audit) = &self.shared.audit {
-            let rec = self.statement_record(d, ins, view, text, ticket, false, None, Some(e));
-            audit.append_nowait(rec.payload());
+        let Some(audit) = self.shared.audit.clone() else {
+            return Verdict::Refuse(e);
+        };
+        let rec = self.statement_record(d, ins, view, text, ticket, false, None, Some(&e));
+        let v = self.await_record(&audit, rec, text_key(text), None);
+        if let Some(a) = self.awaiting.as_mut() {
+            a.refusal = Some(e);
         }
+        v
     }
 
     fn emit_decision(
@@ -1068,8 +1081,7 @@ impl PolicyGate {
             report(&d2, &second);
             let e = workflow::refusal(&d2, &second, None);
             self.emit_decision(&d2, &second, None, false, true);
-            self.record_refusal(&d2, &second, view, text.as_bytes(), None, &e);
-            return Verdict::Refuse(e);
+            return self.refuse(&d2, &second, view, text.as_bytes(), None, e);
         }
         self.enforce(first, view, text.as_bytes())
     }
