@@ -15,20 +15,7 @@ pub const GENESIS: &str = "00000000000000000000000000000000000000000000000000000
 /// escaping of strings and numbers (integers only in records: no float formatting question).
 pub fn canonical(v: &Value, out: &mut String) {
     match v {
-        Value::Object(m) => {
-            let mut keys: Vec<&String> = m.keys().collect();
-            keys.sort();
-            out.push('{');
-            for (i, k) in keys.into_iter().enumerate() {
-                if i > 0 {
-                    out.push(',');
-                }
-                out.push_str(&Value::String(k.clone()).to_string());
-                out.push(':');
-                canonical(&m[k], out);
-            }
-            out.push('}');
-        }
+        Value::Object(m) => canonical_object(m, None, out),
         Value::Array(a) => {
             out.push('[');
             for (i, x) in a.iter().enumerate() {
@@ -43,12 +30,26 @@ pub fn canonical(v: &Value, out: &mut String) {
     }
 }
 
+/// An object as canonical JSON, leaving out the key `skip`.
+fn canonical_object(m: &Map<String, Value>, skip: Option<&str>, out: &mut String) {
+    let mut keys: Vec<&String> = m.keys().filter(|k| Some(k.as_str()) != skip).collect();
+    keys.sort();
+    out.push('{');
+    for (i, k) in keys.into_iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        out.push_str(&serde_json::to_string(k.as_str()).expect("a string serializes"));
+        out.push(':');
+        canonical(&m[k], out);
+    }
+    out.push('}');
+}
+
 /// The hash of a record: SHA-256 over the domain and the canonical record without `hash`.
 pub fn record_hash(record: &Map<String, Value>) -> String {
     let mut text = String::with_capacity(512);
-    let mut without = record.clone();
-    without.remove("hash");
-    canonical(&Value::Object(without), &mut text);
+    canonical_object(record, Some("hash"), &mut text);
     let mut h = Sha256::new();
     h.update(RECORD_DOMAIN);
     h.update(text.as_bytes());

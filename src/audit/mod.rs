@@ -67,7 +67,7 @@ impl Written {
         let v: Value = serde_json::from_str(line).ok()?;
         Some(Written {
             seq: v.get("seq")?.as_u64()?,
-            kind: live_kind(&v),
+            kind: live_kind(v.as_object()?),
             line: line.to_owned(),
         })
     }
@@ -75,9 +75,10 @@ impl Written {
 
 /// The live-event type of a record: its `type`, except that a refused statement is
 /// `refused`.
-pub fn live_kind(v: &Value) -> String {
+pub fn live_kind(v: &Map<String, Value>) -> String {
     let t = v.get("type").and_then(Value::as_str).unwrap_or("unknown");
-    if t == "statement" && v["decision"]["refused"] == Value::Bool(true) {
+    let refused = v.get("decision").and_then(|d| d.get("refused")) == Some(&Value::Bool(true));
+    if t == "statement" && refused {
         "refused".into()
     } else {
         t.into()

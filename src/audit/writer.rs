@@ -162,7 +162,7 @@ impl Writer {
                         Value::String(jiff::Timestamp::now().to_string()),
                     );
                     payload.insert("prev_hash".into(), Value::String(head.hash.clone()));
-                    let kind = super::live_kind(&Value::Object(payload.clone()));
+                    let kind = super::live_kind(&payload);
                     let (line, hash) = seal(payload);
                     head.hash = hash;
                     buf.push_str(&line);

@@ -326,7 +326,7 @@ impl PolicyGate {
         report(&d, &ins);
         if self.resumed.is_none() {
             // Counted once per decision, not again when a wait's answer comes back.
-            let class = classes(&ins)[0];
+            let class = classes(&ins).next().unwrap_or(crate::sql::Class::Unknown);
             metrics::counter!(crate::telemetry::STATEMENTS_TOTAL, "class" => class.name(), "action" => d.action.name())
                 .increment(1);
         }
@@ -467,7 +467,7 @@ impl PolicyGate {
             || approval.is_some()
             || audit.records_class(classes(&ins))
             // A read that calls a function that could change something counts as a call.
-            || (classes(&ins).iter().all(|c| *c == crate::sql::Class::Read)
+            || (classes(&ins).all(|c| c == crate::sql::Class::Read)
                 && !crate::audit::record::plain_read(&ins)
                 && audit.records_class([crate::sql::Class::Function]));
         if view.parse_name.is_some() {
@@ -1145,18 +1145,12 @@ fn text_key(text: &[u8]) -> String {
     hex::encode(Sha256::digest(text))
 }
 
-/// The class of every operation (Unknown for a text that could not be read).
-fn classes(ins: &Inspection) -> Vec<crate::sql::Class> {
-    let mut c: Vec<crate::sql::Class> = ins
-        .statements
-        .iter()
-        .flat_map(|s| &s.ops)
-        .map(|o| o.class)
-        .collect();
-    if ins.unparsed.is_some() || c.is_empty() {
-        c.push(crate::sql::Class::Unknown);
-    }
-    c
+/// The class of every operation, then Unknown for a text that could not be read (or has no
+/// operation). Allocates nothing: the hot path counts each statement by its first class.
+fn classes(ins: &Inspection) -> impl Iterator<Item = crate::sql::Class> + '_ {
+    let ops = ins.statements.iter().flat_map(|s| &s.ops).map(|o| o.class);
+    let unread = ins.unparsed.is_some() || ins.statements.iter().all(|s| s.ops.is_empty());
+    ops.chain(unread.then_some(crate::sql::Class::Unknown))
 }
 
 /// The tag of each statement.
