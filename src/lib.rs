@@ -61,4 +61,5 @@ pub mod telemetry;
 pub mod tls;
 pub mod upstream;
 pub mod wire;
+pub mod workers;
 pub mod workflow;

@@ -197,6 +197,13 @@ impl Server {
     /// Accepts until the shutdown token fires, then waits for sessions to end.
     pub async fn run(self) {
         let tracker = TaskTracker::new();
+        let workers = match crate::workers::Workers::start(self.shared.config.workers) {
+            Ok(w) => w,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot start the session workers");
+                return;
+            }
+        };
         let limit = Arc::new(Semaphore::new(self.shared.config.max_client_connections));
         let shutdown = self.shared.shutdown.clone();
         tracing::info!(listen = %self.local_addr(), upstream = %self.shared.upstream.address, "pgwarden serving");
@@ -235,10 +242,23 @@ impl Server {
                     let shared = self.shared.clone();
                     metrics::counter!(crate::telemetry::CLIENT_CONNECTIONS_TOTAL).increment(1);
                     metrics::gauge!(crate::telemetry::CLIENT_CONNECTIONS).increment(1.0);
-                    tracker.spawn(async move {
-                        session::run(shared, tcp, peer).await;
+                    // The session moves to a worker: its socket is registered there.
+                    let tcp = match tcp.into_std() {
+                        Ok(t) => t,
+                        Err(e) => {
+                            tracing::warn!(error = %e, "accepted connection unusable");
+                            metrics::gauge!(crate::telemetry::CLIENT_CONNECTIONS).decrement(1.0);
+                            continue;
+                        }
+                    };
+                    let token = tracker.token();
+                    workers.spawn(move || async move {
+                        if let Ok(tcp) = tokio::net::TcpStream::from_std(tcp) {
+                            session::run(shared, tcp, peer).await;
+                        }
                         metrics::gauge!(crate::telemetry::CLIENT_CONNECTIONS).decrement(1.0);
                         drop(permit);
+                        drop(token);
                     });
                 }
                 Err(_) => {
@@ -264,6 +284,8 @@ impl Server {
         if tokio::time::timeout(bound, tracker.wait()).await.is_err() {
             tracing::warn!("sessions still open after the shutdown bound; exiting anyway");
         }
+        // Sessions are over (or past the bound): their workers stop, off the event loop.
+        let _ = tokio::task::spawn_blocking(move || drop(workers)).await;
         if let Some(a) = admin {
             let _ = tokio::time::timeout(Duration::from_secs(5), a).await;
         }

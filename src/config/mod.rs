@@ -18,6 +18,8 @@ pub struct Config {
     pub listen: SocketAddr,
     /// Client sessions allowed at once; one more gets FATAL 53300.
     pub max_client_connections: usize,
+    /// Session worker threads (one event loop each); default: one per core.
+    pub workers: usize,
     /// Time from accept until the session is ready (TLS, startup, authentication).
     pub startup_timeout: Duration,
     /// On SIGTERM, how long sessions inside a transaction may go on before they are closed.
@@ -197,6 +199,7 @@ impl Default for Config {
         Config {
             listen: "127.0.0.1:6432".parse().expect("valid literal"),
             max_client_connections: 1000,
+            workers: crate::workers::default_count(),
             startup_timeout: Duration::from_secs(15),
             shutdown_grace: Duration::from_secs(30),
             allow_replication: false,

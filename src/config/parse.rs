@@ -125,6 +125,11 @@ pub(super) fn apply_toml(cfg: &mut Config, file: &Path, text: &str, errors: &mut
                     cfg.max_client_connections = n as usize;
                 }
             }
+            "workers" => {
+                if let Some(n) = integer(&mut cx, item, key, 1, 1024) {
+                    cfg.workers = n as usize;
+                }
+            }
             "startup_timeout" => {
                 if let Some(d) = duration(&mut cx, item, key) {
                     cfg.startup_timeout = d;

@@ -19,6 +19,7 @@ mod nodes;
 pub mod normalize;
 pub mod plpgsql;
 mod predicate;
+mod quick_key;
 mod walk;
 
 use std::panic::AssertUnwindSafe;

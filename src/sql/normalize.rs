@@ -8,8 +8,14 @@ use serde_json::Value;
 /// `SELECT a FROM t WHERE id = 42 AND s = 'x'` → `SELECT a FROM t WHERE id = \0 AND s = \0`.
 /// The placeholder is NUL, which no Query or Parse text can contain, so the key of one text
 /// never equals the key of a text whose own characters differ (`a -1 b` vs `a -? b`).
-/// `None` when the text does not scan (it will not parse either).
+/// `None` when the text does not scan (it will not parse either). Plain texts are keyed by
+/// [`super::quick_key`] without the round trip to the C scanner; the key is the same.
 pub fn key(text: &str) -> Option<String> {
+    super::quick_key::key(text).or_else(|| scanned_key(text))
+}
+
+/// [`key`] as PostgreSQL's scanner tokenizes the text.
+pub fn scanned_key(text: &str) -> Option<String> {
     let scan = pg_query::scan(text).ok()?;
     let mut out = String::with_capacity(text.len());
     let mut last = 0usize;
