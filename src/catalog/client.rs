@@ -17,6 +17,7 @@ use tokio_postgres::{Client, NoTls};
 
 use super::{Answer, Answers, Question, RelationSize};
 pub use crate::config::catalog::CatalogConfig;
+use crate::sql::keyprobe::{self, KeyProbe};
 use crate::sql::Lookup;
 
 /// Predefined roles whose members can read or write server files, run programs or signal
@@ -104,6 +105,49 @@ pub struct Catalog {
     serial: AtomicU64,
     /// Per database: until when, and why, the catalog counts as down.
     down: DashMap<String, (Instant, String)>,
+    /// Key probes of recent texts, by literal-free key (see [`crate::sql::keyprobe`]).
+    probes: DashMap<Box<str>, Arc<Vec<Option<KeyProbe>>>>,
+    /// Unique keys of the tables key probes named, per database, with when they were read.
+    keys: DashMap<(String, String), (Instant, Arc<Vec<Keyed>>)>,
+}
+
+/// Texts longer than this are not probed for key-addressed writes (OLTP writes are short;
+/// the memo stays small).
+const MAX_PROBED_TEXT: usize = 4096;
+/// Entries of the probe memo and of the unique-key cache before they are emptied.
+const MAX_PROBES: usize = 4096;
+
+/// A relation a key probe's name matches, as the catalog describes it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Keyed {
+    /// `pg_class.relkind`.
+    pub kind: char,
+    /// Inheritance children or partitions (`relhassubclass`).
+    pub children: bool,
+    /// Rewrite rules (`relhasrules`): an UPDATE may become anything.
+    pub rules: bool,
+    /// Key columns of each unique, valid, immediate, non-partial index over plain columns
+    /// of built-in types with default operator classes: equality there is pg_catalog's.
+    pub keys: Vec<Vec<String>>,
+}
+
+/// Whether a write addressed by `probe` touches at most one row of every relation its name
+/// may mean: a plain table (reached without inheritance children) or a partitioned table
+/// whose unique index covers the probed columns, and no rewrite rules.
+pub fn proves_one_row(probe: &KeyProbe, rels: &[Keyed]) -> bool {
+    !rels.is_empty()
+        && rels.iter().all(|r| {
+            let plain = match r.kind {
+                'r' => !(r.children && probe.inherited),
+                'p' => true,
+                _ => false,
+            };
+            plain
+                && !r.rules
+                && r.keys
+                    .iter()
+                    .any(|k| !k.is_empty() && k.iter().all(|c| probe.columns.contains(c)))
+        })
 }
 
 /// Databases the catalog keeps sessions for; lookups in more fail (counted the strict way).
@@ -123,6 +167,8 @@ impl Catalog {
             estimators: Default::default(),
             turn: AtomicU64::new(0),
             cache: DashMap::new(),
+            probes: DashMap::new(),
+            keys: DashMap::new(),
             serial: AtomicU64::new(0),
             down: Default::default(),
         })
@@ -137,8 +183,77 @@ impl Catalog {
 
     fn cached_one(&self, db: &str, q: &Question, source: &Source) -> Option<Answer> {
         let k = (db.to_owned(), Self::key(q, source));
-        let e = self.cache.get(&k)?;
+        if let Some(e) = self.cache.get(&k) {
+            if e.0.elapsed() < self.settings.ttl {
+                return Some(e.1.clone());
+            }
+        }
+        match q {
+            Question::Estimate(i) => {
+                let probe = self.probe(source, *i)?;
+                let keys = self.cached_keys(db, &probe.table)?;
+                proves_one_row(&probe, &keys).then_some(Answer::Estimate(1.0))
+            }
+            Question::Lookup(_) => None,
+        }
+    }
+
+    /// The key probe of statement `i` of `source`, when `=` means pg_catalog's there.
+    fn probe(&self, source: &Source, i: usize) -> Option<KeyProbe> {
+        if source.text.len() > MAX_PROBED_TEXT || !keyprobe::builtin_equality(&source.search_path) {
+            return None;
+        }
+        // Texts that differ only in literals probe alike (a literal is a constant wherever
+        // it stands), so the memo is keyed without them.
+        let nkey = source
+            .read_as
+            .standard_conforming_strings
+            .then(|| crate::sql::normalize::key(&source.text))
+            .flatten();
+        let all = match nkey.as_deref().and_then(|k| self.probes.get(k)) {
+            Some(p) => p.clone(),
+            None => {
+                let p = Arc::new(keyprobe::probes(&source.text, source.read_as));
+                if p.len() != source.statements {
+                    return None;
+                }
+                if let Some(k) = nkey {
+                    if self.probes.len() >= MAX_PROBES {
+                        self.probes.clear();
+                    }
+                    self.probes.insert(k.into_boxed_str(), p.clone());
+                }
+                p
+            }
+        };
+        all.get(i).cloned().flatten()
+    }
+
+    fn cached_keys(&self, db: &str, table: &str) -> Option<Arc<Vec<Keyed>>> {
+        let e = self.keys.get(&(db.to_owned(), table.to_owned()))?;
         (e.0.elapsed() < self.settings.ttl).then(|| e.1.clone())
+    }
+
+    /// A write to one row by key needs no planner: proven from the table's unique keys
+    /// (read once per ttl). `None`: not proven, ask the planner.
+    async fn prove_by_key(&self, db: &str, i: usize, source: &Source) -> Option<Answer> {
+        let probe = self.probe(source, i)?;
+        let keys = match self.cached_keys(db, &probe.table) {
+            Some(k) => k,
+            None => {
+                let c = self.client(db).await.ok()?;
+                let k = Arc::new(unique_keys(&c, &probe.table).await.ok()?);
+                if self.keys.len() >= MAX_PROBES {
+                    self.keys.clear();
+                }
+                self.keys.insert(
+                    (db.to_owned(), probe.table.clone()),
+                    (Instant::now(), k.clone()),
+                );
+                k
+            }
+        };
+        proves_one_row(&probe, &keys).then_some(Answer::Estimate(1.0))
     }
 
     /// All answers from the cache, or `None` when some must be fetched.
@@ -178,7 +293,10 @@ impl Catalog {
         let answers = if let Some((_, e)) = down {
             // Unreachable moments ago: answer at once rather than make every statement wait.
             vec![
-                Answer::Failed(format!("{e} (not retried for {}s)", BACKOFF.as_secs()));
+                (
+                    Answer::Failed(format!("{e} (not retried for {}s)", BACKOFF.as_secs())),
+                    false
+                );
                 todo.len()
             ]
         } else {
@@ -201,14 +319,22 @@ impl Catalog {
                     };
                     async move {
                         match (q, lookups) {
-                            (Question::Estimate(_), _) if over => Answer::Failed(format!(
+                            (Question::Estimate(_), _) if over => (
+                                Answer::Failed(format!(
                                 "only the first {MAX_ESTIMATES} statements of a text are estimated"
                             )),
+                                false,
+                            ),
                             (Question::Estimate(i), _) => {
-                                self.estimate_one(db, *i, texts, source).await
+                                match self.prove_by_key(db, *i, source).await {
+                                    Some(a) => (a, true),
+                                    None => (self.estimate_one(db, *i, texts, source).await, false),
+                                }
                             }
-                            (Question::Lookup(l), Some(c)) => self.ask(&c, l).await,
-                            (Question::Lookup(_), None) => Answer::Failed("no session".into()),
+                            (Question::Lookup(l), Some(c)) => (self.ask(&c, l).await, false),
+                            (Question::Lookup(_), None) => {
+                                (Answer::Failed("no session".into()), false)
+                            }
                         }
                     }
                 });
@@ -221,20 +347,25 @@ impl Catalog {
                     // waiting for its own connection attempt.
                     self.down
                         .insert(db.to_owned(), (Instant::now() + BACKOFF, e.clone()));
-                    vec![Answer::Failed(e); todo.len()]
+                    vec![(Answer::Failed(e), false); todo.len()]
                 }
                 Err(_) => vec![
-                    Answer::Failed(format!(
-                        "no answer within {}",
-                        humantime::format_duration(self.settings.timeout)
-                    ));
+                    (
+                        Answer::Failed(format!(
+                            "no answer within {}",
+                            humantime::format_duration(self.settings.timeout)
+                        )),
+                        false
+                    );
                     todo.len()
                 ],
             }
         };
-        for (q, a) in todo.into_iter().zip(answers) {
+        for (q, (a, proven)) in todo.into_iter().zip(answers) {
             if let Answer::Failed(e) = &a {
                 tracing::warn!(database = db, question = ?q, error = %e, "catalog lookup failed: counted the strict way");
+            } else if proven {
+                // Proven from unique keys: not kept per text, the keys are.
             } else {
                 self.remember((db.to_owned(), Self::key(&q, source)), a.clone());
             }
@@ -521,6 +652,48 @@ async fn extension(c: &Client, name: &str) -> Result<Answer, tokio_postgres::Err
         None => Answer::NotFound,
         Some(trusted) => Answer::Extension { trusted },
     })
+}
+
+/// The relations `name` may mean (as [`NAME_MATCH`] matches) with their unique keys.
+async fn unique_keys(c: &Client, name: &str) -> Result<Vec<Keyed>, tokio_postgres::Error> {
+    let (schema, rel) = split(name);
+    let sql = format!(
+        "SELECT c.relkind::text, c.relhassubclass, c.relhasrules,
+                coalesce((SELECT json_agg(k.cols) FROM (
+                    SELECT (SELECT json_agg(a.attname::text)
+                            FROM unnest(x.indkey::int2[]) WITH ORDINALITY AS u(attnum, ord)
+                            JOIN pg_catalog.pg_attribute a
+                              ON a.attrelid = x.indrelid AND a.attnum = u.attnum
+                            WHERE u.ord <= x.indnkeyatts) AS cols
+                    FROM pg_catalog.pg_index x
+                    WHERE x.indrelid = c.oid AND x.indisunique AND x.indisvalid
+                      AND x.indimmediate AND x.indpred IS NULL AND x.indexprs IS NULL
+                      AND NOT EXISTS (
+                          SELECT 1 FROM unnest(x.indclass::oid[]) AS oc(oid)
+                          JOIN pg_catalog.pg_opclass o ON o.oid = oc.oid
+                          WHERE NOT o.opcdefault
+                             OR o.opcnamespace <> 'pg_catalog'::regnamespace)
+                      AND NOT EXISTS (
+                          SELECT 1 FROM unnest(x.indkey::int2[]) AS u(attnum)
+                          JOIN pg_catalog.pg_attribute a
+                            ON a.attrelid = x.indrelid AND a.attnum = u.attnum
+                          JOIN pg_catalog.pg_type t ON t.oid = a.atttypid
+                          WHERE t.typnamespace <> 'pg_catalog'::regnamespace)
+                ) k), '[]')::text
+         FROM pg_catalog.pg_class c
+         JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+         WHERE {NAME_MATCH} AND c.relkind IN ('r', 'p', 'v', 'm', 'f')"
+    );
+    let rows = c.query(&sql, &[&schema, &rel]).await?;
+    Ok(rows
+        .iter()
+        .map(|r| Keyed {
+            kind: r.get::<_, String>(0).chars().next().unwrap_or('?'),
+            children: r.get(1),
+            rules: r.get(2),
+            keys: serde_json::from_str(r.get::<_, &str>(3)).unwrap_or_default(),
+        })
+        .collect())
 }
 
 /// The planner's estimate of the rows a statement writes: EXPLAIN, never executed. A text

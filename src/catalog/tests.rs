@@ -500,3 +500,68 @@ fn schema_wide_reindex_is_not_sized_by_a_table_name() {
         vec![rel("sales")]
     );
 }
+
+#[test]
+fn one_row_is_proven_only_by_a_covering_unique_key_of_every_relation_the_name_means() {
+    use super::client::{proves_one_row, Keyed};
+    use crate::sql::keyprobe::KeyProbe;
+    let probe = |cols: &[&str], inherited: bool| KeyProbe {
+        table: "t".into(),
+        inherited,
+        columns: cols.iter().map(|c| c.to_string()).collect(),
+    };
+    let table = |kind: char, children: bool, rules: bool, keys: &[&[&str]]| Keyed {
+        kind,
+        children,
+        rules,
+        keys: keys
+            .iter()
+            .map(|k| k.iter().map(|c| c.to_string()).collect())
+            .collect(),
+    };
+    let pk = table('r', false, false, &[&["id"]]);
+    assert!(proves_one_row(
+        &probe(&["id"], true),
+        std::slice::from_ref(&pk)
+    ));
+    assert!(proves_one_row(
+        &probe(&["a", "id"], true),
+        std::slice::from_ref(&pk)
+    ));
+    assert!(!proves_one_row(
+        &probe(&["a"], true),
+        std::slice::from_ref(&pk)
+    ));
+    // A composite key needs every column.
+    let composite = table('r', false, false, &[&["k1", "k2"]]);
+    assert!(!proves_one_row(
+        &probe(&["k1"], true),
+        std::slice::from_ref(&composite)
+    ));
+    assert!(proves_one_row(&probe(&["k1", "k2"], true), &[composite]));
+    // Inheritance children are reached unless ONLY; partitions share the parent's key.
+    let parent = table('r', true, false, &[&["id"]]);
+    assert!(!proves_one_row(
+        &probe(&["id"], true),
+        std::slice::from_ref(&parent)
+    ));
+    assert!(proves_one_row(&probe(&["id"], false), &[parent]));
+    assert!(proves_one_row(
+        &probe(&["id"], true),
+        &[table('p', true, false, &[&["id"]])]
+    ));
+    // Rules, views, unknown names, and a name two schemas both have with one unkeyed.
+    assert!(!proves_one_row(
+        &probe(&["id"], true),
+        &[table('r', false, true, &[&["id"]])]
+    ));
+    assert!(!proves_one_row(
+        &probe(&["id"], true),
+        &[table('v', false, false, &[&["id"]])]
+    ));
+    assert!(!proves_one_row(&probe(&["id"], true), &[]));
+    assert!(!proves_one_row(
+        &probe(&["id"], true),
+        &[pk, table('r', false, false, &[])]
+    ));
+}

@@ -15,6 +15,7 @@ pub mod cache;
 mod details;
 pub mod facts;
 pub mod fingerprint;
+pub mod keyprobe;
 mod nodes;
 pub mod normalize;
 pub mod plpgsql;

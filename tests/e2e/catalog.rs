@@ -542,3 +542,88 @@ async fn rows_loaded_after_the_last_analyze_count() {
     drop_all(&t).await;
     p.stop().await;
 }
+
+/// A catalog role that may read the catalog but not plan writes on the tables (EXPLAIN of an
+/// UPDATE needs the UPDATE privilege): every write it would have to estimate fails, and
+/// counts as large. What is allowed through such a catalog was proven from unique keys.
+async fn unprivileged_catalog_proxy() -> Proxy {
+    let d = direct().await;
+    d.batch_execute(
+        "DO $$ BEGIN
+           IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'pgwarden_catalog_reader') THEN
+             CREATE ROLE pgwarden_catalog_reader LOGIN;
+           END IF;
+         END $$",
+    )
+    .await
+    .unwrap();
+    Proxy::start_with(|c| {
+        c.policies = shipped_policies();
+        c.catalog = Some(catalog_config(
+            "host=127.0.0.1 port=5432 user=pgwarden_catalog_reader",
+        ));
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_by_unique_key_are_proven_small_without_the_planner() {
+    let p = unprivileged_catalog_proxy().await;
+    let c = via(&p).await;
+    let t = existing(LARGE).await;
+    let d = direct().await;
+    d.batch_execute(&format!(
+        "CREATE INDEX ON {t} (c);
+         CREATE UNIQUE INDEX {t}_b_partial ON {t} (b) WHERE b <> 'x';
+         CREATE TABLE {t}_d (id int, v int, CONSTRAINT {t}_d_uq UNIQUE (id) DEFERRABLE INITIALLY DEFERRED);
+         CREATE TABLE {t}_k (k1 int, k2 int, v int, UNIQUE (k1, k2));
+         INSERT INTO {t}_k SELECT g % 50, g, g FROM generate_series(1, {LARGE}) g"
+    ))
+    .await
+    .unwrap();
+    // By primary key, literal or parameter, with or without more conditions: at most one row.
+    c.batch_execute(&format!("UPDATE {t} SET a = a + 1 WHERE id = 7"))
+        .await
+        .unwrap();
+    c.batch_execute(&format!("UPDATE {t} SET a = 0 WHERE id = 8 AND a > 0"))
+        .await
+        .unwrap();
+    let n = c
+        .execute(&format!("DELETE FROM {t} WHERE id = $1"), &[&3i32])
+        .await
+        .unwrap();
+    assert_eq!(n, 1);
+    c.batch_execute(&format!("UPDATE {t}_k SET v = 0 WHERE k2 = 5 AND k1 = 5"))
+        .await
+        .unwrap();
+    // Not proven (a plain index, part of a key, a partial unique index, a deferrable one):
+    // the planner is asked, cannot answer for this role, and the write counts as large.
+    for sql in [
+        format!("UPDATE {t} SET a = 1 WHERE c = 7"),
+        format!("UPDATE {t} SET a = 1 WHERE id > 7"),
+        format!("UPDATE {t} SET a = 1 WHERE id = 7 OR id = 8"),
+        format!("UPDATE {t} SET a = 1 WHERE b = 'y'"),
+        format!("UPDATE {t}_k SET v = 1 WHERE k1 = 5"),
+        format!("DELETE FROM {t}_d WHERE id = 1"),
+    ] {
+        let detail = refused_by(c.batch_execute(&sql).await, "dml.large-write");
+        assert!(
+            detail.contains("planner estimate failed"),
+            "{sql}: {detail}"
+        );
+    }
+    // `=` found before pg_catalog on the search_path could be anyone's operator.
+    c.batch_execute("SET search_path = public, pg_catalog")
+        .await
+        .unwrap();
+    refused_by(
+        c.batch_execute(&format!("UPDATE {t} SET a = a + 1 WHERE id = 7"))
+            .await,
+        "dml.large-write",
+    );
+    d.batch_execute(&format!("DROP TABLE {t}_d, {t}_k"))
+        .await
+        .unwrap();
+    drop_all(&t).await;
+    p.stop().await;
+}
