@@ -108,8 +108,11 @@ pub struct Catalog {
     /// Key probes of recent texts, by literal-free key (see [`crate::sql::keyprobe`]).
     probes: DashMap<Box<str>, Arc<Vec<Option<KeyProbe>>>>,
     /// Unique keys of the tables key probes named, per database, with when they were read.
-    keys: DashMap<(String, String), (Instant, Arc<Vec<Keyed>>)>,
+    keys: DashMap<(String, String), KeysEntry>,
 }
+
+/// Unique keys of a table name, and when they were read.
+type KeysEntry = (Instant, Arc<Vec<Keyed>>);
 
 /// Texts longer than this are not probed for key-addressed writes (OLTP writes are short;
 /// the memo stays small).
