@@ -18,8 +18,13 @@ use crate::net::Stream;
 use crate::wire::messages::{PgError, TERMINATE};
 use crate::wire::sqlstate::SqlState;
 
-/// Read-buffer growth step.
+/// Read-buffer growth step of a busy link.
 const READ_CHUNK: usize = 32 * 1024;
+/// Read-buffer size of a quiet link (small messages, or idle): an idle session holds only
+/// buffers of this size, so a thousand idle clients cost little memory.
+const SMALL_CHUNK: usize = 2 * 1024;
+/// Reads in a row below half a small chunk after which a busy link counts as quiet again.
+const QUIET_READS: u32 = 32;
 /// Stop reading a link while this much is waiting to be written to the other one.
 const HIGH_WATER: usize = 256 * 1024;
 
@@ -117,9 +122,10 @@ where
 {
     let mut st = SessionState::new(links);
     let mut cin = client_rest;
-    let mut sin = BytesMut::with_capacity(READ_CHUNK);
+    let mut sin = BytesMut::with_capacity(SMALL_CHUNK);
     let mut c2s = startup_packet;
-    let mut s2c = BytesMut::with_capacity(READ_CHUNK);
+    let mut s2c = BytesMut::with_capacity(SMALL_CHUNK);
+    let (mut s_size, mut c_size) = (Sizing::default(), Sizing::default());
     let mut cancel_guard: Option<CancelGuard> = None;
     let (mut c_flush, mut s_flush) = (false, false);
     let mut drain_deadline: Option<Instant> = None;
@@ -161,8 +167,8 @@ where
         if !notices.is_empty() && st.at_server_frame_boundary() {
             s2c.extend_from_slice(&notices.split());
         }
-        reserve(&mut sin);
-        reserve(&mut cin);
+        s_size.fit(&mut sin, &mut s2c);
+        c_size.fit(&mut cin, &mut c2s);
         // Whatever was forwarded last turn is answered in frames read from now on.
         st.collect_answers = gate.wants_answers();
         st.watch_parses = gate.wants_parse_answers();
@@ -195,8 +201,8 @@ where
             },
             r = io.sr.read_buf(&mut sin), if s2c.len() < HIGH_WATER => match r {
                 Ok(0) => end = Some(server_gone(&st, &mut s2c)),
-                Ok(_) => match (st.phase, st.server_frames(&mut sin, &mut s2c)) {
-                    (before, Ok(())) => {
+                Ok(n) => match (s_size.read(n), st.phase, st.server_frames(&mut sin, &mut s2c)) {
+                    ((), before, Ok(())) => {
                         if before == Phase::Authenticating && !cin.is_empty() && waiting.is_none() {
                             // Client messages held during authentication: framed now that
                             // the server answered (or asked for a password).
@@ -222,7 +228,7 @@ where
                             end = Some(shutdown(&st, &cin, &mut c2s, &mut s2c));
                         }
                     }
-                    (_, Err(e)) => {
+                    ((), _, Err(e)) => {
                         tracing::warn!(error = %e, "server broke the protocol");
                         if st.at_server_frame_boundary() {
                             PgError::fatal(SqlState::PROTOCOL_VIOLATION, format!("pgwarden: invalid message from server: {e}"))
@@ -256,7 +262,7 @@ where
                     }
                 }
             },
-            r = io.cr.read_buf(&mut cin), if read_client => match r {
+            r = io.cr.read_buf(&mut cin), if read_client => match r.inspect(|&n| c_size.read(n)) {
                 Ok(0) => end = Some(End::ClientClosed),
                 Ok(_) if waiting.is_some() => {}
                 Ok(_) => match st.client_frames(&mut cin, &mut c2s, gate) {
@@ -324,9 +330,42 @@ async fn drain<W: AsyncWrite + Unpin>(w: &mut W, buf: &[u8]) -> Out {
     }
 }
 
-fn reserve(buf: &mut BytesMut) {
-    if buf.capacity() - buf.len() < READ_CHUNK / 4 {
-        buf.reserve(READ_CHUNK);
+/// How much buffer one direction of the relay keeps: big while reads come big, small again
+/// once they have been small for a while (the big buffers are then given back).
+#[derive(Debug, Default)]
+struct Sizing {
+    busy: bool,
+    quiet_reads: u32,
+}
+
+impl Sizing {
+    /// A read of `n` bytes came in.
+    fn read(&mut self, n: usize) {
+        if n >= SMALL_CHUNK / 2 {
+            self.busy = true;
+            self.quiet_reads = 0;
+        } else if self.busy {
+            self.quiet_reads += 1;
+            if self.quiet_reads >= QUIET_READS {
+                self.busy = false;
+            }
+        }
+    }
+
+    /// Before reading into `input` (whose frames are copied into `output`): room for the
+    /// next read, and big buffers of a quiet direction released while they are empty.
+    fn fit(&self, input: &mut BytesMut, output: &mut BytesMut) {
+        if !self.busy {
+            for b in [&mut *input, &mut *output] {
+                if b.is_empty() && b.capacity() > 4 * SMALL_CHUNK {
+                    *b = BytesMut::with_capacity(SMALL_CHUNK);
+                }
+            }
+        }
+        let step = if self.busy { READ_CHUNK } else { SMALL_CHUNK };
+        if input.capacity() - input.len() < step / 4 {
+            input.reserve(step);
+        }
     }
 }
 
