@@ -58,13 +58,34 @@ impl Default for ReadAs {
 pub fn inspect(text: &str, read_as: ReadAs) -> Inspection {
     if text.len() > MAX_TEXT_BYTES {
         return unparsed(format!(
-            "statement text of {} bytes is over pgwarden's inspection limit of {} bytes",
+            "The statement text of {} bytes is over pgwarden's inspection limit of {} bytes.",
             text.len(),
             MAX_TEXT_BYTES
         ));
     }
     std::panic::catch_unwind(AssertUnwindSafe(|| inspect_at(text, read_as, 0)))
-        .unwrap_or_else(|_| unparsed("the inspector failed on this text".into()))
+        .unwrap_or_else(|_| unparsed(UNREADABLE.into()))
+}
+
+/// The reason given for text pgwarden's inspector could not follow, whatever the internal
+/// cause: a refusal's DETAIL never shows decoder paths or library error debris.
+const UNREADABLE: &str = "pgwarden's inspector could not read PostgreSQL's parse of this text.";
+
+/// Why `text` was not inspected, for the refusal's DETAIL: PostgreSQL's own grammar message
+/// when the grammar rejects it, a plain sentence otherwise.
+fn parse_error_reason(e: &pg_query::Error) -> String {
+    match e {
+        pg_query::Error::Parse(m) => {
+            format!(
+                "PostgreSQL's grammar rejects this text: {}.",
+                m.trim_end_matches('.')
+            )
+        }
+        pg_query::Error::Conversion(_) => {
+            "The text contains a NUL byte, which PostgreSQL does not accept in a statement.".into()
+        }
+        _ => UNREADABLE.into(),
+    }
 }
 
 fn unparsed(reason: String) -> Inspection {
@@ -84,11 +105,10 @@ fn inspect_at(text: &str, read_as: ReadAs, depth: usize) -> Inspection {
     }
     let parsed = match pg_query::parse(text, opts) {
         Ok(p) => p,
-        Err(e) => return unparsed(e.to_string()),
+        Err(e) => return unparsed(parse_error_reason(&e)),
     };
-    let tree = match serde_json::to_value(&parsed.protobuf) {
-        Ok(t) => t,
-        Err(e) => return unparsed(format!("parse tree could not be read: {e}")),
+    let Ok(tree) = serde_json::to_value(&parsed.protobuf) else {
+        return unparsed(UNREADABLE.into());
     };
     let tickets_everywhere = text.contains("pgwarden:");
     let mut statements = Vec::new();
@@ -126,7 +146,7 @@ fn inspect_at(text: &str, read_as: ReadAs, depth: usize) -> Inspection {
                 op.dynamic_sql |= bf.dynamic_sql;
             }
             if depth >= MAX_BODY_DEPTH {
-                return unparsed("DO blocks nested too deeply to inspect".into());
+                return unparsed("DO blocks are nested too deeply to inspect.".into());
             }
             for sql in &bf.statements {
                 let inner = inspect_at(sql, read_as, depth + 1);
