@@ -558,8 +558,106 @@ fn column(cd: &Value, f: &mut Facts, adding: bool, table_pk: bool) {
     if adding && not_null && !has_default {
         attr(f, "column_required");
     }
+    // A column added without a DEFAULT of its own takes its type's: a domain's default may
+    // be volatile (every row rewritten) and its CHECK constraints are checked against every
+    // row. pgwarden does not ask the catalog what a type is, so any type that is not
+    // built-in counts (fail closed).
+    if adding && !has_default && !builtin_type(cd.get("type_name")) {
+        attr(f, "default_from_type");
+    }
     if id && !ty.is_empty() {
         attr(f, format!("id_column_type:{ty}"));
+    }
+}
+
+/// Built-in base types (pg_catalog's names, as the grammar reports SQL-standard spellings):
+/// no domain, so no default or constraint of their own.
+const BUILTIN_TYPES: &[&str] = &[
+    "bool",
+    "boolean",
+    "int2",
+    "int4",
+    "int8",
+    "smallint",
+    "integer",
+    "int",
+    "bigint",
+    "float4",
+    "float8",
+    "real",
+    "numeric",
+    "decimal",
+    "money",
+    "text",
+    "varchar",
+    "bpchar",
+    "char",
+    "name",
+    "bytea",
+    "date",
+    "time",
+    "timetz",
+    "timestamp",
+    "timestamptz",
+    "interval",
+    "uuid",
+    "json",
+    "jsonb",
+    "jsonpath",
+    "xml",
+    "inet",
+    "cidr",
+    "macaddr",
+    "macaddr8",
+    "bit",
+    "varbit",
+    "tsvector",
+    "tsquery",
+    "point",
+    "line",
+    "lseg",
+    "box",
+    "path",
+    "polygon",
+    "circle",
+    "oid",
+    "regclass",
+    "regtype",
+    "regproc",
+    "regprocedure",
+    "regrole",
+    "regnamespace",
+    "pg_lsn",
+    "int4range",
+    "int8range",
+    "numrange",
+    "tsrange",
+    "tstzrange",
+    "daterange",
+    "int4multirange",
+    "int8multirange",
+    "nummultirange",
+    "tsmultirange",
+    "tstzmultirange",
+    "datemultirange",
+    "txid_snapshot",
+    "pg_snapshot",
+    "xid",
+    "xid8",
+    "cid",
+    "tid",
+];
+
+/// Is the TypeName a built-in type (`pg_catalog.x`, or one of [`BUILTIN_TYPES`] unqualified,
+/// which resolves in pg_catalog first), or an array of one?
+fn builtin_type(t: Option<&Value>) -> bool {
+    let Some(t) = t else { return false };
+    let mut parts = Vec::new();
+    super::nodes::collect_strings(t.get("names"), &mut parts);
+    match parts.as_slice() {
+        [name] => BUILTIN_TYPES.contains(&name.as_str()) || SERIAL_TYPES.contains(&name.as_str()),
+        [schema, _] => schema == "pg_catalog",
+        _ => false,
     }
 }
 
@@ -763,6 +861,7 @@ fn function_options(options: Option<&Value>, f: &mut Facts) {
     for d in defelems(options) {
         match str_field(d, "defname") {
             "security" if defelem_bool(d) => attr(f, "security_definer"),
+            "leakproof" if defelem_bool(d) => attr(f, "leakproof"),
             "set" => {
                 if let Some(s) = d.get("arg").and_then(|a| node_body(a, "VariableSetStmt")) {
                     let name = str_field(s, "name").to_ascii_lowercase();

@@ -5,7 +5,9 @@
 //!
 //! - [`facts`]: the typed facts.
 //! - `walk`: parse tree → facts.
-//! - `predicate`: trivially-true WHERE clauses.
+//! - `predicate`: trivially-true WHERE clauses, and conditions no target column decides.
+//! - `implied`: operations a statement implies (MERGE actions, ON CONFLICT DO UPDATE,
+//!   functions' SET clauses).
 //! - [`plpgsql`]: DO blocks and function bodies.
 //! - [`cache`]: inspections cached by exact text, and by literal-free key when no fact
 //!   depends on a literal ([`normalize`]).
@@ -15,6 +17,7 @@ pub mod cache;
 mod details;
 pub mod facts;
 pub mod fingerprint;
+mod implied;
 mod nodes;
 pub mod normalize;
 pub mod plpgsql;
@@ -148,30 +151,46 @@ fn inspect_at(text: &str, read_as: ReadAs, depth: usize) -> Inspection {
             if depth >= MAX_BODY_DEPTH {
                 return unparsed("DO blocks are nested too deeply to inspect.".into());
             }
-            for sql in &bf.statements {
-                let inner = inspect_at(sql, read_as, depth + 1);
-                if inner.unparsed.is_some() {
-                    // A statement in a body that PostgreSQL's grammar rejects would fail at
-                    // run time; one pgwarden cannot read is refused.
-                    return inner;
-                }
-                for s in inner.statements {
-                    functions.extend(s.functions);
-                    ops.extend(s.ops.into_iter().map(|mut o| {
-                        o.nesting = Nesting::DoBlock;
-                        o
-                    }));
-                }
-            }
-            for (mode, expr) in &bf.expressions {
-                if let Ok(p) = pg_query::parse(expr, *mode) {
-                    functions.extend(p.functions.into_iter().map(|(f, _)| f));
-                }
+            let nested = Nested {
+                statements: &bf.statements,
+                expressions: &bf.expressions,
+                nesting: Nesting::DoBlock,
+            };
+            if let Err(refused) = nested.absorb(read_as, depth, &mut functions, &mut ops) {
+                return refused;
             }
             if let Some(op) = ops.get_mut(idx) {
                 op.dynamic_sql |= functions
                     .iter()
                     .any(|f| plpgsql::DYNAMIC_SQL_FUNCTIONS.contains(&unqualified(f)));
+            }
+        }
+        // What routines created here will run when called is decided now, at CREATE, as if
+        // it ran (nesting `function_body`). Dynamic SQL in a PL/pgSQL body is its EXECUTE
+        // forms only (`dynamic_sql`, set by the walker): without EXECUTE a string built with
+        // format() cannot run as SQL there.
+        for (_, body) in std::mem::take(&mut w.routine_bodies) {
+            if depth >= MAX_BODY_DEPTH {
+                return unparsed("Routine bodies are nested too deeply to inspect.".into());
+            }
+            let sql;
+            let nested = match &body {
+                walk::RoutineBody::Sql(src) => {
+                    sql = [src.clone()];
+                    Nested {
+                        statements: &sql,
+                        expressions: &[],
+                        nesting: Nesting::FunctionBody,
+                    }
+                }
+                walk::RoutineBody::Plpgsql(bf) => Nested {
+                    statements: &bf.statements,
+                    expressions: &bf.expressions,
+                    nesting: Nesting::FunctionBody,
+                },
+            };
+            if let Err(refused) = nested.absorb(read_as, depth, &mut functions, &mut ops) {
+                return refused;
             }
         }
         functions.sort();
@@ -198,6 +217,56 @@ fn inspect_at(text: &str, read_as: ReadAs, depth: usize) -> Inspection {
         literal_sensitive: normalize::literal_sensitive(&tree),
         notes: Vec::new(),
         memo: Default::default(),
+    }
+}
+
+/// Statements (and expressions) a DO block or routine body runs, to be inspected in turn.
+struct Nested<'a> {
+    statements: &'a [String],
+    expressions: &'a [(i32, String)],
+    nesting: Nesting,
+}
+
+impl Nested<'_> {
+    /// Adds what the nested statements do to `functions` and `ops`, at this nesting (a
+    /// routine body inside a DO block stays `function_body`: it still runs only when
+    /// called). A statement PostgreSQL's grammar rejects would fail at run time; one
+    /// pgwarden cannot read is refused: `Err` with the unparsed inspection.
+    fn absorb(
+        &self,
+        read_as: ReadAs,
+        depth: usize,
+        functions: &mut Vec<String>,
+        ops: &mut Vec<Facts>,
+    ) -> Result<(), Inspection> {
+        for sql in self.statements {
+            let inner = inspect_at(sql, read_as, depth + 1);
+            if inner.unparsed.is_some() {
+                return Err(inner);
+            }
+            for s in inner.statements {
+                functions.extend(s.functions);
+                ops.extend(s.ops.into_iter().map(|mut o| {
+                    if o.nesting != Nesting::FunctionBody {
+                        o.nesting = self.nesting;
+                    }
+                    if o.nesting == Nesting::FunctionBody {
+                        // A SET in a routine body applies when the routine runs: rules
+                        // match it, the session does not apply it now.
+                        if let Some(set) = o.set.take() {
+                            o.call_set = Some(set);
+                        }
+                    }
+                    o
+                }));
+            }
+        }
+        for (mode, expr) in self.expressions {
+            if let Ok(p) = pg_query::parse(expr, *mode) {
+                functions.extend(p.functions.into_iter().map(|(f, _)| f));
+            }
+        }
+        Ok(())
     }
 }
 
