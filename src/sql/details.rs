@@ -558,12 +558,13 @@ fn column(cd: &Value, f: &mut Facts, adding: bool, table_pk: bool) {
     if adding && not_null && !has_default {
         attr(f, "column_required");
     }
-    // A column added without a DEFAULT of its own takes its type's: a domain's default may
-    // be volatile (every row rewritten) and its CHECK constraints are checked against every
-    // row. pgwarden does not ask the catalog what a type is, so any type that is not
-    // built-in counts (fail closed).
-    if adding && !has_default && !builtin_type(cd.get("type_name")) {
-        attr(f, "default_from_type");
+    // A column of a domain type may rewrite the table whatever its own DEFAULT: without one
+    // it takes the domain's, which may be volatile (every row rewritten), and a domain with
+    // constraints makes PostgreSQL rewrite to check them against every row even with a
+    // constant default. pgwarden does not ask the catalog what a type is, so any type that
+    // is not built-in counts (fail closed).
+    if adding && !builtin_type(cd.get("type_name")) {
+        attr(f, "type_may_rewrite");
     }
     if id && !ty.is_empty() {
         attr(f, format!("id_column_type:{ty}"));
