@@ -133,7 +133,8 @@ fn set_clauses(options: Option<&Value>, stmt: &Facts) -> Vec<Facts> {
     out
 }
 
-/// DefElems of CREATE OPERATOR / AGGREGATE that name a function the object will call.
+/// DefElems of CREATE OPERATOR / AGGREGATE / TYPE / TEXT SEARCH ... (and ALTER OPERATOR ...
+/// SET) that name a function the object will call.
 const FUNCTION_OPTIONS: &[&str] = &[
     "function",
     "procedure",
@@ -147,7 +148,23 @@ const FUNCTION_OPTIONS: &[&str] = &[
     "mfinalfunc",
     "restrict",
     "join",
-    "sortop",
+    // CREATE TYPE (base type) support functions.
+    "input",
+    "output",
+    "receive",
+    "send",
+    "typmod_in",
+    "typmod_out",
+    "analyze",
+    "subscript",
+    // CREATE TEXT SEARCH PARSER / TEMPLATE.
+    "start",
+    "gettoken",
+    "end",
+    "lextypes",
+    "headline",
+    "init",
+    "lexize",
 ];
 
 /// Functions statement node `kind` names so that they will be called later: the support
@@ -156,9 +173,14 @@ const FUNCTION_OPTIONS: &[&str] = &[
 pub(super) fn referenced_functions(kind: &str, b: &Value) -> Vec<String> {
     let mut out = Vec::new();
     match kind {
-        "DefineStmt" => {
+        "DefineStmt" | "AlterOperatorStmt" => {
+            let field = if kind == "DefineStmt" {
+                "definition"
+            } else {
+                "options"
+            };
             for d in b
-                .get("definition")
+                .get(field)
                 .and_then(Value::as_array)
                 .into_iter()
                 .flatten()

@@ -240,8 +240,15 @@ impl Nested<'_> {
         ops: &mut Vec<Facts>,
     ) -> Result<(), Inspection> {
         for sql in self.statements {
-            let inner = inspect_at(sql, read_as, depth + 1);
-            if inner.unparsed.is_some() {
+            let mut inner = inspect_at(sql, read_as, depth + 1);
+            if let Some(u) = &mut inner.unparsed {
+                let place = match self.nesting {
+                    Nesting::FunctionBody => "a routine's body",
+                    _ => "a DO block",
+                };
+                if !u.reason.starts_with("In ") {
+                    u.reason = format!("In {place}: {}", u.reason);
+                }
                 return Err(inner);
             }
             for s in inner.statements {

@@ -26,11 +26,38 @@ pub fn row_condition(cond: Option<&Value>, targets: &[String]) -> WhereState {
     let Some(c) = cond.filter(|c| !c.is_null()) else {
         return WhereState::Absent;
     };
-    match truth(c) {
-        Some(true) => WhereState::TriviallyTrue,
-        Some(false) => WhereState::Present,
-        None if !depends_on_row(c, targets) => WhereState::TriviallyTrue,
-        None => WhereState::Present,
+    if every_row(c, targets, false) {
+        WhereState::TriviallyTrue
+    } else {
+        WhereState::Present
+    }
+}
+
+/// May condition `c` (negated when `negated`) hold for every row? When it is true whatever
+/// the row, or no column of the target row decides it, or, through AND / OR / NOT, a part
+/// that may hold for every row makes the whole hold: `id = 1 OR $1`, `NOT (id = 1 AND $1)`.
+/// Not when it is known to be false.
+fn every_row(c: &Value, targets: &[String], negated: bool) -> bool {
+    if let Some(t) = truth(c) {
+        return t != negated;
+    }
+    if !depends_on_row(c, targets) {
+        return true;
+    }
+    let Some(b) = node_body(c, "BoolExpr") else {
+        return false;
+    };
+    let args = b.get("args").and_then(Value::as_array);
+    let mut args = args.into_iter().flatten();
+    match (bool_expr_type(b), negated) {
+        (Some(BoolExprType::OrExpr), false) | (Some(BoolExprType::AndExpr), true) => {
+            args.any(|a| every_row(a, targets, negated))
+        }
+        (Some(BoolExprType::AndExpr), false) | (Some(BoolExprType::OrExpr), true) => {
+            args.all(|a| every_row(a, targets, negated))
+        }
+        (Some(BoolExprType::NotExpr), _) => args.all(|a| every_row(a, targets, !negated)),
+        _ => false,
     }
 }
 
