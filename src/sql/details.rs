@@ -325,7 +325,45 @@ pub(super) fn add(kind: &str, b: &Value, f: &mut Facts) {
             f.roles = roles_in(b.get("roles"));
         }
         "CreateSchemaStmt" => long_name(f, str_field(b, "schemaname")),
+        "ViewStmt" => {
+            if let Some(rel) = b
+                .get("query")
+                .and_then(|q| node_body(q, "SelectStmt"))
+                .and_then(simple_view_relation)
+            {
+                attr(f, format!("view_of:{rel}"));
+            }
+        }
         _ => {}
+    }
+}
+
+/// The one relation a view reads when PostgreSQL may make the view automatically updatable
+/// (writes through it reach that relation, and its rules: UPDATE of a view over pg_settings
+/// runs set_config): a single relation in FROM, no set operation, WITH, DISTINCT, GROUP BY,
+/// HAVING, LIMIT or OFFSET. Aggregates in the target list are not looked at (fail closed).
+fn simple_view_relation(q: &Value) -> Option<String> {
+    let present = |k: &str| {
+        q.get(k).is_some_and(|v| {
+            !v.is_null() && v.as_array().is_none_or(|a| !a.is_empty()) && v != &Value::Bool(false)
+        })
+    };
+    if [
+        "larg",
+        "with_clause",
+        "distinct_clause",
+        "group_clause",
+        "having_clause",
+    ]
+    .iter()
+    .chain(&["limit_count", "limit_offset"])
+    .any(|k| present(k))
+    {
+        return None;
+    }
+    match list(q.get("from_clause")).collect::<Vec<_>>().as_slice() {
+        [one] => range_var(node_body(one, "RangeVar")),
+        _ => None,
     }
 }
 

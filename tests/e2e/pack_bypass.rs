@@ -274,6 +274,13 @@ async fn other_syntax_for_renames_triggers_settings_and_server_files_is_refused(
     )
     .await;
     let rows = c.simple_query("SHOW enable_seqscan").await.unwrap();
+    let v = unique("byp_settings");
+    refused(
+        &c,
+        &format!("CREATE TEMP VIEW {v} AS SELECT * FROM pg_settings"),
+        "sec.catalog-write-view",
+    )
+    .await;
     let shown = rows.iter().find_map(|m| match m {
         tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_owned),
         _ => None,
