@@ -102,8 +102,25 @@ fn defelem_bool(d: &Value) -> bool {
     const_text(a).is_none_or(|t| super::nodes::is_true_word(&t))
 }
 
+/// Is `name` (as the inspector names objects) a system catalog relation: in pg_catalog,
+/// information_schema or pg_toast, or unqualified and beginning with `pg_` (such names
+/// resolve in pg_catalog first)? `pg_temp.x` is a temporary table, not a catalog.
+fn catalog_relation(name: &str) -> bool {
+    match name.split_once('.') {
+        Some((schema, _)) => matches!(schema, "pg_catalog" | "information_schema" | "pg_toast"),
+        None => name.starts_with("pg_"),
+    }
+}
+
 /// Adds the details of statement node `kind` to `f`.
 pub(super) fn add(kind: &str, b: &Value, f: &mut Facts) {
+    if matches!(
+        kind,
+        "InsertStmt" | "UpdateStmt" | "DeleteStmt" | "MergeStmt" | "TruncateStmt" | "CopyStmt"
+    ) && f.objects.iter().any(|o| catalog_relation(o))
+    {
+        attr(f, "catalog_relation");
+    }
     match kind {
         "AlterTableStmt" => alter_table(b, f),
         "CreateStmt" => create_table(b, f),
