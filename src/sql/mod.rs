@@ -228,6 +228,21 @@ struct Nested<'a> {
 }
 
 impl Nested<'_> {
+    /// A nested operation at this nesting (a routine body inside a DO block stays
+    /// `function_body`). A SET in a routine body applies when the routine runs: rules match
+    /// it (`call_set`), the session does not apply it now.
+    fn place(&self, mut o: Facts) -> Facts {
+        if o.nesting != Nesting::FunctionBody {
+            o.nesting = self.nesting;
+        }
+        if o.nesting == Nesting::FunctionBody {
+            if let Some(set) = o.set.take() {
+                o.call_set = Some(set);
+            }
+        }
+        o
+    }
+
     /// Adds what the nested statements do to `functions` and `ops`, at this nesting (a
     /// routine body inside a DO block stays `function_body`: it still runs only when
     /// called). A statement PostgreSQL's grammar rejects would fail at run time; one
@@ -253,22 +268,28 @@ impl Nested<'_> {
             }
             for s in inner.statements {
                 functions.extend(s.functions);
-                ops.extend(s.ops.into_iter().map(|mut o| {
-                    if o.nesting != Nesting::FunctionBody {
-                        o.nesting = self.nesting;
-                    }
-                    if o.nesting == Nesting::FunctionBody {
-                        // A SET in a routine body applies when the routine runs: rules
-                        // match it, the session does not apply it now.
-                        if let Some(set) = o.set.take() {
-                            o.call_set = Some(set);
-                        }
-                    }
-                    o
-                }));
+                ops.extend(s.ops.into_iter().map(|o| self.place(o)));
             }
         }
         for (mode, expr) in self.expressions {
+            // Parse mode 0 is a whole statement: the query of FOR ... IN, RETURN QUERY,
+            // OPEN ... FOR, PERFORM, a cursor's. It may write (`FOR r IN DELETE FROM t
+            // RETURNING * LOOP`, a data-modifying CTE): inspected as a statement.
+            if *mode == 0 {
+                let inner = inspect_at(expr, read_as, depth + 1);
+                if inner.unparsed.is_none() {
+                    for s in inner.statements {
+                        functions.extend(s.functions);
+                        ops.extend(
+                            s.ops
+                                .into_iter()
+                                .filter(|o| o.class != Class::Read)
+                                .map(|o| self.place(o)),
+                        );
+                    }
+                    continue;
+                }
+            }
             if let Ok(p) = pg_query::parse(expr, *mode) {
                 functions.extend(p.functions.into_iter().map(|(f, _)| f));
             }

@@ -935,3 +935,26 @@ fn unparsed_bodies_say_where() {
     assert!(f("CREATE TYPE t (INPUT = pg_read_file, OUTPUT = textout)")
         .contains(&"pg_read_file".to_string()));
 }
+
+#[test]
+fn queries_of_plpgsql_loops_and_returns_are_statements() {
+    let writes = |sql: &str| -> Vec<(String, WhereState)> {
+        ops(sql)
+            .into_iter()
+            .filter(|o| o.class == Class::Write)
+            .map(|o| (o.tag, o.where_clause))
+            .collect()
+    };
+    assert_eq!(
+        writes("DO $$ DECLARE r record; BEGIN FOR r IN DELETE FROM t RETURNING * LOOP END LOOP; END $$"),
+        vec![("DELETE".into(), WhereState::Absent)]
+    );
+    assert_eq!(
+        writes("CREATE FUNCTION f() RETURNS SETOF t LANGUAGE plpgsql AS $$ BEGIN RETURN QUERY WITH d AS (UPDATE t SET a = 1 RETURNING *) SELECT * FROM d; END $$"),
+        vec![("UPDATE".into(), WhereState::Absent)]
+    );
+    let o = ops("DO $$ BEGIN PERFORM set_config('role', 'admin', false); END $$");
+    assert!(o
+        .iter()
+        .any(|f| f.set.as_ref().is_some_and(|s| s.name == "role")));
+}
