@@ -239,8 +239,17 @@ impl Nested<'_> {
             if let Some(set) = o.set.take() {
                 o.call_set = Some(set);
             }
+            // Nor does it define a prepared statement for the session now.
+            o.prepared_name = None;
         }
         o
+    }
+
+    /// Is `o` kept? Transaction control in a routine body (COMMIT, ROLLBACK in a
+    /// procedure) ends the caller's transaction when the routine runs, not now: no rule is
+    /// about it, and the session must not take it for its own.
+    fn keeps(o: &Facts) -> bool {
+        !(o.nesting == Nesting::FunctionBody && o.class == Class::Tcl && o.tag != "LOCK TABLE")
     }
 
     /// Adds what the nested statements do to `functions` and `ops`, at this nesting (a
@@ -268,7 +277,7 @@ impl Nested<'_> {
             }
             for s in inner.statements {
                 functions.extend(s.functions);
-                ops.extend(s.ops.into_iter().map(|o| self.place(o)));
+                ops.extend(s.ops.into_iter().map(|o| self.place(o)).filter(Self::keeps));
             }
         }
         for (mode, expr) in self.expressions {
@@ -284,7 +293,8 @@ impl Nested<'_> {
                             s.ops
                                 .into_iter()
                                 .filter(|o| o.class != Class::Read)
-                                .map(|o| self.place(o)),
+                                .map(|o| self.place(o))
+                                .filter(Self::keeps),
                         );
                     }
                     continue;

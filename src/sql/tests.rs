@@ -958,3 +958,15 @@ fn queries_of_plpgsql_loops_and_returns_are_statements() {
         .iter()
         .any(|f| f.set.as_ref().is_some_and(|s| s.name == "role")));
 }
+
+#[test]
+fn routine_bodies_change_nothing_of_the_session_now() {
+    let o = ops("CREATE PROCEDURE p() LANGUAGE plpgsql AS $$ BEGIN INSERT INTO t VALUES (1); COMMIT; ROLLBACK; LOCK TABLE t; END $$");
+    let tags: Vec<&str> = o.iter().map(|f| f.tag.as_str()).collect();
+    assert_eq!(tags, vec!["CREATE PROCEDURE", "INSERT", "LOCK TABLE"]);
+    let o = ops("CREATE FUNCTION f() RETURNS void LANGUAGE sql AS $$ PREPARE q AS SELECT 1 $$");
+    assert!(o.iter().all(|f| f.prepared_name.is_none()));
+    // A DO block runs now: its prepared statements are the session's.
+    let o = ops("DO $$ BEGIN PREPARE q AS SELECT 1; END $$");
+    assert!(o.iter().any(|f| f.prepared_name.as_deref() == Some("q")));
+}
