@@ -117,6 +117,13 @@ async fn routine_bodies_are_decided_at_create_as_what_they_run() {
         "sec.anonymous-code-block-function",
     )
     .await;
+    // A PL/pgSQL loop's query is a statement too (in DO blocks as in bodies).
+    refused(
+        &c,
+        &format!("DO $$ DECLARE r record; BEGIN FOR r IN DELETE FROM {t} RETURNING * LOOP END LOOP; END $$"),
+        "dml.delete-without-where",
+    )
+    .await;
     assert!(!function_exists(&f).await, "no refused routine was created");
     assert!(exists(&t).await);
     assert_eq!(scalar_i64(&format!("SELECT sum(v) FROM {t}")).await, 6);
