@@ -88,7 +88,16 @@ pub fn load_dir(dir: &Path, environment: &str) -> Result<Policy, PolicyErrors> {
             }),
         }
     }
-    let policy = compile_sources(&sources, environment);
+    let policy = compile_sources(&sources, environment).map(|mut p| {
+        // A rule names its file relative to the policy directory: a refusal's DETAIL (and
+        // every report) says `security.toml`, never where the proxy's files live on disk.
+        for r in &mut p.rules {
+            if let Ok(rel) = r.file.strip_prefix(dir) {
+                r.file = rel.to_path_buf();
+            }
+        }
+        p
+    });
     match policy {
         Ok(p) if errors.is_empty() => Ok(p),
         Ok(_) => Err(PolicyErrors(errors)),

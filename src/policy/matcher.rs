@@ -247,7 +247,9 @@ impl StatementMatcher {
             }
         }
         if self.set_names.is_some() || self.set_values.is_some() {
-            let Some(set) = &op.set else { return false };
+            let Some(set) = op.set.as_ref().or(op.call_set.as_ref()) else {
+                return false;
+            };
             if let Some(n) = &self.set_names {
                 if !n.any(&set.name) {
                     return false;

@@ -246,3 +246,24 @@ lock_timeout_set = false
     s.lock_timeout_set = true;
     assert_eq!(p.decide(&ins, &s, Mode::Enforce).action, Action::Allow);
 }
+
+#[test]
+fn rules_name_their_file_relative_to_the_policy_directory() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("policies");
+    let p = load_dir(&dir, "production").unwrap();
+    assert!(!p.rules.is_empty());
+    for r in &p.rules {
+        assert!(
+            r.file.is_relative() && r.file.components().count() == 1,
+            "{}: {}",
+            r.id,
+            r.file.display()
+        );
+    }
+    let d = p.decide(
+        &inspect("DROP DATABASE d", ReadAs::default()),
+        &SessionContext::default(),
+        Mode::Enforce,
+    );
+    assert_eq!(d.matches[0].file, "destructive.toml");
+}

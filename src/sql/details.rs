@@ -102,8 +102,25 @@ fn defelem_bool(d: &Value) -> bool {
     const_text(a).is_none_or(|t| super::nodes::is_true_word(&t))
 }
 
+/// Is `name` (as the inspector names objects) a system catalog relation: in pg_catalog,
+/// information_schema or pg_toast, or unqualified and beginning with `pg_` (such names
+/// resolve in pg_catalog first)? `pg_temp.x` is a temporary table, not a catalog.
+fn catalog_relation(name: &str) -> bool {
+    match name.split_once('.') {
+        Some((schema, _)) => matches!(schema, "pg_catalog" | "information_schema" | "pg_toast"),
+        None => name.starts_with("pg_"),
+    }
+}
+
 /// Adds the details of statement node `kind` to `f`.
 pub(super) fn add(kind: &str, b: &Value, f: &mut Facts) {
+    if matches!(
+        kind,
+        "InsertStmt" | "UpdateStmt" | "DeleteStmt" | "MergeStmt" | "TruncateStmt" | "CopyStmt"
+    ) && f.objects.iter().any(|o| catalog_relation(o))
+    {
+        attr(f, "catalog_relation");
+    }
     match kind {
         "AlterTableStmt" => alter_table(b, f),
         "CreateStmt" => create_table(b, f),
@@ -325,7 +342,45 @@ pub(super) fn add(kind: &str, b: &Value, f: &mut Facts) {
             f.roles = roles_in(b.get("roles"));
         }
         "CreateSchemaStmt" => long_name(f, str_field(b, "schemaname")),
+        "ViewStmt" => {
+            if let Some(rel) = b
+                .get("query")
+                .and_then(|q| node_body(q, "SelectStmt"))
+                .and_then(simple_view_relation)
+            {
+                attr(f, format!("view_of:{rel}"));
+            }
+        }
         _ => {}
+    }
+}
+
+/// The one relation a view reads when PostgreSQL may make the view automatically updatable
+/// (writes through it reach that relation, and its rules: UPDATE of a view over pg_settings
+/// runs set_config): a single relation in FROM, no set operation, WITH, DISTINCT, GROUP BY,
+/// HAVING, LIMIT or OFFSET. Aggregates in the target list are not looked at (fail closed).
+fn simple_view_relation(q: &Value) -> Option<String> {
+    let present = |k: &str| {
+        q.get(k).is_some_and(|v| {
+            !v.is_null() && v.as_array().is_none_or(|a| !a.is_empty()) && v != &Value::Bool(false)
+        })
+    };
+    if [
+        "larg",
+        "with_clause",
+        "distinct_clause",
+        "group_clause",
+        "having_clause",
+    ]
+    .iter()
+    .chain(&["limit_count", "limit_offset"])
+    .any(|k| present(k))
+    {
+        return None;
+    }
+    match list(q.get("from_clause")).collect::<Vec<_>>().as_slice() {
+        [one] => range_var(node_body(one, "RangeVar")),
+        _ => None,
     }
 }
 
@@ -558,8 +613,107 @@ fn column(cd: &Value, f: &mut Facts, adding: bool, table_pk: bool) {
     if adding && not_null && !has_default {
         attr(f, "column_required");
     }
+    // A column of a domain type may rewrite the table whatever its own DEFAULT: without one
+    // it takes the domain's, which may be volatile (every row rewritten), and a domain with
+    // constraints makes PostgreSQL rewrite to check them against every row even with a
+    // constant default. pgwarden does not ask the catalog what a type is, so any type that
+    // is not built-in counts (fail closed).
+    if adding && !builtin_type(cd.get("type_name")) {
+        attr(f, "type_may_rewrite");
+    }
     if id && !ty.is_empty() {
         attr(f, format!("id_column_type:{ty}"));
+    }
+}
+
+/// Built-in base types (pg_catalog's names, as the grammar reports SQL-standard spellings):
+/// no domain, so no default or constraint of their own.
+const BUILTIN_TYPES: &[&str] = &[
+    "bool",
+    "boolean",
+    "int2",
+    "int4",
+    "int8",
+    "smallint",
+    "integer",
+    "int",
+    "bigint",
+    "float4",
+    "float8",
+    "real",
+    "numeric",
+    "decimal",
+    "money",
+    "text",
+    "varchar",
+    "bpchar",
+    "char",
+    "name",
+    "bytea",
+    "date",
+    "time",
+    "timetz",
+    "timestamp",
+    "timestamptz",
+    "interval",
+    "uuid",
+    "json",
+    "jsonb",
+    "jsonpath",
+    "xml",
+    "inet",
+    "cidr",
+    "macaddr",
+    "macaddr8",
+    "bit",
+    "varbit",
+    "tsvector",
+    "tsquery",
+    "point",
+    "line",
+    "lseg",
+    "box",
+    "path",
+    "polygon",
+    "circle",
+    "oid",
+    "regclass",
+    "regtype",
+    "regproc",
+    "regprocedure",
+    "regrole",
+    "regnamespace",
+    "pg_lsn",
+    "int4range",
+    "int8range",
+    "numrange",
+    "tsrange",
+    "tstzrange",
+    "daterange",
+    "int4multirange",
+    "int8multirange",
+    "nummultirange",
+    "tsmultirange",
+    "tstzmultirange",
+    "datemultirange",
+    "txid_snapshot",
+    "pg_snapshot",
+    "xid",
+    "xid8",
+    "cid",
+    "tid",
+];
+
+/// Is the TypeName a built-in type (`pg_catalog.x`, or one of [`BUILTIN_TYPES`] unqualified,
+/// which resolves in pg_catalog first), or an array of one?
+fn builtin_type(t: Option<&Value>) -> bool {
+    let Some(t) = t else { return false };
+    let mut parts = Vec::new();
+    super::nodes::collect_strings(t.get("names"), &mut parts);
+    match parts.as_slice() {
+        [name] => BUILTIN_TYPES.contains(&name.as_str()) || SERIAL_TYPES.contains(&name.as_str()),
+        [schema, _] => schema == "pg_catalog",
+        _ => false,
     }
 }
 
@@ -763,6 +917,7 @@ fn function_options(options: Option<&Value>, f: &mut Facts) {
     for d in defelems(options) {
         match str_field(d, "defname") {
             "security" if defelem_bool(d) => attr(f, "security_definer"),
+            "leakproof" if defelem_bool(d) => attr(f, "leakproof"),
             "set" => {
                 if let Some(s) = d.get("arg").and_then(|a| node_body(a, "VariableSetStmt")) {
                     let name = str_field(s, "name").to_ascii_lowercase();

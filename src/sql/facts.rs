@@ -76,6 +76,9 @@ pub enum Nesting {
     Prepare,
     Rule,
     DoBlock,
+    /// In the body (or a SET clause) of a function or procedure being created: it runs
+    /// whenever the routine is called, not now.
+    FunctionBody,
 }
 
 impl Nesting {
@@ -89,6 +92,7 @@ impl Nesting {
             "prepare" => Nesting::Prepare,
             "rule" => Nesting::Rule,
             "do_block" => Nesting::DoBlock,
+            "function_body" => Nesting::FunctionBody,
             _ => return None,
         })
     }
@@ -151,7 +155,9 @@ pub enum WhereState {
     NotApplicable,
     Absent,
     Present,
-    /// Present but always true: `true`, `1=1`, `x=x`, `... OR true`.
+    /// Present but always true: `true`, `1=1`, `x=x`, `... OR true`. For writes (UPDATE,
+    /// DELETE, MERGE actions, ON CONFLICT DO UPDATE) also a condition that no column of the
+    /// target row decides (`WHERE $1`, `WHERE now() > ...`): every row or none.
     TriviallyTrue,
 }
 
@@ -211,6 +217,11 @@ pub struct Facts {
     pub where_clause: WhereState,
     pub copy: Option<CopyFacts>,
     pub set: Option<SetFacts>,
+    /// A SET clause of CREATE / ALTER FUNCTION / PROCEDURE: applied whenever the routine
+    /// runs, not now. Rules on `set_names` / `set_values` match it as they match `set`;
+    /// the session does not apply it to itself.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub call_set: Option<SetFacts>,
     /// Roles named: grantees, SET ROLE targets, role names in role statements.
     pub roles: Vec<String>,
     /// DO blocks and function bodies that build SQL at run time (EXECUTE, format(), quote_ident).
@@ -260,6 +271,7 @@ impl Facts {
             where_clause: WhereState::NotApplicable,
             copy: None,
             set: None,
+            call_set: None,
             roles: Vec::new(),
             dynamic_sql: false,
             prepared_name: None,
@@ -380,6 +392,10 @@ impl Inspection {
         let mut indexes: Vec<(String, String)> = Vec::new();
         for s in self.statements.iter().take(i) {
             for (k, op) in s.ops.iter().enumerate() {
+                // Runs when a routine created here is called, not now.
+                if op.nesting == Nesting::FunctionBody {
+                    continue;
+                }
                 let forgets_unqualified = op.set.as_ref().is_some_and(|x| {
                     matches!(
                         x.name.as_str(),

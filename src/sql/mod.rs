@@ -5,7 +5,9 @@
 //!
 //! - [`facts`]: the typed facts.
 //! - `walk`: parse tree → facts.
-//! - `predicate`: trivially-true WHERE clauses.
+//! - `predicate`: trivially-true WHERE clauses, and conditions no target column decides.
+//! - `implied`: operations a statement implies (MERGE actions, ON CONFLICT DO UPDATE,
+//!   functions' SET clauses).
 //! - [`plpgsql`]: DO blocks and function bodies.
 //! - [`cache`]: inspections cached by exact text, and by literal-free key when no fact
 //!   depends on a literal ([`normalize`]).
@@ -15,6 +17,7 @@ pub mod cache;
 mod details;
 pub mod facts;
 pub mod fingerprint;
+mod implied;
 pub mod keyprobe;
 mod nodes;
 pub mod normalize;
@@ -60,13 +63,34 @@ impl Default for ReadAs {
 pub fn inspect(text: &str, read_as: ReadAs) -> Inspection {
     if text.len() > MAX_TEXT_BYTES {
         return unparsed(format!(
-            "statement text of {} bytes is over pgwarden's inspection limit of {} bytes",
+            "The statement text of {} bytes is over pgwarden's inspection limit of {} bytes.",
             text.len(),
             MAX_TEXT_BYTES
         ));
     }
     std::panic::catch_unwind(AssertUnwindSafe(|| inspect_at(text, read_as, 0)))
-        .unwrap_or_else(|_| unparsed("the inspector failed on this text".into()))
+        .unwrap_or_else(|_| unparsed(UNREADABLE.into()))
+}
+
+/// The reason given for text pgwarden's inspector could not follow, whatever the internal
+/// cause: a refusal's DETAIL never shows decoder paths or library error debris.
+const UNREADABLE: &str = "pgwarden's inspector could not read PostgreSQL's parse of this text.";
+
+/// Why `text` was not inspected, for the refusal's DETAIL: PostgreSQL's own grammar message
+/// when the grammar rejects it, a plain sentence otherwise.
+fn parse_error_reason(e: &pg_query::Error) -> String {
+    match e {
+        pg_query::Error::Parse(m) => {
+            format!(
+                "PostgreSQL's grammar rejects this text: {}.",
+                m.trim_end_matches('.')
+            )
+        }
+        pg_query::Error::Conversion(_) => {
+            "The text contains a NUL byte, which PostgreSQL does not accept in a statement.".into()
+        }
+        _ => UNREADABLE.into(),
+    }
 }
 
 fn unparsed(reason: String) -> Inspection {
@@ -86,11 +110,10 @@ fn inspect_at(text: &str, read_as: ReadAs, depth: usize) -> Inspection {
     }
     let parsed = match pg_query::parse(text, opts) {
         Ok(p) => p,
-        Err(e) => return unparsed(e.to_string()),
+        Err(e) => return unparsed(parse_error_reason(&e)),
     };
-    let tree = match serde_json::to_value(&parsed.protobuf) {
-        Ok(t) => t,
-        Err(e) => return unparsed(format!("parse tree could not be read: {e}")),
+    let Ok(tree) = serde_json::to_value(&parsed.protobuf) else {
+        return unparsed(UNREADABLE.into());
     };
     let tickets_everywhere = text.contains("pgwarden:");
     let mut statements = Vec::new();
@@ -128,32 +151,48 @@ fn inspect_at(text: &str, read_as: ReadAs, depth: usize) -> Inspection {
                 op.dynamic_sql |= bf.dynamic_sql;
             }
             if depth >= MAX_BODY_DEPTH {
-                return unparsed("DO blocks nested too deeply to inspect".into());
+                return unparsed("DO blocks are nested too deeply to inspect.".into());
             }
-            for sql in &bf.statements {
-                let inner = inspect_at(sql, read_as, depth + 1);
-                if inner.unparsed.is_some() {
-                    // A statement in a body that PostgreSQL's grammar rejects would fail at
-                    // run time; one pgwarden cannot read is refused.
-                    return inner;
-                }
-                for s in inner.statements {
-                    functions.extend(s.functions);
-                    ops.extend(s.ops.into_iter().map(|mut o| {
-                        o.nesting = Nesting::DoBlock;
-                        o
-                    }));
-                }
-            }
-            for (mode, expr) in &bf.expressions {
-                if let Ok(p) = pg_query::parse(expr, *mode) {
-                    functions.extend(p.functions.into_iter().map(|(f, _)| f));
-                }
+            let nested = Nested {
+                statements: &bf.statements,
+                expressions: &bf.expressions,
+                nesting: Nesting::DoBlock,
+            };
+            if let Err(refused) = nested.absorb(read_as, depth, &mut functions, &mut ops) {
+                return refused;
             }
             if let Some(op) = ops.get_mut(idx) {
                 op.dynamic_sql |= functions
                     .iter()
                     .any(|f| plpgsql::DYNAMIC_SQL_FUNCTIONS.contains(&unqualified(f)));
+            }
+        }
+        // What routines created here will run when called is decided now, at CREATE, as if
+        // it ran (nesting `function_body`). Dynamic SQL in a PL/pgSQL body is its EXECUTE
+        // forms only (`dynamic_sql`, set by the walker): without EXECUTE a string built with
+        // format() cannot run as SQL there.
+        for (_, body) in std::mem::take(&mut w.routine_bodies) {
+            if depth >= MAX_BODY_DEPTH {
+                return unparsed("Routine bodies are nested too deeply to inspect.".into());
+            }
+            let sql;
+            let nested = match &body {
+                walk::RoutineBody::Sql(src) => {
+                    sql = [src.clone()];
+                    Nested {
+                        statements: &sql,
+                        expressions: &[],
+                        nesting: Nesting::FunctionBody,
+                    }
+                }
+                walk::RoutineBody::Plpgsql(bf) => Nested {
+                    statements: &bf.statements,
+                    expressions: &bf.expressions,
+                    nesting: Nesting::FunctionBody,
+                },
+            };
+            if let Err(refused) = nested.absorb(read_as, depth, &mut functions, &mut ops) {
+                return refused;
             }
         }
         functions.sort();
@@ -180,6 +219,94 @@ fn inspect_at(text: &str, read_as: ReadAs, depth: usize) -> Inspection {
         literal_sensitive: normalize::literal_sensitive(&tree),
         notes: Vec::new(),
         memo: Default::default(),
+    }
+}
+
+/// Statements (and expressions) a DO block or routine body runs, to be inspected in turn.
+struct Nested<'a> {
+    statements: &'a [String],
+    expressions: &'a [(i32, String)],
+    nesting: Nesting,
+}
+
+impl Nested<'_> {
+    /// A nested operation at this nesting (a routine body inside a DO block stays
+    /// `function_body`). A SET in a routine body applies when the routine runs: rules match
+    /// it (`call_set`), the session does not apply it now.
+    fn place(&self, mut o: Facts) -> Facts {
+        if o.nesting != Nesting::FunctionBody {
+            o.nesting = self.nesting;
+        }
+        if o.nesting == Nesting::FunctionBody {
+            if let Some(set) = o.set.take() {
+                o.call_set = Some(set);
+            }
+            // Nor does it define a prepared statement for the session now.
+            o.prepared_name = None;
+        }
+        o
+    }
+
+    /// Is `o` kept? Transaction control in a routine body (COMMIT, ROLLBACK in a
+    /// procedure) ends the caller's transaction when the routine runs, not now: no rule is
+    /// about it, and the session must not take it for its own.
+    fn keeps(o: &Facts) -> bool {
+        !(o.nesting == Nesting::FunctionBody && o.class == Class::Tcl && o.tag != "LOCK TABLE")
+    }
+
+    /// Adds what the nested statements do to `functions` and `ops`, at this nesting (a
+    /// routine body inside a DO block stays `function_body`: it still runs only when
+    /// called). A statement PostgreSQL's grammar rejects would fail at run time; one
+    /// pgwarden cannot read is refused: `Err` with the unparsed inspection.
+    fn absorb(
+        &self,
+        read_as: ReadAs,
+        depth: usize,
+        functions: &mut Vec<String>,
+        ops: &mut Vec<Facts>,
+    ) -> Result<(), Inspection> {
+        for sql in self.statements {
+            let mut inner = inspect_at(sql, read_as, depth + 1);
+            if let Some(u) = &mut inner.unparsed {
+                let place = match self.nesting {
+                    Nesting::FunctionBody => "a routine's body",
+                    _ => "a DO block",
+                };
+                if !u.reason.starts_with("In ") {
+                    u.reason = format!("In {place}: {}", u.reason);
+                }
+                return Err(inner);
+            }
+            for s in inner.statements {
+                functions.extend(s.functions);
+                ops.extend(s.ops.into_iter().map(|o| self.place(o)).filter(Self::keeps));
+            }
+        }
+        for (mode, expr) in self.expressions {
+            // Parse mode 0 is a whole statement: the query of FOR ... IN, RETURN QUERY,
+            // OPEN ... FOR, PERFORM, a cursor's. It may write (`FOR r IN DELETE FROM t
+            // RETURNING * LOOP`, a data-modifying CTE): inspected as a statement.
+            if *mode == 0 {
+                let inner = inspect_at(expr, read_as, depth + 1);
+                if inner.unparsed.is_none() {
+                    for s in inner.statements {
+                        functions.extend(s.functions);
+                        ops.extend(
+                            s.ops
+                                .into_iter()
+                                .filter(|o| o.class != Class::Read)
+                                .map(|o| self.place(o))
+                                .filter(Self::keeps),
+                        );
+                    }
+                    continue;
+                }
+            }
+            if let Ok(p) = pg_query::parse(expr, *mode) {
+                functions.extend(p.functions.into_iter().map(|(f, _)| f));
+            }
+        }
+        Ok(())
     }
 }
 

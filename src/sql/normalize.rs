@@ -80,6 +80,10 @@ fn is_const(v: &Value) -> bool {
     super::nodes::const_text(v).is_some()
 }
 
+fn names_no_column(v: &Value) -> bool {
+    !v.is_null() && !super::predicate::depends_on_row(v, &[])
+}
+
 /// A node whose truth value a constant can decide.
 fn constant_logic(kind: &str, body: &Value) -> bool {
     match kind {
@@ -103,6 +107,11 @@ fn constant_logic(kind: &str, body: &Value) -> bool {
             .is_some_and(|a| a.iter().any(is_const)),
         "NullTest" => body.get("arg").is_some_and(is_const),
         "DeleteStmt" | "UpdateStmt" => body.get("where_clause").is_some_and(is_const),
+        // A write condition naming no column: its truth, which literals may decide
+        // (`ON 'f'::bool` selects no row, `ON 't'::bool` every row), decides the facts.
+        "OnConflictClause" => body.get("where_clause").is_some_and(names_no_column),
+        "MergeStmt" => body.get("join_condition").is_some_and(names_no_column),
+        "MergeWhenClause" => body.get("condition").is_some_and(names_no_column),
         _ => false,
     }
 }

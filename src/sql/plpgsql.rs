@@ -47,6 +47,43 @@ pub fn inspect_body(body: &str) -> BodyFacts {
     facts
 }
 
+/// What a routine's PL/pgSQL body does, from its whole `CREATE FUNCTION` text (compiled
+/// with the routine's own signature, so RETURN values, parameters and trigger variables
+/// resolve). `None` when PL/pgSQL's compiler rejects it.
+pub fn inspect_compiled(create_sql: &str) -> Option<BodyFacts> {
+    let tree = pg_query::parse_plpgsql(create_sql).ok()?;
+    let mut facts = BodyFacts {
+        parsed: true,
+        ..BodyFacts::default()
+    };
+    walk(&tree, &mut facts);
+    Some(facts)
+}
+
+/// Trigger variables of PL/pgSQL (row and event triggers), declared for [`inspect_trigger_body`].
+const TRIGGER_VARIABLES: &str = "new record; old record; tg_op text; tg_name text; \
+    tg_when text; tg_level text; tg_relid oid; tg_table_name text; tg_table_schema text; \
+    tg_relname text; tg_nargs int; tg_argv text[]; tg_event text; tg_tag text;";
+
+/// What a trigger function's body does. PL/pgSQL as embedded in pg_query cannot report a
+/// body compiled as `RETURNS trigger`, so the body is compiled as a block nested in one that
+/// declares the trigger variables, in a function returning `record` (so `RETURN NEW` holds).
+pub fn inspect_trigger_body(body: &str) -> Option<BodyFacts> {
+    let mut n = 0;
+    let tag = loop {
+        let t = format!("$pgw{n}$");
+        if !body.contains(&t) {
+            break t;
+        }
+        n += 1;
+    };
+    let inner = body.trim_end().trim_end_matches(';');
+    inspect_compiled(&format!(
+        "CREATE FUNCTION pgwarden_body() RETURNS record AS {tag}DECLARE {TRIGGER_VARIABLES} \
+         BEGIN {inner}\n; END{tag} LANGUAGE plpgsql"
+    ))
+}
+
 fn walk(v: &Value, f: &mut BodyFacts) {
     match v {
         Value::Object(m) => {

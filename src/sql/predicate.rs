@@ -1,15 +1,142 @@
 //! Is a WHERE clause trivially true? `true`, `1 = 1`, `'a' = 'a'`, `x = x`, `x >= x`,
 //! `NOT false`, `... OR <trivially true>`, `<trivially true> AND <trivially true>`,
 //! `5 IS NOT NULL`, `NULL IS NULL`, `2 > 1`, `x IN (y, x)`, `x IS NOT DISTINCT FROM x`,
-//! `true IS TRUE` — each a way to write "every row" that a review would miss.
+//! `true IS TRUE`, `x IS NULL OR x IS NOT NULL` — each a way to write "every row" that a
+//! review would miss. And the wider test DML conditions get ([`row_condition`]): a condition
+//! no column of the target row decides selects every row or none.
 
 use pg_query::protobuf::{AExprKind, BoolExprType};
 use serde_json::Value;
 
+use super::facts::WhereState;
 use super::nodes::{aexpr_is_op, bool_expr_type, const_text, name_of, node_body, same_tree};
 
 pub fn trivially_true(v: &Value) -> bool {
     truth(v) == Some(true)
+}
+
+/// The WHERE state of a write's row condition (`cond`, absent when `None`) on the target
+/// row named `targets` (see [`target_names`]). A condition that holds for every row is
+/// trivially true; so is one whose value no column of the target row decides (`WHERE $1`,
+/// `WHERE now() > '2024-01-01'`, `WHERE (SELECT true)`, `WHERE other.flag` in UPDATE ...
+/// FROM other): it selects every row or none, which is only known when it runs, so it fails
+/// closed as every row. A condition known to be false (`WHERE 1 = 2`, `WHERE false`)
+/// selects no row: present.
+pub fn row_condition(cond: Option<&Value>, targets: &[String]) -> WhereState {
+    let Some(c) = cond.filter(|c| !c.is_null()) else {
+        return WhereState::Absent;
+    };
+    if every_row(c, targets, false) {
+        WhereState::TriviallyTrue
+    } else {
+        WhereState::Present
+    }
+}
+
+/// May condition `c` (negated when `negated`) hold for every row? When it is true whatever
+/// the row, or no column of the target row decides it, or, through AND / OR / NOT, a part
+/// that may hold for every row makes the whole hold: `id = 1 OR $1`, `NOT (id = 1 AND $1)`.
+/// Not when it is known to be false.
+fn every_row(c: &Value, targets: &[String], negated: bool) -> bool {
+    if let Some(t) = truth(c) {
+        return t != negated;
+    }
+    if !depends_on_row(c, targets) {
+        return true;
+    }
+    let Some(b) = node_body(c, "BoolExpr") else {
+        return false;
+    };
+    let args = b.get("args").and_then(Value::as_array);
+    let mut args = args.into_iter().flatten();
+    match (bool_expr_type(b), negated) {
+        (Some(BoolExprType::OrExpr), false) | (Some(BoolExprType::AndExpr), true) => {
+            args.any(|a| every_row(a, targets, negated))
+        }
+        (Some(BoolExprType::AndExpr), false) | (Some(BoolExprType::OrExpr), true) => {
+            args.all(|a| every_row(a, targets, negated))
+        }
+        (Some(BoolExprType::NotExpr), _) => args.all(|a| every_row(a, targets, !negated)),
+        _ => false,
+    }
+}
+
+/// The names a write's target row goes by in its conditions: its alias when it has one
+/// (PostgreSQL then hides the table's own name), else the table name, and schema.table.
+pub fn target_names(rv: Option<&Value>) -> Vec<String> {
+    let Some(rv) = rv else {
+        return Vec::new();
+    };
+    if let Some(a) = rv
+        .get("alias")
+        .and_then(|a| a.get("aliasname"))
+        .and_then(Value::as_str)
+        .filter(|a| !a.is_empty())
+    {
+        return vec![a.to_owned()];
+    }
+    let rel = super::nodes::str_field(rv, "relname");
+    let schema = super::nodes::str_field(rv, "schemaname");
+    let mut out = vec![rel.to_owned()];
+    if !schema.is_empty() {
+        out.push(format!("{schema}.{rel}"));
+    }
+    out
+}
+
+/// May `v` depend on a column of the target row? An unqualified column may be the target's
+/// (or a PL/pgSQL variable, or a column of another FROM item: pgwarden cannot tell without
+/// the catalog, so it counts); a qualified one counts when its qualifier names the target;
+/// `WHERE CURRENT OF` selects the cursor's row. Anything else (constants, parameters,
+/// functions of them, subqueries naming only other tables) does not.
+pub fn depends_on_row(v: &Value, targets: &[String]) -> bool {
+    match v {
+        Value::Object(m) => m.iter().any(|(k, c)| match k.as_str() {
+            "ColumnRef" => {
+                let mut parts = Vec::new();
+                super::nodes::collect_strings(c.get("fields"), &mut parts);
+                let fields = c
+                    .get("fields")
+                    .and_then(Value::as_array)
+                    .map_or(0, Vec::len);
+                if fields <= 1 {
+                    return true;
+                }
+                // `t.col` / `s.t.col` / `t.*`: the qualifier is every field but the last.
+                let qualifier = if parts.len() == fields {
+                    parts[..parts.len() - 1].join(".")
+                } else {
+                    parts.join(".")
+                };
+                targets.contains(&qualifier)
+            }
+            "CurrentOfExpr" => true,
+            _ => depends_on_row(c, targets),
+        }),
+        Value::Array(a) => a.iter().any(|c| depends_on_row(c, targets)),
+        _ => false,
+    }
+}
+
+/// `x IS NULL OR x IS NOT NULL`, `x IS TRUE OR x IS NOT TRUE`, ...: one of two opposite
+/// tests of the same value holds for every row.
+fn opposite_tests(args: &[Value]) -> bool {
+    fn test(v: &Value) -> Option<(&Value, i64)> {
+        if let Some(n) = node_body(v, "NullTest") {
+            // 1 = IS NULL, 2 = IS NOT NULL: 10 + kind keeps them apart from BooleanTest's.
+            return Some((n.get("arg")?, 10 + n.get("nulltesttype")?.as_i64()?));
+        }
+        let b = node_body(v, "BooleanTest")?;
+        Some((b.get("arg")?, b.get("booltesttype")?.as_i64()?))
+    }
+    let opposite =
+        |a: i64, b: i64| matches!((a.min(b), a.max(b)), (11, 12) | (1, 2) | (3, 4) | (5, 6));
+    let tests: Vec<(&Value, i64)> = args.iter().filter_map(test).collect();
+    tests.iter().enumerate().any(|(i, (x, a))| {
+        tests[i + 1..]
+            .iter()
+            .any(|(y, b)| opposite(*a, *b) && same_tree(x, y))
+    })
 }
 
 /// The constant truth value of a predicate, when it has one whatever the row.
@@ -26,7 +153,8 @@ fn truth(v: &Value) -> Option<bool> {
             .collect();
         return match bool_expr_type(b)? {
             BoolExprType::OrExpr => {
-                if args.contains(&Some(true)) {
+                let raw = b.get("args").and_then(Value::as_array)?;
+                if args.contains(&Some(true)) || opposite_tests(raw) {
                     Some(true)
                 } else if args.iter().all(|a| *a == Some(false)) {
                     Some(false)

@@ -48,9 +48,142 @@ fn where_states() {
         assert_eq!(w(t), WhereState::TriviallyTrue, "{t}");
     }
     assert_eq!(w("UPDATE t SET a = 1 FROM u"), WhereState::Absent);
+    // No column decides it: every row or none (random() too: fail closed).
     assert_eq!(
         w("DELETE FROM t WHERE random() = random()"),
-        WhereState::Present
+        WhereState::TriviallyTrue
+    );
+}
+
+#[test]
+fn conditions_no_target_column_decides_are_every_row() {
+    let w = |sql: &str| ops(sql)[0].where_clause;
+    for t in [
+        "DELETE FROM t WHERE 't'",
+        "DELETE FROM t WHERE 'yes'::boolean",
+        "DELETE FROM t WHERE 1::bool",
+        "DELETE FROM t WHERE x IS NOT NULL OR x IS NULL",
+        "DELETE FROM t WHERE x IS TRUE OR x IS NOT TRUE",
+        "DELETE FROM t WHERE 1 IN (1)",
+        "DELETE FROM t WHERE coalesce(true, false)",
+        "DELETE FROM t WHERE TRUE AND TRUE",
+        "DELETE FROM t WHERE (SELECT true)",
+        "DELETE FROM t WHERE $1",
+        "DELETE FROM t WHERE $1 = $1",
+        "DELETE FROM t WHERE 1 = $1",
+        "DELETE FROM t WHERE now() > '2024-01-01'",
+        "DELETE FROM t WHERE EXISTS (SELECT 1 FROM u WHERE u.flag)",
+        "UPDATE t SET a = u.b FROM u WHERE u.id = 5",
+        "UPDATE t AS x SET a = 1 WHERE t.id = 5 OR y.id = 1",
+        "DELETE FROM s.t WHERE other.id = 1",
+        // A part no column decides can make the whole condition hold for every row.
+        "DELETE FROM t WHERE id = 1 OR $1",
+        "DELETE FROM t WHERE id = 1 OR now() > '2024-01-01'",
+        "DELETE FROM t WHERE NOT (id = 1 AND $1)",
+        "DELETE FROM t WHERE (id = 1 OR $1) AND (id = 2 OR $2)",
+    ] {
+        assert_eq!(w(t), WhereState::TriviallyTrue, "{t}");
+    }
+    for p in [
+        "DELETE FROM t WHERE id = $1",
+        "DELETE FROM t WHERE id = 42",
+        "DELETE FROM t WHERE created_at < now() - interval '1 day'",
+        "DELETE FROM t WHERE t.id = 1",
+        "DELETE FROM s.t WHERE s.t.id = 1",
+        "UPDATE t AS x SET a = 1 WHERE x.id = 5",
+        "UPDATE t SET a = u.b FROM u WHERE t.id = u.id",
+        "DELETE FROM t WHERE EXISTS (SELECT 1 FROM u WHERE u.tid = t.id)",
+        "DELETE FROM t WHERE id IN (SELECT tid FROM u)",
+        "DELETE FROM t WHERE CURRENT OF c",
+        "DELETE FROM t WHERE id = 1 AND $1",
+        "DELETE FROM t WHERE NOT (id = 1 OR $1)",
+        "DELETE FROM t WHERE id = 1 OR false",
+        // Selects no row at all.
+        "DELETE FROM t WHERE false",
+        "DELETE FROM t WHERE 1 = 2",
+    ] {
+        assert_eq!(w(p), WhereState::Present, "{p}");
+    }
+}
+
+#[test]
+fn merge_and_upsert_are_the_writes_they_run() {
+    let implied = |sql: &str| -> Vec<(String, WhereState)> {
+        ops(sql)
+            .into_iter()
+            .skip(1)
+            .filter(|o| o.class == Class::Write)
+            .map(|o| (o.tag, o.where_clause))
+            .collect()
+    };
+    let every = WhereState::TriviallyTrue;
+    assert_eq!(
+        implied("MERGE INTO t USING s ON true WHEN MATCHED THEN UPDATE SET a = 1"),
+        vec![("UPDATE".into(), every)]
+    );
+    assert_eq!(
+        implied("MERGE INTO t USING s ON s.id = 1 WHEN MATCHED THEN DELETE"),
+        vec![("DELETE".into(), every)]
+    );
+    assert_eq!(
+        implied(
+            "MERGE INTO t USING s ON t.id = s.id WHEN MATCHED THEN UPDATE SET a = s.a \
+             WHEN NOT MATCHED THEN INSERT VALUES (s.id, s.a)"
+        ),
+        vec![("UPDATE".into(), WhereState::Present)]
+    );
+    assert_eq!(
+        implied("MERGE INTO t x USING s ON 1 = 1 WHEN MATCHED AND x.a > 0 THEN DELETE"),
+        vec![("DELETE".into(), WhereState::Present)]
+    );
+    assert_eq!(
+        implied("MERGE INTO t USING s ON t.id = s.id WHEN NOT MATCHED BY SOURCE THEN DELETE"),
+        vec![("DELETE".into(), WhereState::Absent)]
+    );
+    assert_eq!(
+        implied("INSERT INTO t SELECT * FROM t ON CONFLICT (id) DO UPDATE SET a = 0"),
+        vec![("UPDATE".into(), WhereState::Absent)]
+    );
+    assert_eq!(
+        implied(
+            "INSERT INTO t SELECT * FROM u ON CONFLICT (id) DO UPDATE SET a = excluded.a \
+             WHERE excluded.a > 0"
+        ),
+        vec![("UPDATE".into(), every)]
+    );
+    assert_eq!(
+        implied(
+            "INSERT INTO t SELECT * FROM u ON CONFLICT (id) DO UPDATE SET a = excluded.a \
+             WHERE t.a IS DISTINCT FROM excluded.a"
+        ),
+        vec![("UPDATE".into(), WhereState::Present)]
+    );
+    assert_eq!(
+        implied("INSERT INTO t VALUES ($1, $2) ON CONFLICT (id) DO UPDATE SET a = excluded.a"),
+        vec![("UPDATE".into(), WhereState::Present)]
+    );
+    assert!(implied("INSERT INTO t VALUES (1) ON CONFLICT DO NOTHING").is_empty());
+    // Literals that decide the condition keep the inspection out of the shared cache.
+    assert!(ins("MERGE INTO t USING s ON 'f'::bool WHEN MATCHED THEN DELETE").literal_sensitive);
+}
+
+#[test]
+fn routine_set_clauses_are_sets_at_call_time() {
+    let o = ops(
+        "CREATE FUNCTION f() RETURNS int LANGUAGE sql SET search_path = pg_catalog \
+         SET role = admin AS 'SELECT 1'",
+    );
+    let sets: Vec<&Facts> = o.iter().filter(|f| f.call_set.is_some()).collect();
+    assert_eq!(sets.len(), 2);
+    assert!(sets
+        .iter()
+        .all(|f| f.set.is_none() && f.tag == "SET" && f.nesting == Nesting::FunctionBody));
+    assert_eq!(sets[1].call_set.as_ref().unwrap().name, "role");
+    assert_eq!(sets[1].roles, vec!["admin"]);
+    let o = ops("ALTER FUNCTION f() SET session_preload_libraries = 'x'");
+    assert_eq!(
+        o[1].call_set.as_ref().unwrap().name,
+        "session_preload_libraries"
     );
 }
 
@@ -165,7 +298,11 @@ fn grants_name_public() {
 #[test]
 fn grammar_errors_fail_closed() {
     let i = ins("DELET FROM t");
-    assert!(i.unparsed.is_some());
+    let reason = i.unparsed.expect("unparsed").reason;
+    assert_eq!(
+        reason,
+        "PostgreSQL's grammar rejects this text: syntax error at or near \"DELET\"."
+    );
     let deep = format!("SELECT {}1{}", "(".repeat(10_000), ")".repeat(10_000));
     assert!(ins(&deep).unparsed.is_some());
     let big = format!("SELECT '{}'", "x".repeat(MAX_TEXT_BYTES));
@@ -241,9 +378,19 @@ fn more_trivially_true_forms() {
     for t in MORE_TRIVIALLY_TRUE {
         assert_eq!(w(t), WhereState::TriviallyTrue, "{t}");
     }
+    // Undecided by their literals, but no column decides them either: every row or none,
+    // whatever the literals (so the cache may share them).
+    for t in [
+        "DELETE FROM t WHERE '10' > '9'",
+        "DELETE FROM t WHERE 1 IN (1, 2)",
+        "DELETE FROM t WHERE 1 BETWEEN 0 AND 2",
+        "DELETE FROM t WHERE 't'::bool IS TRUE",
+        "DELETE FROM t WHERE x IN (1, 2) OR 1 IN (1, 2)",
+    ] {
+        assert_eq!(w(t), WhereState::TriviallyTrue, "{t}");
+    }
     for p in [
         "DELETE FROM t WHERE 1 > 2",
-        "DELETE FROM t WHERE '10' > '9'",
         "DELETE FROM t WHERE x > 1",
         "DELETE FROM t WHERE x IN (1, 2)",
         "DELETE FROM t WHERE x NOT IN (y, x)",
@@ -251,11 +398,6 @@ fn more_trivially_true_forms() {
         "DELETE FROM t WHERE x IS NOT DISTINCT FROM y",
         "DELETE FROM t WHERE x IS TRUE",
         "DELETE FROM t WHERE NULL IS NOT NULL",
-        // Literal-decided forms the cache's literal-sensitivity test does not see are left
-        // undecided on purpose (see `cache_never_shares_a_literal_decided_where`).
-        "DELETE FROM t WHERE 1 IN (1, 2)",
-        "DELETE FROM t WHERE 1 BETWEEN 0 AND 2",
-        "DELETE FROM t WHERE 't'::bool IS TRUE",
     ] {
         assert_eq!(w(p), WhereState::Present, "{p}");
     }
@@ -666,4 +808,165 @@ fn statement_tags_and_objects_of_newly_named_kinds() {
     );
     assert_eq!(ops("REASSIGN OWNED BY a TO b")[0].roles, vec!["a", "b"]);
     assert_eq!(ops("ALTER SCHEMA s RENAME TO t")[0].objects, vec!["s"]);
+}
+
+#[test]
+fn routine_bodies_are_inspected_as_what_they_run() {
+    let body_ops = |sql: &str| -> Vec<(String, Nesting)> {
+        ops(sql)
+            .into_iter()
+            .skip(1)
+            .map(|o| (o.tag, o.nesting))
+            .collect()
+    };
+    let fb = Nesting::FunctionBody;
+    assert_eq!(
+        body_ops("CREATE FUNCTION f() RETURNS void LANGUAGE sql AS $$ DROP TABLE users $$"),
+        vec![("DROP TABLE".into(), fb)]
+    );
+    assert_eq!(
+        body_ops(
+            "CREATE PROCEDURE p() LANGUAGE sql BEGIN ATOMIC DELETE FROM users; UPDATE t SET a = 1 WHERE id = 1; END"
+        ),
+        vec![("DELETE".into(), fb), ("UPDATE".into(), fb)]
+    );
+    assert!(body_ops("CREATE FUNCTION f() RETURNS int RETURN (SELECT count(*) FROM t)").is_empty());
+    assert_eq!(
+        body_ops(
+            "CREATE OR REPLACE FUNCTION f(n int) RETURNS int LANGUAGE plpgsql AS $$ BEGIN TRUNCATE big; RETURN n; END $$"
+        ),
+        vec![("TRUNCATE TABLE".into(), fb)]
+    );
+    // Trigger functions compile with NEW / OLD.
+    let o = ops("CREATE FUNCTION audit() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN INSERT INTO audit_log VALUES (NEW.id, now()); NEW.touched := now(); RETURN NEW; END $$");
+    assert!(!o[0].attributes.iter().any(|a| a == "body_unreadable"));
+    assert!(!o[0].dynamic_sql);
+    assert_eq!(o[1].tag, "INSERT");
+    // A SET in a body is a SET at call time, not a session change now.
+    let o = ops("CREATE FUNCTION f() RETURNS void LANGUAGE sql AS $$ SET role admin $$");
+    assert!(o[1].set.is_none() && o[1].call_set.is_some());
+    // Functions called in a body count.
+    let s = &ins(
+        "CREATE FUNCTION f() RETURNS text LANGUAGE sql AS $$ SELECT pg_read_file('/etc/passwd') $$",
+    )
+    .statements[0];
+    assert!(s.functions.iter().any(|f| f == "pg_read_file"));
+    // A body PostgreSQL's grammar rejects is refused.
+    assert!(
+        ins("CREATE FUNCTION f() RETURNS void LANGUAGE sql AS $$ DELET FROM t $$")
+            .unparsed
+            .is_some()
+    );
+}
+
+#[test]
+fn functions_named_by_definitions_count_as_called() {
+    let f = |sql: &str| ins(sql).statements[0].functions.clone();
+    assert!(
+        f("CREATE OPERATOR !!! (FUNCTION = pg_read_file, RIGHTARG = text)")
+            .contains(&"pg_read_file".to_string())
+    );
+    assert!(
+        f("CREATE AGGREGATE a(text) (SFUNC = pg_catalog.pg_ls_dir, STYPE = text)")
+            .contains(&"pg_catalog.pg_ls_dir".to_string())
+    );
+    assert!(f("CREATE CAST (text AS int) WITH FUNCTION lo_import(text)")
+        .contains(&"lo_import".to_string()));
+    assert!(f("GRANT EXECUTE ON FUNCTION pg_read_file(text) TO app")
+        .contains(&"pg_read_file".to_string()));
+    assert!(f("CREATE FUNCTION f(p text DEFAULT pg_read_file('/x')) RETURNS text LANGUAGE sql AS 'SELECT p'")
+        .contains(&"pg_read_file".to_string()));
+    assert!(f("REVOKE EXECUTE ON FUNCTION pg_read_file(text) FROM app").is_empty());
+}
+
+#[test]
+fn everyday_plpgsql_bodies_are_read_without_refusal() {
+    let sql = r#"CREATE OR REPLACE FUNCTION place_order(p_customer bigint, p_items jsonb)
+RETURNS bigint LANGUAGE plpgsql AS $fn$
+DECLARE
+  v_id bigint;
+  v_n int;
+  r record;
+BEGIN
+  SELECT count(*) INTO v_n FROM orders WHERE customer_id = p_customer;
+  INSERT INTO orders (customer_id, n) VALUES (p_customer, v_n + 1) RETURNING id INTO v_id;
+  FOR r IN SELECT * FROM jsonb_array_elements(p_items) LOOP
+    INSERT INTO order_items (order_id, item) VALUES (v_id, r.value);
+  END LOOP;
+  PERFORM pg_notify('orders', v_id::text);
+  GET DIAGNOSTICS v_n = ROW_COUNT;
+  UPDATE customers SET last_order = now() WHERE id = p_customer;
+  IF NOT FOUND THEN RAISE EXCEPTION 'no customer %', p_customer; END IF;
+  RETURN v_id;
+EXCEPTION WHEN unique_violation THEN
+  RETURN NULL;
+END
+$fn$"#;
+    let i = ins(sql);
+    assert!(i.unparsed.is_none(), "{:?}", i.unparsed);
+    let o = &i.statements[0].ops;
+    assert!(!o[0].dynamic_sql);
+    assert!(!o[0].attributes.iter().any(|a| a == "body_unreadable"));
+    assert!(o
+        .iter()
+        .filter(|f| f.class == Class::Write)
+        .all(
+            |f| f.where_clause != WhereState::Absent && f.where_clause != WhereState::TriviallyTrue
+        ));
+    let sql = "CREATE FUNCTION rows_of(p int) RETURNS SETOF orders LANGUAGE plpgsql AS $$ BEGIN RETURN QUERY SELECT * FROM orders WHERE id > p; END $$";
+    assert!(ins(sql).unparsed.is_none());
+}
+
+#[test]
+fn unparsed_bodies_say_where() {
+    let r = ins("CREATE FUNCTION f() RETURNS void LANGUAGE sql AS $$ DELET FROM t $$")
+        .unparsed
+        .unwrap()
+        .reason;
+    assert_eq!(
+        r,
+        "In a routine's body: PostgreSQL's grammar rejects this text: syntax error at or near \"DELET\"."
+    );
+    let f = |sql: &str| ins(sql).statements[0].functions.clone();
+    assert!(
+        f("ALTER OPERATOR === (int, int) SET (RESTRICT = pg_ls_dir)")
+            .contains(&"pg_ls_dir".to_string())
+    );
+    assert!(f("CREATE TYPE t (INPUT = pg_read_file, OUTPUT = textout)")
+        .contains(&"pg_read_file".to_string()));
+}
+
+#[test]
+fn queries_of_plpgsql_loops_and_returns_are_statements() {
+    let writes = |sql: &str| -> Vec<(String, WhereState)> {
+        ops(sql)
+            .into_iter()
+            .filter(|o| o.class == Class::Write)
+            .map(|o| (o.tag, o.where_clause))
+            .collect()
+    };
+    assert_eq!(
+        writes("DO $$ DECLARE r record; BEGIN FOR r IN DELETE FROM t RETURNING * LOOP END LOOP; END $$"),
+        vec![("DELETE".into(), WhereState::Absent)]
+    );
+    assert_eq!(
+        writes("CREATE FUNCTION f() RETURNS SETOF t LANGUAGE plpgsql AS $$ BEGIN RETURN QUERY WITH d AS (UPDATE t SET a = 1 RETURNING *) SELECT * FROM d; END $$"),
+        vec![("UPDATE".into(), WhereState::Absent)]
+    );
+    let o = ops("DO $$ BEGIN PERFORM set_config('role', 'admin', false); END $$");
+    assert!(o
+        .iter()
+        .any(|f| f.set.as_ref().is_some_and(|s| s.name == "role")));
+}
+
+#[test]
+fn routine_bodies_change_nothing_of_the_session_now() {
+    let o = ops("CREATE PROCEDURE p() LANGUAGE plpgsql AS $$ BEGIN INSERT INTO t VALUES (1); COMMIT; ROLLBACK; LOCK TABLE t; END $$");
+    let tags: Vec<&str> = o.iter().map(|f| f.tag.as_str()).collect();
+    assert_eq!(tags, vec!["CREATE PROCEDURE", "INSERT", "LOCK TABLE"]);
+    let o = ops("CREATE FUNCTION f() RETURNS void LANGUAGE sql AS $$ PREPARE q AS SELECT 1 $$");
+    assert!(o.iter().all(|f| f.prepared_name.is_none()));
+    // A DO block runs now: its prepared statements are the session's.
+    let o = ops("DO $$ BEGIN PREPARE q AS SELECT 1; END $$");
+    assert!(o.iter().any(|f| f.prepared_name.as_deref() == Some("q")));
 }

@@ -22,6 +22,18 @@ pub(super) struct Walker {
     pub functions: Vec<String>,
     /// Bodies of DO blocks met in the walk, to be inspected as PL/pgSQL.
     pub do_bodies: Vec<(usize, String)>,
+    /// Bodies of routines created in the walk (by the index of their CREATE operation), to
+    /// be inspected for what they will run when called.
+    pub routine_bodies: Vec<(usize, RoutineBody)>,
+}
+
+/// A routine body pgwarden reads. (SQL-standard bodies, BEGIN ATOMIC ... END and RETURN
+/// expr, are part of the parse tree and walked in place.)
+pub(super) enum RoutineBody {
+    /// LANGUAGE sql `AS '...'`: SQL statements.
+    Sql(String),
+    /// LANGUAGE plpgsql.
+    Plpgsql(super::plpgsql::BodyFacts),
 }
 
 impl Walker {
@@ -71,6 +83,8 @@ impl Walker {
                 };
                 self.visit(body, inner);
             }
+            // RETURN of a SQL-standard function body: only its expression matters.
+            "ReturnStmt" => self.visit(body, nesting),
             k if k.ends_with("Stmt") => {
                 let top = self.ops.is_empty();
                 // Nested SELECTs are reads inside something already reported.
@@ -86,9 +100,25 @@ impl Walker {
                     }
                     if f.tag.starts_with("CREATE FUNCTION") || f.tag.starts_with("CREATE PROCEDURE")
                     {
-                        f.dynamic_sql = function_body_is_dynamic(body);
+                        match routine_body(body) {
+                            Some(RoutineBody::Plpgsql(bf)) => {
+                                f.dynamic_sql = bf.dynamic_sql;
+                                if !bf.parsed {
+                                    // Nothing of what it runs can be seen (fail closed).
+                                    f.attributes.push("body_unreadable".into());
+                                }
+                                let at = self.ops.len();
+                                self.routine_bodies.push((at, RoutineBody::Plpgsql(bf)));
+                            }
+                            Some(sql) => self.routine_bodies.push((self.ops.len(), sql)),
+                            None => {}
+                        }
                     }
+                    self.functions
+                        .extend(super::implied::referenced_functions(k, body));
+                    let implied = super::implied::ops(k, body, &f);
                     self.ops.push(f);
+                    self.ops.extend(implied);
                 }
                 self.children(k, body, nesting);
             }
@@ -118,8 +148,13 @@ impl Walker {
             "CreateTableAsStmt" => self.visit(body, inner(Nesting::CreateTableAs)),
             "PrepareStmt" => self.visit(body, inner(Nesting::Prepare)),
             "RuleStmt" => self.visit(body, inner(Nesting::Rule)),
-            // Function bodies run later, not now; only their flags matter (set above).
-            "CreateFunctionStmt" => {}
+            // A SQL-standard body (BEGIN ATOMIC ... END, RETURN expr) runs when the routine
+            // is called: its statements are operations nested in the function body.
+            "CreateFunctionStmt" => {
+                if let Some(b) = body.get("sql_body").filter(|b| !b.is_null()) {
+                    self.visit(b, Nesting::FunctionBody);
+                }
+            }
             // The table definition inside is not a CREATE TABLE of its own.
             "CreateForeignTableStmt" => {}
             _ => self.visit(body, nesting),
@@ -149,6 +184,14 @@ fn subcommand_name(t: i32) -> String {
         AlterTableType::AtDisableTrigAll => "DISABLE TRIGGER ALL".into(),
         AlterTableType::AtDisableTrigUser => "DISABLE TRIGGER USER".into(),
         AlterTableType::AtEnableTrig => "ENABLE TRIGGER".into(),
+        AlterTableType::AtEnableTrigAll => "ENABLE TRIGGER ALL".into(),
+        AlterTableType::AtEnableTrigUser => "ENABLE TRIGGER USER".into(),
+        // Fires only while session_replication_role = replica: off for ordinary sessions.
+        AlterTableType::AtEnableReplicaTrig => "ENABLE REPLICA TRIGGER".into(),
+        // Fires even while session_replication_role = replica.
+        AlterTableType::AtEnableAlwaysTrig => "ENABLE ALWAYS TRIGGER".into(),
+        AlterTableType::AtEnableReplicaRule => "ENABLE REPLICA RULE".into(),
+        AlterTableType::AtEnableAlwaysRule => "ENABLE ALWAYS RULE".into(),
         AlterTableType::AtAlterColumnType => "ALTER COLUMN TYPE".into(),
         AlterTableType::AtColumnDefault => "ALTER COLUMN DEFAULT".into(),
         AlterTableType::AtSetTableSpace => "SET TABLESPACE".into(),
@@ -167,24 +210,38 @@ fn do_body(body: &Value) -> Option<String> {
     defelem_text(body.get("args"), "as")
 }
 
-fn function_body_is_dynamic(body: &Value) -> bool {
+/// The body of a CREATE FUNCTION / PROCEDURE in SQL (`AS '...'`) or PL/pgSQL, to inspect.
+/// Other languages are not read (the native-code rules judge them).
+fn routine_body(body: &Value) -> Option<RoutineBody> {
     let lang = defelem_text(body.get("options"), "language").unwrap_or_default();
-    if !lang.eq_ignore_ascii_case("plpgsql") {
-        return false;
+    let src = defelem_text(body.get("options"), "as")?;
+    if lang.eq_ignore_ascii_case("sql") {
+        return Some(RoutineBody::Sql(src));
     }
-    let Some(src) = defelem_text(body.get("options"), "as") else {
-        return false;
-    };
+    if !lang.eq_ignore_ascii_case("plpgsql") {
+        return None;
+    }
     // `inspect_body` compiles a body as a parameterless `RETURNS void` function, which
     // PL/pgSQL rejects for bodies that RETURN a value, RETURN NEXT / QUERY, assign to a
     // parameter or to NEW in a trigger: most real functions. Compile it with the function's
     // own signature first; fall back to `inspect_body` (which fails closed).
-    if let Some(sql) = with_own_signature(body, &src) {
-        if let Ok(tree) = pg_query::parse_plpgsql(&sql) {
-            return plpgsql_is_dynamic(&tree);
+    if let Some(bf) = with_own_signature(body, &src)
+        .as_deref()
+        .and_then(super::plpgsql::inspect_compiled)
+    {
+        return Some(RoutineBody::Plpgsql(bf));
+    }
+    let trigger = body
+        .get("return_type")
+        .filter(|r| !r.is_null())
+        .map(|r| name_of(r.get("names")))
+        .is_some_and(|t| matches!(super::unqualified(&t), "trigger" | "event_trigger"));
+    if trigger {
+        if let Some(bf) = super::plpgsql::inspect_trigger_body(&src) {
+            return Some(RoutineBody::Plpgsql(bf));
         }
     }
-    super::plpgsql::inspect_body(&src).dynamic_sql
+    Some(RoutineBody::Plpgsql(super::plpgsql::inspect_body(&src)))
 }
 
 /// `CREATE FUNCTION pgwarden_body(<the function's parameters>) RETURNS <its type> AS <body>`:
@@ -269,22 +326,6 @@ fn quote_ident(s: &str) -> String {
     format!("\"{}\"", s.replace('"', "\"\""))
 }
 
-/// Does a compiled PL/pgSQL function run SQL it builds at run time (EXECUTE, FOR ... IN
-/// EXECUTE, OPEN ... FOR EXECUTE, RETURN QUERY EXECUTE)? The same test as `plpgsql`'s.
-fn plpgsql_is_dynamic(v: &Value) -> bool {
-    match v {
-        Value::Object(m) => m.iter().any(|(k, c)| match k.as_str() {
-            "PLpgSQL_stmt_dynexecute" | "PLpgSQL_stmt_dynfors" => true,
-            "PLpgSQL_stmt_open" | "PLpgSQL_stmt_return_query" if c.get("dynquery").is_some() => {
-                true
-            }
-            _ => plpgsql_is_dynamic(c),
-        }),
-        Value::Array(a) => a.iter().any(plpgsql_is_dynamic),
-        _ => false,
-    }
-}
-
 /// Facts of one statement node (without its nested statements).
 fn stmt_facts(kind: &str, b: &Value, nesting: Nesting) -> Facts {
     let mut f = Facts::new(words_of(kind), Class::Unknown, nesting);
@@ -335,11 +376,10 @@ fn stmt_facts(kind: &str, b: &Value, nesting: Nesting) -> Facts {
             .into();
             f.class = Class::Write;
             rel(&mut f, "relation");
-            f.where_clause = match b.get("where_clause").filter(|w| !w.is_null()) {
-                None => WhereState::Absent,
-                Some(w) if super::predicate::trivially_true(w) => WhereState::TriviallyTrue,
-                Some(_) => WhereState::Present,
-            };
+            f.where_clause = super::predicate::row_condition(
+                b.get("where_clause"),
+                &super::predicate::target_names(b.get("relation")),
+            );
         }
         "MergeStmt" => {
             f.tag = "MERGE".into();
@@ -793,7 +833,7 @@ fn set_config_facts(b: &Value, nesting: Nesting) -> Facts {
     f
 }
 
-fn set_facts(f: &mut Facts, b: &Value) {
+pub(super) fn set_facts(f: &mut Facts, b: &Value) {
     f.class = Class::Session;
     let kind = VariableSetKind::try_from(int_field(b, "kind"));
     let name = str_field(b, "name").to_ascii_lowercase();

@@ -17,6 +17,7 @@ mod holds;
 mod hostile;
 mod lifecycle;
 mod observe;
+mod pack_bypass;
 mod protocol;
 mod reload;
 mod session_facts;
