@@ -23,7 +23,8 @@ struct Worker {
     thread: Option<JoinHandle<()>>,
 }
 
-/// The running workers; dropping it stops them (after their sessions are gone).
+/// The running workers; dropping it stops them (after their sessions are gone). With no
+/// workers, sessions are spawned on the runtime that calls [`Workers::spawn`].
 pub struct Workers {
     workers: Vec<Worker>,
 }
@@ -34,10 +35,10 @@ pub fn default_count() -> usize {
 }
 
 impl Workers {
-    /// Starts `n` workers (at least one).
+    /// Starts `n` workers (none: sessions stay on the caller's runtime).
     pub fn start(n: usize) -> std::io::Result<Workers> {
-        let mut workers = Vec::with_capacity(n.max(1));
-        for i in 0..n.max(1) {
+        let mut workers = Vec::with_capacity(n);
+        for i in 0..n {
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .thread_stack_size(STACK_SIZE)
@@ -79,11 +80,14 @@ impl Workers {
         M: FnOnce() -> F + Send + 'static,
         F: Future<Output = ()> + Send + 'static,
     {
-        let w = self
+        let Some(w) = self
             .workers
             .iter()
             .min_by_key(|w| w.load.load(Ordering::Relaxed))
-            .expect("at least one worker");
+        else {
+            tokio::spawn(async move { make().await });
+            return;
+        };
         let load = w.load.clone();
         load.fetch_add(1, Ordering::Relaxed);
         w.handle.spawn(async move {

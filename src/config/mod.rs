@@ -18,7 +18,8 @@ pub struct Config {
     pub listen: SocketAddr,
     /// Client sessions allowed at once; one more gets FATAL 53300.
     pub max_client_connections: usize,
-    /// Session worker threads (one event loop each); default: one per core.
+    /// Session worker threads (one event loop each); default: one per core. 0: sessions
+    /// share the main multi-threaded runtime (work stealing) instead.
     pub workers: usize,
     /// Time from accept until the session is ready (TLS, startup, authentication).
     pub startup_timeout: Duration,

@@ -126,7 +126,7 @@ pub(super) fn apply_toml(cfg: &mut Config, file: &Path, text: &str, errors: &mut
                 }
             }
             "workers" => {
-                if let Some(n) = integer(&mut cx, item, key, 1, 1024) {
+                if let Some(n) = integer(&mut cx, item, key, 0, 1024) {
                     cfg.workers = n as usize;
                 }
             }
