@@ -180,8 +180,9 @@ pub fn questions(ins: &Inspection, needs: Needs, created: &HashSet<String>) -> V
     if !needs.any() || ins.unparsed.is_some() {
         return out;
     }
+    let mut walk = crate::sql::facts::CreatedWalk::new(ins, created);
     for (i, s) in ins.statements.iter().enumerate() {
-        let created = &*with_earlier(ins, i, created);
+        let created = walk.set_at(i);
         let mut estimate = false;
         for op in &s.ops {
             if needs.sizes {
@@ -230,19 +231,6 @@ pub fn questions(ins: &Inspection, needs: Needs, created: &HashSet<String>) -> V
     out.sort();
     out.dedup();
     out
-}
-
-/// What counts as created in this session when statement `i` runs (see
-/// [`Inspection::created_at`]).
-fn with_earlier<'a>(
-    ins: &Inspection,
-    i: usize,
-    created: &'a HashSet<String>,
-) -> std::borrow::Cow<'a, HashSet<String>> {
-    match ins.created_at(i, created) {
-        Some(c) => std::borrow::Cow::Owned(c),
-        None => std::borrow::Cow::Borrowed(created),
-    }
 }
 
 /// Roles an operation switches to or grants.
@@ -314,8 +302,9 @@ pub fn enrich(
     th: &Thresholds,
 ) -> Inspection {
     let mut out = ins.clone();
+    let mut walk = crate::sql::facts::CreatedWalk::new(ins, created);
     for (i, s) in out.statements.iter_mut().enumerate() {
-        let created = &*with_earlier(ins, i, created);
+        let created = walk.set_at(i);
         let estimate = answers.get(&Question::Estimate(i));
         for op in &mut s.ops {
             let mut sizes = Vec::new();

@@ -281,6 +281,7 @@ impl Policy {
             .get_or(&self.version, || self.statement_matches(ins));
         let mut matches = Vec::new();
         let mut local: Option<(u32, SessionContext)> = None;
+        let mut walk = crate::sql::facts::CreatedWalk::new(ins, &session.created);
         for &(stmt, rule) in &memo.1 {
             let r = &self.rules[rule as usize];
             let facts = ins.statements.get(stmt as usize);
@@ -288,11 +289,11 @@ impl Policy {
             let session = if local.as_ref().is_some_and(|(i, _)| *i == stmt) {
                 &local.as_ref().expect("checked").1
             } else {
-                match ins.created_at(stmt as usize, &session.created) {
+                match walk.at(stmt as usize) {
                     None => session,
                     Some(c) => {
                         let mut s = session.clone();
-                        s.created = std::sync::Arc::new(c);
+                        s.created = std::sync::Arc::new(c.clone());
                         &local.insert((stmt, s)).1
                     }
                 }

@@ -387,63 +387,107 @@ impl Inspection {
         i: usize,
         created: &std::collections::HashSet<String>,
     ) -> Option<std::collections::HashSet<String>> {
-        let mut out: Option<std::collections::HashSet<String>> = None;
-        // Indexes created here, with their tables: dropping the table drops them.
-        let mut indexes: Vec<(String, String)> = Vec::new();
-        for s in self.statements.iter().take(i) {
-            for (k, op) in s.ops.iter().enumerate() {
-                // Runs when a routine created here is called, not now.
-                if op.nesting == Nesting::FunctionBody {
-                    continue;
-                }
-                let forgets_unqualified = op.set.as_ref().is_some_and(|x| {
-                    matches!(
-                        x.name.as_str(),
-                        "search_path" | "role" | "session_authorization"
-                    ) || (x.name == "all" && x.value.is_none())
-                }) || op.tag == "DISCARD";
-                if forgets_unqualified {
-                    out.get_or_insert_with(|| created.clone())
-                        .retain(|n| n.contains('.'));
-                }
-                // A rollback (to a savepoint, too) may undo creations: forget them all.
-                if op.tag.starts_with("ROLLBACK") || op.tag == "ABORT" {
-                    let o = out.get_or_insert_with(|| created.clone());
-                    o.retain(|n| created.contains(n));
-                }
-                if op
-                    .subcommands
-                    .iter()
-                    .any(|c| c == "RENAME" || c == "SET SCHEMA")
-                    || op.tag.starts_with("DROP ")
-                {
-                    let o = out.get_or_insert_with(|| created.clone());
-                    o.retain(|n| !op.objects.contains(n));
-                    for (idx, table) in &indexes {
-                        if op.objects.contains(table) {
-                            o.remove(idx);
-                        }
+        CreatedWalk::new(self, created).at(i).cloned()
+    }
+}
+
+/// [`Inspection::created_at`] for statements visited in order: each earlier statement is
+/// applied once, so following a text of n statements costs O(n), not O(n²).
+pub struct CreatedWalk<'a> {
+    ins: &'a Inspection,
+    base: &'a std::collections::HashSet<String>,
+    /// Statements applied so far.
+    next: usize,
+    out: Option<std::collections::HashSet<String>>,
+    /// Indexes created here, with their tables: dropping the table drops them.
+    indexes: Vec<(String, String)>,
+}
+
+impl<'a> CreatedWalk<'a> {
+    pub fn new(ins: &'a Inspection, base: &'a std::collections::HashSet<String>) -> Self {
+        CreatedWalk {
+            ins,
+            base,
+            next: 0,
+            out: None,
+            indexes: Vec::new(),
+        }
+    }
+
+    /// What counts as created when statement `i` runs (`None`: just `base`). Visiting an
+    /// earlier statement than the last starts over.
+    pub fn at(&mut self, i: usize) -> Option<&std::collections::HashSet<String>> {
+        if i < self.next {
+            *self = CreatedWalk::new(self.ins, self.base);
+        }
+        while self.next < i.min(self.ins.statements.len()) {
+            self.apply(self.next);
+            self.next += 1;
+        }
+        self.out.as_ref()
+    }
+
+    /// Like [`Self::at`], falling back to `base`.
+    pub fn set_at(&mut self, i: usize) -> &std::collections::HashSet<String> {
+        let base = self.base;
+        self.at(i).unwrap_or(base)
+    }
+
+    fn apply(&mut self, idx: usize) {
+        let created = self.base;
+        let out = &mut self.out;
+        let indexes = &mut self.indexes;
+        for (k, op) in self.ins.statements[idx].ops.iter().enumerate() {
+            // Runs when a routine created here is called, not now.
+            if op.nesting == Nesting::FunctionBody {
+                continue;
+            }
+            let forgets_unqualified = op.set.as_ref().is_some_and(|x| {
+                matches!(
+                    x.name.as_str(),
+                    "search_path" | "role" | "session_authorization"
+                ) || (x.name == "all" && x.value.is_none())
+            }) || op.tag == "DISCARD";
+            if forgets_unqualified {
+                out.get_or_insert_with(|| created.clone())
+                    .retain(|n| n.contains('.'));
+            }
+            // A rollback (to a savepoint, too) may undo creations: forget them all.
+            if op.tag.starts_with("ROLLBACK") || op.tag == "ABORT" {
+                let o = out.get_or_insert_with(|| created.clone());
+                o.retain(|n| created.contains(n));
+            }
+            if op
+                .subcommands
+                .iter()
+                .any(|c| c == "RENAME" || c == "SET SCHEMA")
+                || op.tag.starts_with("DROP ")
+            {
+                let o = out.get_or_insert_with(|| created.clone());
+                o.retain(|n| !op.objects.contains(n));
+                for (idx, table) in indexes.iter() {
+                    if op.objects.contains(table) {
+                        o.remove(idx);
                     }
                 }
-                if op.creates_table(k == 0) {
-                    out.get_or_insert_with(|| created.clone())
-                        .extend(op.objects.iter().cloned());
-                }
-                let names = op.created_index_names(k == 0);
-                if !names.is_empty() {
-                    let o = out.get_or_insert_with(|| created.clone());
-                    if op.objects.iter().all(|t| o.contains(t)) {
-                        for n in names {
-                            if let Some(t) = op.objects.first() {
-                                indexes.push((n.clone(), t.clone()));
-                            }
-                            o.insert(n);
+            }
+            if op.creates_table(k == 0) {
+                out.get_or_insert_with(|| created.clone())
+                    .extend(op.objects.iter().cloned());
+            }
+            let names = op.created_index_names(k == 0);
+            if !names.is_empty() {
+                let o = out.get_or_insert_with(|| created.clone());
+                if op.objects.iter().all(|t| o.contains(t)) {
+                    for n in names {
+                        if let Some(t) = op.objects.first() {
+                            indexes.push((n.clone(), t.clone()));
                         }
+                        o.insert(n);
                     }
                 }
             }
         }
-        out
     }
 }
 
