@@ -12,6 +12,7 @@
 //! - [`fingerprint`]: the per-statement fingerprint tickets pin (`scope.statements`).
 
 pub mod cache;
+mod deep;
 mod details;
 pub mod facts;
 pub mod fingerprint;
@@ -33,8 +34,10 @@ pub use facts::{
 /// The PostgreSQL major version whose grammar pg_query carries.
 pub const GRAMMAR_MAJOR: u32 = 18;
 
-/// Texts longer than this are not inspected (and so refused).
-pub const MAX_TEXT_BYTES: usize = 4 << 20;
+/// Texts longer than this are never inspected (and so refused): the ceiling of the
+/// configurable statement limit (`[limits] max_statement_bytes`, 64 MiB by default), which
+/// the session applies to frames before any text gets here.
+pub const MAX_TEXT_BYTES: usize = 256 << 20;
 
 /// How deep DO blocks may nest inside DO blocks before inspection gives up.
 const MAX_BODY_DEPTH: usize = 4;
@@ -63,8 +66,12 @@ pub fn inspect(text: &str, read_as: ReadAs) -> Inspection {
             MAX_TEXT_BYTES
         ));
     }
-    std::panic::catch_unwind(AssertUnwindSafe(|| inspect_at(text, read_as, 0)))
-        .unwrap_or_else(|_| unparsed("the inspector failed on this text".into()))
+    // Deep trees recurse deeply all the way through: see `deep`.
+    deep::with_stack_for(text, || {
+        std::panic::catch_unwind(AssertUnwindSafe(|| inspect_at(text, read_as, 0)))
+            .unwrap_or_else(|_| unparsed("the inspector failed on this text".into()))
+    })
+    .unwrap_or_else(|| unparsed("no room to inspect this text (out of memory)".into()))
 }
 
 fn unparsed(reason: String) -> Inspection {
@@ -84,6 +91,10 @@ fn inspect_at(text: &str, read_as: ReadAs, depth: usize) -> Inspection {
     }
     let parsed = match pg_query::parse(text, opts) {
         Ok(p) => p,
+        // The decoder's message names its internal path through the tree: not for clients.
+        Err(pg_query::Error::Decode(_)) => {
+            return unparsed("the parser's tree for this text could not be read".into())
+        }
         Err(e) => return unparsed(e.to_string()),
     };
     let tree = match serde_json::to_value(&parsed.protobuf) {
@@ -187,6 +198,11 @@ fn inspect_at(text: &str, read_as: ReadAs, depth: usize) -> Inspection {
 /// EXPLAIN ANALYZE runs or PREPARE defines. Empty when the text does not parse into `statements` statements;
 /// an entry is empty where deparsing failed (its estimate then fails, and counts as large).
 pub fn explainable_texts(text: &str, read_as: ReadAs, statements: usize) -> Vec<String> {
+    deep::with_stack_for(text, || explainable_texts_here(text, read_as, statements))
+        .unwrap_or_default()
+}
+
+fn explainable_texts_here(text: &str, read_as: ReadAs, statements: usize) -> Vec<String> {
     use pg_query::protobuf::node::Node as N;
     let mut opts = pg_query::ParserOptions::DEFAULT;
     if !read_as.standard_conforming_strings {
