@@ -116,6 +116,7 @@ where
     SW: AsyncWrite + Unpin,
 {
     let mut st = SessionState::new(links);
+    st.max_statement_bytes = ctx.shared.config.limits.max_statement_bytes;
     let mut cin = client_rest;
     let mut sin = BytesMut::with_capacity(READ_CHUNK);
     let mut c2s = startup_packet;
