@@ -22,3 +22,4 @@ mod reload;
 mod session_facts;
 mod tickets;
 mod tls;
+mod transparency;
