@@ -53,7 +53,7 @@ fn parser(read_as: ReadAs) -> ParserOptions {
 /// so callers split first: see [`fingerprints`]).
 pub fn fingerprint(statement: &str, read_as: ReadAs) -> Result<String, FingerprintError> {
     // Parse trees are decoded and deparsed recursively: deep ones need room (`super::deep`).
-    super::deep::with_stack_for(statement, || fingerprint_here(statement, read_as))
+    super::deep::with_stack_for(statement, read_as, fingerprint_here)
         .unwrap_or_else(|| Err(FingerprintError::Parse("no room to parse this text".into())))
 }
 
@@ -122,7 +122,7 @@ fn statement_text<'a>(text: &'a str, raw: &pg_query::protobuf::RawStmt) -> &'a s
 
 /// Splits `text` into statements with PostgreSQL's grammar and fingerprints each, in order.
 pub fn fingerprints(text: &str, read_as: ReadAs) -> Result<Vec<String>, FingerprintError> {
-    super::deep::with_stack_for(text, || fingerprints_here(text, read_as))
+    super::deep::with_stack_for(text, read_as, fingerprints_here)
         .unwrap_or_else(|| Err(FingerprintError::Parse("no room to parse this text".into())))
 }
 

@@ -67,7 +67,7 @@ pub fn inspect(text: &str, read_as: ReadAs) -> Inspection {
         ));
     }
     // Deep trees recurse deeply all the way through: see `deep`.
-    deep::with_stack_for(text, || {
+    deep::with_stack_for(text, read_as, |text, read_as| {
         std::panic::catch_unwind(AssertUnwindSafe(|| inspect_at(text, read_as, 0)))
             .unwrap_or_else(|_| unparsed("the inspector failed on this text".into()))
     })
@@ -198,8 +198,10 @@ fn inspect_at(text: &str, read_as: ReadAs, depth: usize) -> Inspection {
 /// EXPLAIN ANALYZE runs or PREPARE defines. Empty when the text does not parse into `statements` statements;
 /// an entry is empty where deparsing failed (its estimate then fails, and counts as large).
 pub fn explainable_texts(text: &str, read_as: ReadAs, statements: usize) -> Vec<String> {
-    deep::with_stack_for(text, || explainable_texts_here(text, read_as, statements))
-        .unwrap_or_default()
+    deep::with_stack_for(text, (read_as, statements), |text, (read_as, n)| {
+        explainable_texts_here(text, read_as, n)
+    })
+    .unwrap_or_default()
 }
 
 fn explainable_texts_here(text: &str, read_as: ReadAs, statements: usize) -> Vec<String> {
