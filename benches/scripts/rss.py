@@ -209,7 +209,7 @@ def main():
         # Distinct statements long enough to be inspected on a thread of their own (see
         # src/sql/deep.rs): the threads' stacks and libpg_query's per-thread memory must go.
         if args.queries:
-            for kind, terms in (("short (inline)", 2), ("long (own thread)", 20)):
+            for kind, terms in (("short (inline)", 2), ("long (inspection pool)", 20)):
                 s = login(port, args.user, args.db)
                 samples = []
                 step = max(args.queries // 5, 1)
