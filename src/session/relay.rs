@@ -162,6 +162,12 @@ where
         if !notices.is_empty() && st.at_server_frame_boundary() {
             s2c.extend_from_slice(&notices.split());
         }
+        // A buffer that grew for one large frame (a 50 MiB statement) does not keep it.
+        for b in [&mut sin, &mut cin, &mut c2s, &mut s2c] {
+            if b.is_empty() && b.capacity() > 16 * READ_CHUNK {
+                *b = BytesMut::new();
+            }
+        }
         reserve(&mut sin);
         reserve(&mut cin);
         // Whatever was forwarded last turn is answered in frames read from now on.
