@@ -47,6 +47,29 @@ pub struct Config {
     pub audit: Audit,
     /// Where alerts go (`[[webhook]]`); none by default.
     pub webhooks: Vec<crate::alerts::WebhookConfig>,
+    /// Sizes pgwarden holds to (`[limits]`).
+    pub limits: Limits,
+}
+
+/// `[limits]`: how much of a client's traffic pgwarden holds in memory at once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// The largest statement (Query, Parse or FunctionCall message) inspected; a larger one is
+    /// refused with ERROR 54000 and its bytes are skipped as they arrive, never held.
+    pub max_statement_bytes: usize,
+}
+
+impl Limits {
+    /// The default statement limit (PostgreSQL itself accepts up to 1 GB).
+    pub const DEFAULT_MAX_STATEMENT_BYTES: usize = 64 << 20;
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_statement_bytes: Limits::DEFAULT_MAX_STATEMENT_BYTES,
+        }
+    }
 }
 
 /// `[audit]`: the tamper-evident audit log.
@@ -249,6 +272,7 @@ impl Default for Config {
                 checkpoint_idle: Duration::from_secs(2),
             },
             webhooks: Vec::new(),
+            limits: Limits::default(),
         }
     }
 }

@@ -203,6 +203,11 @@ pub(super) fn apply_toml(cfg: &mut Config, file: &Path, text: &str, errors: &mut
                 }
             }
             "webhook" => apply_webhooks(cfg, &mut cx, item),
+            "limits" => {
+                if let Some(t) = table(&mut cx, item, key) {
+                    apply_limits(cfg, &mut cx, t);
+                }
+            }
             _ => unknown(&mut cx, kspan, key),
         }
     }
@@ -212,6 +217,29 @@ fn unknown(cx: &mut Ctx<'_>, span: Option<std::ops::Range<usize>>, key: &str) {
     let line = line_of(cx.text, span);
     cx.errors
         .push(ConfigError::new(cx.file, line, key, "unknown key"));
+}
+
+fn apply_limits(cfg: &mut Config, cx: &mut Ctx<'_>, t: &Table) {
+    for (key, item) in t.iter() {
+        let full = format!("limits.{key}");
+        match key {
+            "max_statement_bytes" => match bytes(cx, item, &full) {
+                Some(n) if (1024..=crate::sql::MAX_TEXT_BYTES as u64).contains(&n) => {
+                    cfg.limits.max_statement_bytes = n as usize
+                }
+                Some(_) => cx.err(
+                    item,
+                    &full,
+                    format!(
+                        "between 1kB and {}MiB (the most pgwarden inspects)",
+                        crate::sql::MAX_TEXT_BYTES >> 20
+                    ),
+                ),
+                None => {}
+            },
+            _ => unknown(cx, t.key(key).and_then(|k| k.span()), &full),
+        }
+    }
 }
 
 fn apply_client_tls(cfg: &mut Config, cx: &mut Ctx<'_>, t: &Table) {
@@ -911,6 +939,28 @@ mod tests {
             "{err}"
         );
         assert!(err.to_string().contains("p.toml:2: bogus: unknown key"));
+    }
+
+    #[test]
+    fn statement_limit_is_a_size_within_what_pgwarden_inspects() {
+        let cfg = Config::from_toml(Path::new("l.toml"), "").unwrap();
+        assert_eq!(cfg.limits.max_statement_bytes, 64 << 20);
+        let cfg = Config::from_toml(
+            Path::new("l.toml"),
+            "[limits]\nmax_statement_bytes = \"200MiB\"\n",
+        )
+        .unwrap();
+        assert_eq!(cfg.limits.max_statement_bytes, 200 << 20);
+        let err = Config::from_toml(
+            Path::new("l.toml"),
+            "[limits]\nmax_statement_bytes = \"2GiB\"\nmax_stmt = 1\n",
+        )
+        .unwrap_err();
+        let keys: Vec<_> = err.0.iter().map(|e| (e.line, e.key.as_str())).collect();
+        assert_eq!(
+            keys,
+            vec![(2, "limits.max_statement_bytes"), (3, "limits.max_stmt")]
+        );
     }
 
     #[test]

@@ -528,7 +528,8 @@ fn changes_settings(ins: &Inspection) -> bool {
 fn may_change_encoding(ins: &Inspection) -> bool {
     ins.unparsed.is_some()
         || ins.statements.iter().any(|s| {
-            !s.functions.is_empty()
+            // A read calling only known pure built-ins (length, upper, now…) sets nothing.
+            (!s.functions.is_empty() && !crate::audit::record::plain_read(ins))
                 || s.ops.iter().any(|op| {
                     matches!(op.tag.as_str(), "DISCARD" | "DO" | "CALL" | "EXECUTE")
                         || op.set.as_ref().is_some_and(|set| {

@@ -121,6 +121,7 @@ where
     SW: AsyncWrite + Unpin,
 {
     let mut st = SessionState::new(links);
+    st.max_statement_bytes = ctx.shared.config.limits.max_statement_bytes;
     let mut cin = client_rest;
     let mut sin = BytesMut::with_capacity(SMALL_CHUNK);
     let mut c2s = startup_packet;
@@ -355,11 +356,11 @@ impl Sizing {
     /// Before reading into `input` (whose frames are copied into `output`): room for the
     /// next read, and big buffers of a quiet direction released while they are empty.
     fn fit(&self, input: &mut BytesMut, output: &mut BytesMut) {
-        if !self.busy {
-            for b in [&mut *input, &mut *output] {
-                if b.is_empty() && b.capacity() > 4 * SMALL_CHUNK {
-                    *b = BytesMut::with_capacity(SMALL_CHUNK);
-                }
+        for b in [&mut *input, &mut *output] {
+            // A buffer that grew for one large frame (a 50 MiB statement) never keeps it.
+            let oversized = b.capacity() > 16 * READ_CHUNK;
+            if b.is_empty() && (oversized || (!self.busy && b.capacity() > 4 * SMALL_CHUNK)) {
+                *b = BytesMut::with_capacity(SMALL_CHUNK);
             }
         }
         let step = if self.busy { READ_CHUNK } else { SMALL_CHUNK };

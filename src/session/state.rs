@@ -37,10 +37,6 @@ pub struct Links {
     pub upstream_tls: bool,
 }
 
-/// Query, Parse and FunctionCall frames are held whole to be inspected: this is the most
-/// pgwarden holds (the inspector's text limit plus room for a Parse's parameter types).
-pub const MAX_INSPECTED_FRAME: usize = crate::sql::MAX_TEXT_BYTES + 64 * 1024;
-
 /// Frames bigger than this are streamed through instead of being held whole, when their type
 /// allows it.
 const READ_LIMIT: usize = 64 * 1024;
@@ -65,6 +61,11 @@ pub struct SessionState {
     executed: bool,
     /// Bytes of the current client frame still to stream through.
     client_streaming: usize,
+    /// Bytes of a refused oversized client frame still to skip.
+    client_skipping: usize,
+    /// Query, Parse and FunctionCall frames are held whole to be inspected, up to this size
+    /// (`[limits] max_statement_bytes`); a larger one is refused and skipped, never held.
+    pub max_statement_bytes: usize,
     /// Bytes of the current server frame still to stream through.
     server_streaming: usize,
     /// The server offered SASL and the client's next password message is its first.
@@ -137,6 +138,8 @@ impl SessionState {
             unsynced: false,
             executed: false,
             client_streaming: 0,
+            client_skipping: 0,
+            max_statement_bytes: crate::config::Limits::DEFAULT_MAX_STATEMENT_BYTES,
             server_streaming: 0,
             expect_sasl_initial: false,
             awaiting_auth_response: false,
@@ -161,6 +164,7 @@ impl SessionState {
             && self.pending_ready == 0
             && !self.unsynced
             && self.client_streaming == 0
+            && self.client_skipping == 0
             && self.server_streaming == 0
     }
 
@@ -171,7 +175,7 @@ impl SessionState {
 
     /// True when pgwarden may add a message of its own to the server stream.
     pub fn at_client_frame_boundary(&self, cin: &[u8]) -> bool {
-        self.client_streaming == 0 && cin.is_empty()
+        self.client_streaming == 0 && self.client_skipping == 0 && cin.is_empty()
     }
 
     fn client_limits(&self) -> Limits {
@@ -205,6 +209,15 @@ impl SessionState {
                 self.client_streaming -= n;
                 continue;
             }
+            if self.client_skipping > 0 {
+                let n = self.client_skipping.min(cin.len());
+                if n == 0 {
+                    return Ok(None);
+                }
+                cin.advance(n);
+                self.client_skipping -= n;
+                continue;
+            }
             if self.client_terminated {
                 // Nothing after Terminate is forwarded.
                 cin.clear();
@@ -230,17 +243,16 @@ impl SessionState {
                 self.client_streaming = frame_len;
                 continue;
             }
-            if matches!(h.tag, b'Q' | b'P' | b'F') && frame_len > MAX_INSPECTED_FRAME {
-                // Statements are inspected whole, so they are held whole: past the limit
-                // the session ends rather than buffering up to PostgreSQL's 1 GB.
-                return Err(PgError::fatal(
-                    SqlState::PROGRAM_LIMIT_EXCEEDED,
-                    format!(
-                        "pgwarden: a {} message of {frame_len} bytes exceeds pgwarden's limit of {MAX_INSPECTED_FRAME} bytes for statements it inspects",
-                        h.tag as char
-                    ),
-                )
-                .with_hint("Send large data as parameters (Bind) or with COPY, which pgwarden streams."));
+            if matches!(h.tag, b'Q' | b'P' | b'F') && frame_len > self.max_statement_bytes {
+                // Statements are inspected whole, so they are held whole: past the limit one
+                // is refused (ERROR, as the server refuses what it cannot take) and skipped.
+                let Some(stand_in) = self.refuse_oversized(h, cin) else {
+                    return Ok(None);
+                };
+                out.extend_from_slice(&stand_in);
+                self.note_client_message(h.tag);
+                self.client_skipping = frame_len;
+                continue;
             }
             if cin.len() < frame_len {
                 return Ok(None);
@@ -259,6 +271,27 @@ impl SessionState {
             }
             cin.advance(frame_len);
         }
+    }
+
+    /// The stand-in for an oversized statement frame at the head of `cin`; `None` until the
+    /// first bytes of a Parse's name are there (PostgreSQL tells statements apart by their
+    /// first 63 bytes, so the stand-in fails under the same name).
+    fn refuse_oversized(&mut self, h: crate::wire::frame::Header, cin: &[u8]) -> Option<Vec<u8>> {
+        let error =
+            crate::wire::messages::statement_too_large(h.tag, h.len, self.max_statement_bytes);
+        let batch_end = self.batch_end();
+        Some(match h.tag {
+            b'Q' => query_frame(&self.refusals.refuse(error, batch_end)),
+            b'P' => {
+                let head = cin.get(HEADER_LEN..HEADER_LEN + 64)?;
+                let name = &head[..head.iter().position(|&b| b == 0).unwrap_or(63)];
+                parse_frame(name, &self.refusals.refuse(error, batch_end))
+            }
+            _ => {
+                self.refusals.refuse_function_call(error, batch_end);
+                function_call_frame()
+            }
+        })
     }
 
     /// Asks the gate about a Query, Parse, Bind or FunctionCall.
@@ -624,6 +657,41 @@ mod tests {
         assert!(s
             .client_frames(&mut cin, &mut BytesMut::new(), &mut OpenGate)
             .is_err());
+    }
+
+    /// Regression: a statement over the limit ended the session with FATAL 54000.
+    #[test]
+    fn an_oversized_statement_is_refused_and_skipped_as_it_arrives() {
+        let mut s = ready();
+        s.max_statement_bytes = 1024;
+        let mut frame = msg(b'Q', &[b'x'; 100_000]);
+        frame.extend(msg(b'Q', b"SELECT 1\0"));
+        let mut cin = BytesMut::from(&frame[..10]);
+        let mut out = BytesMut::new();
+        s.client_frames(&mut cin, &mut out, &mut OpenGate).unwrap();
+        // The stand-in goes at once; what arrived is dropped, not held.
+        assert!(out.starts_with(b"Q") && out.len() < 100);
+        assert!(cin.is_empty());
+        let sent = out.len();
+        for chunk in frame[10..].chunks(4096) {
+            cin.extend_from_slice(chunk);
+            s.client_frames(&mut cin, &mut out, &mut OpenGate).unwrap();
+            assert!(cin.len() < 4096 + 14);
+        }
+        assert_eq!(&out[sent..], &msg(b'Q', b"SELECT 1\0")[..]);
+        assert_eq!(s.pending_ready, 2);
+        // A Parse waits for its name, and its stand-in carries it.
+        let mut p = b"stmt\0".to_vec();
+        p.extend([b'y'; 5000]);
+        let parse = msg(b'P', &p);
+        let mut cin = BytesMut::from(&parse[..8]);
+        let mut out = BytesMut::new();
+        s.client_frames(&mut cin, &mut out, &mut OpenGate).unwrap();
+        assert!(out.is_empty());
+        cin.extend_from_slice(&parse[8..]);
+        s.client_frames(&mut cin, &mut out, &mut OpenGate).unwrap();
+        assert!(out.starts_with(b"P") && out[5..].starts_with(b"stmt\0pgwarden_refused_"));
+        assert!(cin.is_empty() && s.at_client_frame_boundary(&cin));
     }
 
     #[test]

@@ -52,6 +52,12 @@ fn parser(read_as: ReadAs) -> ParserOptions {
 /// The fingerprint of one statement (text holding several gives one fingerprint of them all,
 /// so callers split first: see [`fingerprints`]).
 pub fn fingerprint(statement: &str, read_as: ReadAs) -> Result<String, FingerprintError> {
+    // Parse trees are decoded and deparsed recursively: deep ones need room (`super::deep`).
+    super::deep::with_stack_for(statement, read_as, fingerprint_here)
+        .unwrap_or_else(|| Err(FingerprintError::Parse("no room to parse this text".into())))
+}
+
+fn fingerprint_here(statement: &str, read_as: ReadAs) -> Result<String, FingerprintError> {
     let tree = pg_query::fingerprint(statement, parser(read_as), options())
         .map(|f| format!("{:016x}", f.value))
         .map_err(|e| FingerprintError::Parse(e.to_string()))?;
@@ -116,13 +122,18 @@ fn statement_text<'a>(text: &'a str, raw: &pg_query::protobuf::RawStmt) -> &'a s
 
 /// Splits `text` into statements with PostgreSQL's grammar and fingerprints each, in order.
 pub fn fingerprints(text: &str, read_as: ReadAs) -> Result<Vec<String>, FingerprintError> {
+    super::deep::with_stack_for(text, read_as, fingerprints_here)
+        .unwrap_or_else(|| Err(FingerprintError::Parse("no room to parse this text".into())))
+}
+
+fn fingerprints_here(text: &str, read_as: ReadAs) -> Result<Vec<String>, FingerprintError> {
     if read_as.standard_conforming_strings {
         let parts = pg_query::split_with_parser(text)
             .map_err(|e| FingerprintError::Parse(e.to_string()))?;
         let out = parts
             .iter()
             .filter(|p| !p.trim().is_empty())
-            .map(|p| fingerprint(p, read_as))
+            .map(|p| fingerprint_here(p, read_as))
             .collect::<Result<Vec<_>, _>>()?;
         if out.is_empty() {
             return Err(FingerprintError::Empty);
@@ -135,7 +146,7 @@ pub fn fingerprints(text: &str, read_as: ReadAs) -> Result<Vec<String>, Fingerpr
         .map_err(|e| FingerprintError::Parse(e.to_string()))?;
     let mut out = Vec::new();
     for raw in &parsed.protobuf.stmts {
-        out.push(fingerprint(statement_text(text, raw), read_as)?);
+        out.push(fingerprint_here(statement_text(text, raw), read_as)?);
     }
     if out.is_empty() {
         return Err(FingerprintError::Empty);

@@ -14,6 +14,7 @@
 //! - [`fingerprint`]: the per-statement fingerprint tickets pin (`scope.statements`).
 
 pub mod cache;
+mod deep;
 mod details;
 pub mod facts;
 pub mod fingerprint;
@@ -38,8 +39,10 @@ pub use facts::{
 /// The PostgreSQL major version whose grammar pg_query carries.
 pub const GRAMMAR_MAJOR: u32 = 18;
 
-/// Texts longer than this are not inspected (and so refused).
-pub const MAX_TEXT_BYTES: usize = 4 << 20;
+/// Texts longer than this are never inspected (and so refused): the ceiling of the
+/// configurable statement limit (`[limits] max_statement_bytes`, 64 MiB by default), which
+/// the session applies to frames before any text gets here.
+pub const MAX_TEXT_BYTES: usize = 256 << 20;
 
 /// How deep DO blocks may nest inside DO blocks before inspection gives up.
 const MAX_BODY_DEPTH: usize = 4;
@@ -68,8 +71,12 @@ pub fn inspect(text: &str, read_as: ReadAs) -> Inspection {
             MAX_TEXT_BYTES
         ));
     }
-    std::panic::catch_unwind(AssertUnwindSafe(|| inspect_at(text, read_as, 0)))
-        .unwrap_or_else(|_| unparsed(UNREADABLE.into()))
+    // Deep trees recurse deeply all the way through: see `deep`.
+    deep::with_stack_for(text, read_as, |text, read_as| {
+        std::panic::catch_unwind(AssertUnwindSafe(|| inspect_at(text, read_as, 0)))
+            .unwrap_or_else(|_| unparsed(UNREADABLE.into()))
+    })
+    .unwrap_or_else(|| unparsed("no room to inspect this text (out of memory)".into()))
 }
 
 /// The reason given for text pgwarden's inspector could not follow, whatever the internal
@@ -316,6 +323,13 @@ impl Nested<'_> {
 /// EXPLAIN ANALYZE runs or PREPARE defines. Empty when the text does not parse into `statements` statements;
 /// an entry is empty where deparsing failed (its estimate then fails, and counts as large).
 pub fn explainable_texts(text: &str, read_as: ReadAs, statements: usize) -> Vec<String> {
+    deep::with_stack_for(text, (read_as, statements), |text, (read_as, n)| {
+        explainable_texts_here(text, read_as, n)
+    })
+    .unwrap_or_default()
+}
+
+fn explainable_texts_here(text: &str, read_as: ReadAs, statements: usize) -> Vec<String> {
     use pg_query::protobuf::node::Node as N;
     let mut opts = pg_query::ParserOptions::DEFAULT;
     if !read_as.standard_conforming_strings {

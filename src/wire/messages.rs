@@ -104,6 +104,24 @@ impl PgError {
     }
 }
 
+/// The ERROR for a statement message (Query, Parse, FunctionCall) larger than pgwarden
+/// inspects: 54000 program_limit_exceeded, the code PostgreSQL gives what it cannot take.
+pub fn statement_too_large(tag: u8, len: u32, max: usize) -> PgError {
+    let what = match tag {
+        b'Q' => "Query",
+        b'P' => "Parse",
+        _ => "FunctionCall",
+    };
+    PgError::error(
+        SqlState::PROGRAM_LIMIT_EXCEEDED,
+        format!(
+            "pgwarden: a {what} message of {} bytes exceeds pgwarden's limit of {max} bytes for statements it inspects",
+            u64::from(len) + 1
+        ),
+    )
+    .with_hint("Send large data as parameters (Bind) or with COPY, which pgwarden streams; or raise [limits] max_statement_bytes.")
+}
+
 /// A C string field cannot hold NUL: replace it rather than emit a corrupt frame.
 fn no_nul(s: &str) -> String {
     s.replace('\0', "\u{FFFD}")

@@ -23,3 +23,4 @@ mod reload;
 mod session_facts;
 mod tickets;
 mod tls;
+mod transparency;
