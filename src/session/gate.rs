@@ -47,18 +47,18 @@ pub struct PolicyGate {
     supplied: HashMap<String, Answers>,
     /// What forwarded statements changed in the session (settings, creations, prepared).
     ledger: Ledger,
-    /// Prepared statements (extended protocol) let through by a ticket, an approval or
-    /// break-glass, and whether their one run is still unused.
-    once: HashMap<Vec<u8>, bool>,
     /// The decision being made was let through by a ticket, an approval or break-glass.
     once_only: bool,
     /// A statement whose audit record is being written: it is forwarded once it is synced.
     awaiting: Option<Awaiting>,
     /// Forwarded recorded statements whose batch has not been answered yet.
     outcomes: Vec<PendingOutcome>,
-    /// Prepared statements (extended protocol) recorded at each Bind: the record made when
-    /// their Parse was decided.
-    prepared_records: HashMap<Vec<u8>, StatementRecord>,
+    /// Prepared statements (extended protocol) the server confirmed, by name: their text and
+    /// what their decision rested on, to decide them again at a Bind when that changed.
+    named: HashMap<Vec<u8>, Named>,
+    /// Bytes `named` and `pending_parses` hold (names, texts, records), bounded by
+    /// [`STATEMENT_BUDGET`].
+    named_bytes: usize,
     /// Fingerprints of recently recorded inspections: texts that share a cached inspection
     /// differ only in literals, which fingerprints leave out (the Arc held keeps the
     /// inspection, and so its address, alive).
@@ -75,14 +75,59 @@ pub struct PolicyGate {
 struct PendingParse {
     batch_end: u64,
     name: Vec<u8>,
+    text: Arc<[u8]>,
+    stamp: Stamp,
     record: Option<StatementRecord>,
     once_only: bool,
     /// A Bind already ran it before the server confirmed it.
     once_used: bool,
 }
 
+/// A prepared statement (extended protocol) the server confirmed.
+struct Named {
+    text: Arc<[u8]>,
+    stamp: Stamp,
+    /// The record made when its Parse was decided, written again at each Bind.
+    record: Option<StatementRecord>,
+    /// Let through by a ticket, an approval or break-glass: whether its one run is unused.
+    once: Option<bool>,
+}
+
+/// What a decision rested on, beyond the statement's text: when any of it differs at a
+/// Bind, the statement is decided again. Comparing it is the whole cost of a Bind whose
+/// statement nothing has changed for.
+#[derive(Clone, Debug, PartialEq)]
+struct Stamp {
+    /// The ledger's generation: settings, creations, DDL, prepared statements.
+    generation: u64,
+    tx: TxStatus,
+    /// Server parameters (how the text was read, who runs it).
+    params: crate::session::params::ServerParams,
+    /// Whether the text was read with nothing unanswered before it.
+    settled: bool,
+    policy: String,
+    at: Instant,
+}
+
+/// How long a decision stands without being made again (catalog facts and the clock move).
+const DECISION_LIFETIME: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// The most statement text (names, texts, records of prepared statements, protocol-level
+/// and SQL PREPARE alike) one session may have pgwarden remember: a Parse or PREPARE beyond
+/// it is refused with 54000, and the session stays usable (Close or DEALLOCATE frees room).
+pub const STATEMENT_BUDGET: usize = 16 << 20;
+
 /// How many inspections' fingerprints a session remembers.
 const FINGERPRINT_MEMO: usize = 32;
+
+/// Inspections of texts longer than this are not kept in the fingerprint memo (32 of them
+/// would otherwise keep up to 32 inspections of 4 MB texts alive).
+const FINGERPRINT_MEMO_TEXT: usize = 64 * 1024;
+
+/// What remembering a prepared statement costs.
+fn named_size(name: &[u8], text: &[u8], record: Option<&StatementRecord>) -> usize {
+    name.len() + text.len() + record.map_or(0, |r| r.statement.text.len() + 256)
+}
 
 /// A message waiting for its audit record to be synced.
 struct Awaiting {
@@ -117,11 +162,11 @@ impl PolicyGate {
             supplied: Default::default(),
             resumed: None,
             ledger,
-            once: HashMap::new(),
             once_only: false,
             awaiting: None,
             outcomes: Vec::new(),
-            prepared_records: HashMap::new(),
+            named: HashMap::new(),
+            named_bytes: 0,
             fingerprints: Default::default(),
             parse_record: None,
             pending_parses: Default::default(),
@@ -322,6 +367,20 @@ impl PolicyGate {
     /// forward, refuse, or wait for a ticket check, a hold or a break-glass record, after
     /// which the same text is decided again with the wait's answer.
     fn enforce(&mut self, ins: Arc<Inspection>, view: &View<'_>, text: &[u8]) -> Verdict {
+        let prepares: usize = ins
+            .statements
+            .iter()
+            .flat_map(|s| &s.ops)
+            .filter(|op| op.tag == "PREPARE")
+            .filter_map(|op| op.prepared_name.as_deref())
+            .map(|n| super::ledger::prepared_size(n, &ins))
+            .sum();
+        if prepares > 0
+            && self.named_bytes + self.ledger.prepared_bytes() + prepares > STATEMENT_BUDGET
+        {
+            let used = self.named_bytes + self.ledger.prepared_bytes();
+            return Verdict::Refuse(budget_refusal(used, prepares));
+        }
         let d = self.decide(&ins, view);
         report(&d, &ins);
         if self.resumed.is_none() {
@@ -458,7 +517,7 @@ impl PolicyGate {
         approval: Option<ApprovalInfo>,
     ) -> Verdict {
         let Some(audit) = self.shared.audit.clone() else {
-            self.ledger.remember(&ins, view.batch_end);
+            self.remember(&ins, view.batch_end);
             return Verdict::Forward;
         };
         let must = !d.matches.is_empty()
@@ -475,11 +534,11 @@ impl PolicyGate {
             self.parse_record = must.then(|| {
                 self.statement_record(d, &ins, view, text, ticket, break_glass, approval, None)
             });
-            self.ledger.remember(&ins, view.batch_end);
+            self.remember(&ins, view.batch_end);
             return Verdict::Forward;
         }
         if !must {
-            self.ledger.remember(&ins, view.batch_end);
+            self.remember(&ins, view.batch_end);
             return Verdict::Forward;
         }
         let rec = self.statement_record(d, &ins, view, text, ticket, break_glass, approval, None);
@@ -536,7 +595,7 @@ impl PolicyGate {
         self.once_only = a.once_only;
         let go = |gate: &mut Self| {
             if let Some(ins) = &a.ins {
-                gate.ledger.remember(ins, view.batch_end);
+                gate.remember(ins, view.batch_end);
             }
         };
         match outcome {
@@ -583,6 +642,10 @@ impl PolicyGate {
         let f = crate::sql::fingerprint::fingerprints(text, read_as)
             .ok()
             .map(|f| f.join(","));
+        if text.len() > FINGERPRINT_MEMO_TEXT {
+            // Kept alive by the memo, a large inspection would cost more than recomputing.
+            return f;
+        }
         if memo.len() >= FINGERPRINT_MEMO {
             memo.pop_front();
         }
@@ -775,11 +838,160 @@ impl PolicyGate {
     }
 }
 
+impl PolicyGate {
+    /// What a decision made now rests on.
+    fn stamp(&self, view: &View<'_>) -> Stamp {
+        Stamp {
+            generation: self.ledger.generation(),
+            tx: view.tx,
+            params: view.params.clone(),
+            settled: view.settled,
+            policy: self.shared.policy.load().version.clone(),
+            at: Instant::now(),
+        }
+    }
+
+    /// Whether a decision stamped `s` still stands for a Bind seen with `view`.
+    fn still_stands(&self, s: &Stamp, view: &View<'_>) -> bool {
+        s.generation == self.ledger.generation()
+            && s.tx == view.tx
+            && s.params == *view.params
+            && s.policy == self.shared.policy.load().version
+            && s.at.elapsed() < DECISION_LIFETIME
+    }
+
+    /// The refusal for a Parse of `name` whose text would take the session past its budget.
+    fn over_budget(&self, name: &[u8], text: &[u8]) -> Option<PgError> {
+        let replaced = self
+            .named
+            .get(name)
+            .map_or(0, |n| named_size(name, &n.text, n.record.as_ref()));
+        let wanted = named_size(name, text, None);
+        let used = self.named_bytes + self.ledger.prepared_bytes() - replaced;
+        if used + wanted <= STATEMENT_BUDGET {
+            return None;
+        }
+        Some(budget_refusal(used, wanted))
+    }
+
+    fn remove_named(&mut self, name: &[u8]) {
+        if let Some(n) = self.named.remove(name) {
+            self.named_bytes -= named_size(name, &n.text, n.record.as_ref());
+        }
+    }
+
+    /// Session facts of a statement forwarded (see [`Ledger::remember`]); SQL that drops
+    /// prepared statements (DEALLOCATE, DISCARD ALL) or defines one (PREPARE takes a name
+    /// only a statement that does not exist had) drops what pgwarden knew of them.
+    fn remember(&mut self, ins: &Arc<Inspection>, batch_end: u64) {
+        self.ledger.remember(ins, batch_end);
+        for s in &ins.statements {
+            for op in &s.ops {
+                match (op.tag.as_str(), &op.prepared_name) {
+                    ("PREPARE" | "DEALLOCATE", Some(n)) => self.remove_named(n.as_bytes()),
+                    ("DEALLOCATE", None) => self.forget_named(),
+                    ("DISCARD", _)
+                        if s.text.split_whitespace().nth(1).is_some_and(|w| {
+                            w.trim_end_matches(';').eq_ignore_ascii_case("all")
+                        }) =>
+                    {
+                        self.forget_named()
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+
+    fn forget_named(&mut self) {
+        for (name, n) in self.named.drain() {
+            self.named_bytes -= named_size(&name, &n.text, n.record.as_ref());
+        }
+    }
+
+    fn drop_pending(&mut self, gone: Vec<PendingParse>) {
+        for p in gone {
+            self.named_bytes -= named_size(&p.name, &p.text, p.record.as_ref());
+        }
+    }
+
+    /// Decides the text of prepared statement `name` again, for a Bind of it: what its
+    /// decision at Parse rested on has changed. The text is read as the server read it at
+    /// Parse (its standard_conforming_strings and client_encoding then).
+    fn decide_again(
+        &mut self,
+        name: &[u8],
+        text: Arc<[u8]>,
+        parsed: &Stamp,
+        view: &View<'_>,
+    ) -> Verdict {
+        let mut params = view.params.clone();
+        params.standard_conforming_strings = parsed.params.standard_conforming_strings;
+        params.client_encoding = parsed.params.client_encoding.clone();
+        let again = View {
+            params: &params,
+            tx: view.tx,
+            settled: view.settled && parsed.settled,
+            batch_end: view.batch_end,
+            parse_name: None,
+        };
+        let v = self.check(&text, &again);
+        if matches!(v, Verdict::Forward) && !self.once_only {
+            // Allowed as things are now: the next Bind compares with now. (Let through by
+            // a ticket, an approval or break-glass, it is decided again at the next Bind.)
+            let stamp = self.stamp(view);
+            if let Some(p) = self
+                .pending_parses
+                .iter_mut()
+                .rev()
+                .find(|p| p.name == name && Arc::ptr_eq(&p.text, &text))
+            {
+                p.stamp = stamp;
+                p.once_only = false;
+            } else if let Some(n) = self.named.get_mut(name) {
+                n.stamp = stamp;
+                n.once = None;
+            }
+        }
+        v
+    }
+
+    /// The refusal policy gives `text` (a prepared statement parsed under `parsed`) now, if
+    /// any, without routing it (no ticket check, no hold).
+    fn refusal_now(&self, text: &[u8], parsed: &Stamp, view: &View<'_>) -> Option<PgError> {
+        let Ok(t) = std::str::from_utf8(text) else {
+            return Some(workflow::refusal(
+                &self.decide(&unreadable("statement text is not valid UTF-8"), view),
+                &unreadable("statement text is not valid UTF-8"),
+                None,
+            ));
+        };
+        let read_as = ReadAs {
+            standard_conforming_strings: parsed.params.standard_conforming_strings.unwrap_or(true),
+        };
+        let ins = self.shared.cache.inspect(t, read_as);
+        let d = self.decide(&ins, view);
+        d.action
+            .refuses()
+            .then(|| workflow::refusal(&d, &ins, None))
+    }
+}
+
 impl Gate for PolicyGate {
     fn on_ready(&mut self, failed: bool, tx: TxStatus, ready: u64, answer: &BatchAnswer) {
         self.ledger.on_ready(failed, tx, ready);
         // Parses of ended batches the server never confirmed took no effect.
-        self.pending_parses.retain(|p| p.batch_end > ready);
+        if self
+            .pending_parses
+            .front()
+            .is_some_and(|p| p.batch_end <= ready)
+        {
+            let (gone, kept): (Vec<_>, Vec<_>) = std::mem::take(&mut self.pending_parses)
+                .into_iter()
+                .partition(|p| p.batch_end <= ready);
+            self.pending_parses = kept.into();
+            self.drop_pending(gone);
+        }
         if self.outcomes.is_empty() {
             return;
         }
@@ -860,6 +1072,11 @@ impl Gate for PolicyGate {
 
     fn check(&mut self, text: &[u8], view: &View<'_>) -> Verdict {
         self.once_only = false;
+        if let Some(name) = view.parse_name {
+            if let Some(e) = self.over_budget(name, text) {
+                return Verdict::Refuse(e);
+            }
+        }
         let v = match self.audited(|| text_key(text), view) {
             Some(v) => v,
             None => {
@@ -885,9 +1102,14 @@ impl Gate for PolicyGate {
             if matches!(v, Verdict::Forward) {
                 // Every forwarded Parse is queued, to stay in step with the server's
                 // ParseCompletes (one a Parse before it answers must not apply this one).
+                let text: Arc<[u8]> = Arc::from(text);
+                self.named_bytes += named_size(name, &text, record.as_ref());
+                let stamp = self.stamp(view);
                 self.pending_parses.push_back(PendingParse {
                     batch_end: view.batch_end,
                     name: name.to_vec(),
+                    text,
+                    stamp,
                     record,
                     once_only: self.once_only,
                     once_used: false,
@@ -903,22 +1125,24 @@ impl Gate for PolicyGate {
                 let Some(p) = self.pending_parses.pop_front() else {
                     return;
                 };
-                match p.record {
-                    Some(r) => {
-                        self.prepared_records.insert(p.name.clone(), r);
-                    }
-                    None => {
-                        self.prepared_records.remove(&p.name);
-                    }
-                }
-                if p.once_only {
-                    self.once.insert(p.name, !p.once_used);
-                } else {
-                    self.once.remove(&p.name);
-                }
+                // Its bytes move from the queue to the name.
+                self.remove_named(&p.name);
+                self.named.insert(
+                    p.name,
+                    Named {
+                        text: p.text,
+                        stamp: p.stamp,
+                        record: p.record,
+                        once: p.once_only.then_some(!p.once_used),
+                    },
+                );
             }
             ParseAnswer::Failed { batch_end } => {
-                self.pending_parses.retain(|p| p.batch_end != batch_end)
+                let (gone, kept): (Vec<_>, Vec<_>) = std::mem::take(&mut self.pending_parses)
+                    .into_iter()
+                    .partition(|p| p.batch_end == batch_end);
+                self.pending_parses = kept.into();
+                self.drop_pending(gone);
             }
         }
     }
@@ -928,12 +1152,13 @@ impl Gate for PolicyGate {
         if let Some(v) = self.audited(key, view) {
             return v;
         }
-        // A statement SQL PREPARE made, run by a protocol Bind: decided (and recorded) again
-        // as the EXECUTE it amounts to.
-        let protocol_named = self.pending_parses.iter().any(|p| p.name == statement)
-            || self.prepared_records.contains_key(statement)
-            || self.once.contains_key(statement);
-        if !protocol_named {
+        let pending = self
+            .pending_parses
+            .iter()
+            .rposition(|p| p.name == statement);
+        if pending.is_none() && !self.named.contains_key(statement) {
+            // A statement SQL PREPARE made, run by a protocol Bind: decided (and recorded)
+            // again as the EXECUTE it amounts to.
             if let Some(name) = std::str::from_utf8(statement)
                 .ok()
                 .filter(|n| !n.is_empty() && self.ledger.prepared(n).is_some())
@@ -941,52 +1166,80 @@ impl Gate for PolicyGate {
                 let exec = format!("EXECUTE \"{}\"", name.replace('"', "\"\""));
                 return self.check(exec.as_bytes(), view);
             }
+            // Nothing pgwarden let through defined it: the server has no such statement
+            // either (refused, over budget, closed, deallocated), or pgwarden lost track of
+            // it; either way it is not run undecided.
+            return Verdict::Refuse(unknown_statement(statement));
         }
-        // What the Bind runs: the newest Parse of the name the server has not confirmed yet
-        // (in the Bind's own batch it decides; from an earlier batch it may still fail, so
-        // the stricter of it and what was confirmed applies), else what was confirmed.
-        let (once_ok, record) = match self
-            .pending_parses
-            .iter()
-            .rposition(|p| p.name == statement)
-        {
+        // Decided again when what the decision rested on has changed: the newest Parse of
+        // the name the server has not confirmed (in the Bind's own batch it decides; from an
+        // earlier batch it may still fail, and then the confirmed one runs), else the
+        // confirmed one.
+        let mut stale: Vec<(Arc<[u8]>, Stamp)> = Vec::new();
+        let confirmed_may_run = match pending {
+            Some(i) => self.pending_parses[i].batch_end != view.batch_end,
+            None => true,
+        };
+        if let Some(i) = pending {
+            let p = &self.pending_parses[i];
+            if !self.still_stands(&p.stamp, view) {
+                stale.push((p.text.clone(), p.stamp.clone()));
+            }
+        }
+        if confirmed_may_run {
+            if let Some(n) = self.named.get(statement) {
+                if !self.still_stands(&n.stamp, view)
+                    && !stale.iter().any(|(t, _)| Arc::ptr_eq(t, &n.text))
+                {
+                    stale.push((n.text.clone(), n.stamp.clone()));
+                }
+            }
+        }
+        if let Some((text, parsed)) = stale.pop() {
+            if let Some((other, other_parsed)) = stale.pop() {
+                // Two statements may run (a Parse of the name from an earlier batch is not
+                // answered yet): the one that may not is decided without routing.
+                if let Some(e) = self.refusal_now(&other, &other_parsed, view) {
+                    return Verdict::Refuse(e);
+                }
+            }
+            return self.decide_again(statement, text, &parsed, view);
+        }
+        let (once_ok, record) = match pending {
             Some(i) => {
                 let p = &mut self.pending_parses[i];
-                let same_batch = p.batch_end == view.batch_end;
                 let mut ok = true;
                 if p.once_only {
                     ok = !p.once_used;
                     p.once_used = true;
                 }
                 let mut record = p.record.clone();
-                if !same_batch {
-                    if let Some(unused) = self.once.get_mut(statement) {
-                        ok &= *unused;
-                        *unused = false;
-                    }
-                    if record.is_none() {
-                        record = self.prepared_records.get(statement).cloned();
+                if confirmed_may_run {
+                    if let Some(n) = self.named.get_mut(statement) {
+                        if let Some(unused) = n.once.as_mut() {
+                            ok &= *unused;
+                            *unused = false;
+                        }
+                        if record.is_none() {
+                            record = n.record.clone();
+                        }
                     }
                 }
                 (ok, record)
             }
-            None => {
-                let ok = match self.once.get_mut(statement) {
-                    None => true,
-                    Some(unused) => std::mem::replace(unused, false),
-                };
-                (ok, self.prepared_records.get(statement).cloned())
-            }
+            None => match self.named.get_mut(statement) {
+                Some(n) => {
+                    let ok = match n.once.as_mut() {
+                        None => true,
+                        Some(unused) => std::mem::replace(unused, false),
+                    };
+                    (ok, n.record.clone())
+                }
+                None => (true, None),
+            },
         };
         if !once_ok {
-            let name = if statement.is_empty() {
-                "the unnamed prepared statement".to_owned()
-            } else {
-                format!(
-                    "prepared statement \"{}\"",
-                    String::from_utf8_lossy(statement)
-                )
-            };
+            let name = statement_name(statement);
             tracing::warn!(statement = %name, "Bind refused: let through for one run");
             return Verdict::Refuse(
                 PgError::error(
@@ -1001,6 +1254,10 @@ impl Gate for PolicyGate {
             (Some(audit), Some(rec)) => self.await_record(&audit, rec, key(), None),
             _ => Verdict::Forward,
         }
+    }
+
+    fn on_close(&mut self, statement: &[u8]) {
+        self.remove_named(statement);
     }
 
     fn resume(&mut self, answer: Resumed) {
@@ -1085,6 +1342,39 @@ impl PolicyGate {
         }
         self.enforce(first, view, text.as_bytes())
     }
+}
+
+/// How the client names prepared statement `statement` in messages.
+fn statement_name(statement: &[u8]) -> String {
+    if statement.is_empty() {
+        "the unnamed prepared statement".to_owned()
+    } else {
+        format!(
+            "prepared statement \"{}\"",
+            String::from_utf8_lossy(statement)
+        )
+    }
+}
+
+/// A Bind of a statement no Parse pgwarden let through defined.
+fn unknown_statement(statement: &[u8]) -> PgError {
+    let name = statement_name(statement);
+    PgError::error(
+        SqlState("26000"),
+        format!("pgwarden: {name} does not exist"),
+    )
+    .with_detail("pgwarden let no Parse of it through (it was refused, closed or deallocated), so it cannot decide what it runs.")
+    .with_hint("Prepare it again (Parse).")
+}
+
+/// A Parse or PREPARE whose text would take the session past [`STATEMENT_BUDGET`].
+fn budget_refusal(used: usize, wanted: usize) -> PgError {
+    PgError::error(
+        SqlState::PROGRAM_LIMIT_EXCEEDED,
+        format!("pgwarden: this session's prepared statements would take {} bytes of pgwarden's memory, more than its limit of {STATEMENT_BUDGET}", used + wanted),
+    )
+    .with_detail(format!("Prepared statements remembered: {used} bytes; this one: {wanted} bytes."))
+    .with_hint("Close (or DEALLOCATE) prepared statements no longer used, or run large statements unprepared.")
 }
 
 /// An inspection that could not be made: refused by the unparsed-statement rule.

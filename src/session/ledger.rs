@@ -70,6 +70,12 @@ pub struct Ledger {
     lock_timeout_set: bool,
     /// Committed creations and those of the open transaction: what decisions see.
     published: Arc<HashSet<String>>,
+    /// Bumped whenever something decisions read may have changed (a setting, a creation,
+    /// DDL, a prepared statement): a decision stamped with an older generation is made again
+    /// before it is acted on later (a Bind of a statement decided at Parse).
+    generation: u64,
+    /// Bytes of SQL-level PREPAREd statement text remembered (bounded by the gate).
+    prepared_bytes: usize,
 }
 
 impl Ledger {
@@ -103,6 +109,8 @@ impl Ledger {
             confirmed: Settings::default(),
             lock_timeout_set,
             published: created,
+            generation: 0,
+            prepared_bytes: 0,
         };
         l.confirmed = l.settings();
         l
@@ -144,6 +152,16 @@ impl Ledger {
     /// Tables (and indexes) created in this session, as decisions see them.
     pub fn created(&self) -> &Arc<HashSet<String>> {
         &self.published
+    }
+
+    /// Changes whenever anything a decision reads from the ledger may have changed.
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    /// Bytes of SQL-level PREPAREd statement text remembered.
+    pub fn prepared_bytes(&self) -> usize {
+        self.prepared_bytes
     }
 
     /// The statement a SQL-level PREPARE defined under `name`.
@@ -188,6 +206,7 @@ impl Ledger {
     }
 
     fn restore(&mut self, s: Settings) {
+        self.generation += 1;
         self.role = s.role;
         self.lock_timeout_set = s.lock_timeout_set;
         self.search_path_value = s.search_path;
@@ -233,6 +252,7 @@ impl Ledger {
 
     /// What decisions see: committed creations and those of the open transaction.
     fn publish_created(&mut self) {
+        self.generation += 1;
         let mut all = self.created.clone();
         all.extend(self.txn_created.iter().cloned());
         self.published = Arc::new(all);
@@ -241,6 +261,19 @@ impl Ledger {
     /// Session facts from a statement that was let through. Creations count only once their
     /// batch ends without an error ([`Gate::on_ready`]).
     pub fn remember(&mut self, ins: &Arc<Inspection>, batch_end: u64) {
+        if ins.unparsed.is_some()
+            || ins.statements.iter().flat_map(|s| &s.ops).any(|op| {
+                // Transaction control is compared on its own (the transaction state), and
+                // what a ROLLBACK undoes bumps the generation when it is undone.
+                !matches!(
+                    op.class,
+                    crate::sql::Class::Read | crate::sql::Class::Write | crate::sql::Class::Tcl
+                )
+            })
+        {
+            // DDL, settings, calls: what later decisions read may change.
+            self.generation += 1;
+        }
         if changes_settings(ins) {
             self.journal.push_back((batch_end, ins.clone()));
         }
@@ -399,6 +432,7 @@ impl Ledger {
                     "DISCARD" if discards_all(&s.text) => {
                         self.discard_settings();
                         self.prepared.clear();
+                        self.prepared_bytes = 0;
                         self.forget_unqualified();
                     }
                     // DISCARD TEMP drops temporary tables: their names may now resolve to
@@ -408,7 +442,11 @@ impl Ledger {
                 }
                 match (op.tag.as_str(), &op.prepared_name) {
                     ("PREPARE", Some(name)) => {
-                        self.prepared.insert(name.clone(), ins.clone());
+                        let bytes = prepared_size(name, ins);
+                        if let Some(old) = self.prepared.insert(name.clone(), ins.clone()) {
+                            self.prepared_bytes -= prepared_size(name, &old);
+                        }
+                        self.prepared_bytes += bytes;
                     }
                     // DEALLOCATE ALL forgets everything; after DEALLOCATE name the entry is
                     // stale but harmless: the server refuses to EXECUTE it.
@@ -418,6 +456,7 @@ impl Ledger {
                         }) =>
                     {
                         self.prepared.clear();
+                        self.prepared_bytes = 0;
                     }
                     _ => {}
                 }
@@ -499,6 +538,11 @@ impl Ledger {
         self.last_tx = tx;
         self.publish_created();
     }
+}
+
+/// What remembering a SQL-level prepared statement costs: its name and its statements' text.
+pub fn prepared_size(name: &str, ins: &Inspection) -> usize {
+    name.len() + ins.statements.iter().map(|s| s.text.len()).sum::<usize>()
 }
 
 /// A lock_timeout value other than zero (`'0'`, `0`, `'0ms'` are zero; so is garbage, which

@@ -294,6 +294,17 @@ impl SessionState {
                 }
             });
         }
+        if tag == b'C' {
+            // Close: of a prepared statement, the gate forgets it (a Close the server skips
+            // leaves it there, which a later Bind then finds unknown to the gate: refused).
+            let mut pos = 1;
+            if body.first() == Some(&b'S') {
+                let name = read_cstr(body, &mut pos)
+                    .ok_or_else(|| protocol_violation("invalid Close message"))?;
+                gate.on_close(name);
+            }
+            return Ok(Gated::Forward);
+        }
         let (name, text) = match tag {
             // Checked above: exactly one NUL, at the end.
             b'Q' => (None, &body[..body.len() - 1]),

@@ -1,0 +1,424 @@
+//! Bypasses of the session's bookkeeping, closed as classes: a prepared statement decided at
+//! Parse and run later under changed conditions; protocol orderings that push the
+//! ReadyForQuery accounting out of step; the created-in-session exemption reached through
+//! another object; and memory a client controls. Every case runs against real PostgreSQL
+//! through the real proxy, with a raw client where no well-behaved client would go.
+
+use std::time::Duration;
+
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+
+use crate::support::raw::{login, msg, query, read_msg, Msg};
+use crate::support::{direct, unique, within, Proxy, PG_DB, PG_USER};
+
+const BOUND: Duration = Duration::from_secs(60);
+
+/// The rules these tests refuse with.
+const RULES: &str = r#"
+[[rule]]
+id = "t.drop-old"
+description = "DROP / TRUNCATE / ALTER of a table this session did not create"
+action = "block"
+message = "old table"
+[rule.match]
+tags = ["DROP TABLE", "TRUNCATE TABLE", "TRUNCATE", "ALTER TABLE"]
+created_in_session = false
+
+[[rule]]
+id = "t.delete-in-tx"
+description = "DELETE inside a transaction block"
+action = "block"
+message = "no DELETE in a transaction"
+[rule.match]
+tags = ["DELETE"]
+[rule.session]
+in_transaction = true
+
+[[rule]]
+id = "t.marker"
+description = "a statement naming the refused marker table"
+action = "block"
+message = "refused marker"
+[rule.match]
+objects = ["*pgw_refused_marker*"]
+"#;
+
+struct Pack {
+    proxy: Proxy,
+    dir: tempfile::TempDir,
+}
+
+async fn pack() -> Pack {
+    pack_with(RULES).await
+}
+
+async fn pack_with(rules: &str) -> Pack {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("rules.toml"), rules).unwrap();
+    let path = dir.path().to_path_buf();
+    let proxy = Proxy::start_with(|c| c.policies = path).await;
+    Pack { proxy, dir }
+}
+
+fn cstr(b: &mut Vec<u8>, s: &[u8]) {
+    b.extend_from_slice(s);
+    b.push(0);
+}
+
+fn parse(name: &str, sql: &str) -> Vec<u8> {
+    let mut b = Vec::new();
+    cstr(&mut b, name.as_bytes());
+    cstr(&mut b, sql.as_bytes());
+    b.extend_from_slice(&0i16.to_be_bytes());
+    msg(b'P', &b)
+}
+
+fn bind(portal: &str, statement: &str) -> Vec<u8> {
+    let mut b = Vec::new();
+    cstr(&mut b, portal.as_bytes());
+    cstr(&mut b, statement.as_bytes());
+    b.extend_from_slice(&[0; 6]);
+    msg(b'B', &b)
+}
+
+fn execute(portal: &str) -> Vec<u8> {
+    let mut b = Vec::new();
+    cstr(&mut b, portal.as_bytes());
+    b.extend_from_slice(&0i32.to_be_bytes());
+    msg(b'E', &b)
+}
+
+fn close_statement(name: &str) -> Vec<u8> {
+    let mut b = vec![b'S'];
+    cstr(&mut b, name.as_bytes());
+    msg(b'C', &b)
+}
+
+fn sync() -> Vec<u8> {
+    msg(b'S', b"")
+}
+
+#[allow(dead_code)]
+fn flush() -> Vec<u8> {
+    msg(b'H', b"")
+}
+
+/// What one batch answered: the SQLSTATEs of its errors, and the status of its ReadyForQuery.
+#[derive(Debug)]
+struct Answer {
+    errors: Vec<String>,
+    messages: Vec<String>,
+    status: u8,
+}
+
+impl Answer {
+    fn ok(&self) -> bool {
+        self.errors.is_empty()
+    }
+    fn refused(&self) -> bool {
+        self.errors.iter().any(|e| e == "42501")
+    }
+}
+
+/// Reads up to and including the next ReadyForQuery.
+async fn answer(s: &mut TcpStream) -> Answer {
+    let mut a = Answer {
+        errors: Vec::new(),
+        messages: Vec::new(),
+        status: 0,
+    };
+    within(BOUND, "ReadyForQuery", async {
+        loop {
+            let m: Msg = read_msg(s).await.expect("the session answers");
+            match m.tag {
+                b'E' => {
+                    a.errors.push(m.sqlstate().unwrap_or_default());
+                    a.messages.push(m.field(b'M').unwrap_or_default());
+                }
+                b'Z' => {
+                    a.status = m.body[0];
+                    return;
+                }
+                _ => {}
+            }
+        }
+    })
+    .await;
+    a
+}
+
+async fn session(p: &Pack) -> TcpStream {
+    let mut s = TcpStream::connect(p.proxy.addr).await.unwrap();
+    within(BOUND, "login", login(&mut s, PG_USER, PG_DB)).await;
+    s
+}
+
+/// Sends a simple Query and reads its answer.
+async fn q(s: &mut TcpStream, sql: &str) -> Answer {
+    s.write_all(&query(sql)).await.unwrap();
+    answer(s).await
+}
+
+/// Runs prepared statement `name` (Bind, Execute, Sync).
+async fn run(s: &mut TcpStream, name: &str) -> Answer {
+    let mut b = bind("", name);
+    b.extend(execute(""));
+    b.extend(sync());
+    s.write_all(&b).await.unwrap();
+    answer(s).await
+}
+
+/// Prepares `sql` as `name` (Parse, Sync).
+async fn prepare(s: &mut TcpStream, name: &str, sql: &str) -> Answer {
+    let mut b = parse(name, sql);
+    b.extend(sync());
+    s.write_all(&b).await.unwrap();
+    answer(s).await
+}
+
+async fn exists(t: &str) -> bool {
+    direct()
+        .await
+        .query_one("SELECT to_regclass($1) IS NOT NULL", &[&t])
+        .await
+        .unwrap()
+        .get(0)
+}
+
+async fn rows(t: &str) -> i64 {
+    direct()
+        .await
+        .query_one(&format!("SELECT count(*) FROM {t}"), &[])
+        .await
+        .unwrap()
+        .get(0)
+}
+
+async fn old_table(t: &str) {
+    direct()
+        .await
+        .batch_execute(&format!(
+            "DROP TABLE IF EXISTS {t}; CREATE TABLE {t} (a int); INSERT INTO {t} VALUES (1), (2)"
+        ))
+        .await
+        .unwrap();
+}
+
+async fn cleanup(sql: &str) {
+    let _ = direct().await.batch_execute(sql).await;
+}
+
+/// The session still refuses what the pack refuses, allows what it allows, and its idea of
+/// the transaction is the server's (checked through a rule on `in_transaction`).
+async fn still_in_step(s: &mut TcpStream, expect_status: u8) {
+    let a = q(s, "DROP TABLE pgw_refused_marker").await;
+    assert!(a.refused(), "the marker statement is refused: {a:?}");
+    let a = q(s, "SELECT 1").await;
+    assert!(a.ok(), "an allowed statement runs: {a:?}");
+    assert_eq!(a.status, expect_status, "ReadyForQuery status");
+    // DELETE of nothing: refused inside a transaction block only.
+    let t = unique("pgw_step");
+    let a = q(s, &format!("CREATE TEMP TABLE {t} (a int)")).await;
+    if expect_status == b'E' {
+        return;
+    }
+    assert!(a.ok(), "{a:?}");
+    let a = q(s, &format!("DELETE FROM {t}")).await;
+    assert_eq!(
+        a.refused(),
+        expect_status == b'T',
+        "DELETE refused exactly inside a transaction: {a:?}"
+    );
+}
+
+// ---- 1. Decided once, run later ----------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bind_decides_again_after_the_table_name_means_another_table() {
+    let p = pack().await;
+    let t = unique("pgw_redecide");
+    let mut s = session(&p).await;
+    assert!(q(&mut s, &format!("CREATE TABLE {t} (a int)")).await.ok());
+    // Decided at Parse: the table is this session's, so emptying it is exempt.
+    assert!(prepare(&mut s, "wipe", &format!("TRUNCATE {t}")).await.ok());
+    assert!(run(&mut s, "wipe").await.ok());
+    assert!(q(&mut s, &format!("DROP TABLE {t}")).await.ok());
+    // Another session puts an old table with data under the name.
+    old_table(&t).await;
+    let a = run(&mut s, "wipe").await;
+    assert!(a.refused(), "{a:?}");
+    assert!(exists(&t).await, "the old table is still there");
+    assert_eq!(rows(&t).await, 2);
+    still_in_step(&mut s, b'I').await;
+    cleanup(&format!("DROP TABLE IF EXISTS {t}")).await;
+    p.proxy.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bind_decides_again_after_search_path_changes() {
+    let p = pack().await;
+    let (fresh, old, t) = (unique("pgw_sp_new"), unique("pgw_sp_old"), unique("pgw_t"));
+    direct()
+        .await
+        .batch_execute(&format!(
+            "CREATE SCHEMA {fresh}; CREATE SCHEMA {old}; CREATE TABLE {old}.{t} (a int); INSERT INTO {old}.{t} VALUES (1)"
+        ))
+        .await
+        .unwrap();
+    let mut s = session(&p).await;
+    assert!(q(&mut s, &format!("SET search_path = {fresh}")).await.ok());
+    assert!(q(&mut s, &format!("CREATE TABLE {t} (a int)")).await.ok());
+    assert!(prepare(&mut s, "trunc", &format!("TRUNCATE {t}"))
+        .await
+        .ok());
+    // Unchanged: bound again and again, it runs.
+    for _ in 0..3 {
+        let a = run(&mut s, "trunc").await;
+        assert!(a.ok(), "{a:?}");
+    }
+    assert!(q(&mut s, &format!("SET search_path = {old}")).await.ok());
+    let a = run(&mut s, "trunc").await;
+    assert!(a.refused(), "{a:?}");
+    assert_eq!(rows(&format!("{old}.{t}")).await, 1);
+    // Back to where it was decided: allowed again.
+    assert!(q(&mut s, &format!("SET search_path = {fresh}")).await.ok());
+    still_in_step(&mut s, b'I').await;
+    cleanup(&format!(
+        "DROP SCHEMA {fresh} CASCADE; DROP SCHEMA {old} CASCADE"
+    ))
+    .await;
+    p.proxy.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bind_decides_again_after_a_policy_reload() {
+    let p = pack_with("").await;
+    let t = unique("pgw_reload");
+    old_table(&t).await;
+    let mut s = session(&p).await;
+    assert!(prepare(&mut s, "wipe", &format!("TRUNCATE {t}")).await.ok());
+    std::fs::write(p.dir.path().join("rules.toml"), RULES).unwrap();
+    pgwarden::reload::reload(p.proxy.shared.reload_target()).unwrap();
+    let a = run(&mut s, "wipe").await;
+    assert!(a.refused(), "{a:?}");
+    assert_eq!(rows(&t).await, 2);
+    still_in_step(&mut s, b'I').await;
+    cleanup(&format!("DROP TABLE IF EXISTS {t}")).await;
+    p.proxy.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bind_decides_again_inside_a_transaction() {
+    let p = pack().await;
+    let t = unique("pgw_txn");
+    old_table(&t).await;
+    let mut s = session(&p).await;
+    // Decided outside a transaction block, where DELETE is allowed.
+    assert!(
+        prepare(&mut s, "del", &format!("DELETE FROM {t} WHERE a = 1"))
+            .await
+            .ok()
+    );
+    assert_eq!(q(&mut s, "BEGIN").await.status, b'T');
+    let a = run(&mut s, "del").await;
+    assert!(a.refused(), "{a:?}");
+    assert_eq!(a.status, b'E');
+    assert_eq!(q(&mut s, "ROLLBACK").await.status, b'I');
+    // Outside again: allowed.
+    let a = run(&mut s, "del").await;
+    assert!(a.ok(), "{a:?}");
+    assert_eq!(rows(&t).await, 1);
+    cleanup(&format!("DROP TABLE IF EXISTS {t}")).await;
+    p.proxy.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bind_decides_again_after_set_role() {
+    let rules = r#"
+[[rule]]
+id = "t.role-truncate"
+description = "TRUNCATE as the restricted role"
+action = "block"
+message = "restricted role"
+[rule.match]
+tags = ["TRUNCATE*"]
+[rule.session]
+roles = ["pgw_restricted"]
+"#;
+    let p = pack_with(rules).await;
+    let _ = direct()
+        .await
+        .batch_execute("DO $$BEGIN CREATE ROLE pgw_restricted; EXCEPTION WHEN duplicate_object THEN NULL; END$$; GRANT ALL ON SCHEMA public TO pgw_restricted")
+        .await;
+    let t = unique("pgw_role");
+    old_table(&t).await;
+    direct()
+        .await
+        .batch_execute(&format!("GRANT ALL ON {t} TO pgw_restricted"))
+        .await
+        .unwrap();
+    let mut s = session(&p).await;
+    assert!(prepare(&mut s, "wipe", &format!("TRUNCATE {t}")).await.ok());
+    assert!(q(&mut s, "SET ROLE pgw_restricted").await.ok());
+    let a = run(&mut s, "wipe").await;
+    assert!(a.refused(), "{a:?}");
+    assert_eq!(rows(&t).await, 2);
+    assert!(q(&mut s, "RESET ROLE").await.ok());
+    assert!(run(&mut s, "wipe").await.ok());
+    assert_eq!(rows(&t).await, 0);
+    cleanup(&format!("DROP TABLE IF EXISTS {t}")).await;
+    p.proxy.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bind_in_the_same_batch_after_an_execute_that_changes_the_context() {
+    // Parse, then (in one extended batch, before Sync) an Execute of a SET, then the Bind:
+    // the Bind is decided under the SET's context.
+    let p = pack().await;
+    let (fresh, old, t) = (unique("pgw_b_new"), unique("pgw_b_old"), unique("pgw_t"));
+    direct()
+        .await
+        .batch_execute(&format!(
+            "CREATE SCHEMA {fresh}; CREATE SCHEMA {old}; CREATE TABLE {old}.{t} (a int); INSERT INTO {old}.{t} VALUES (1)"
+        ))
+        .await
+        .unwrap();
+    let mut s = session(&p).await;
+    assert!(q(&mut s, &format!("SET search_path = {fresh}")).await.ok());
+    assert!(q(&mut s, &format!("CREATE TABLE {t} (a int)")).await.ok());
+    let mut b = parse("trunc", &format!("TRUNCATE {t}"));
+    b.extend(parse("sp", &format!("SET search_path = {old}")));
+    b.extend(bind("", "sp"));
+    b.extend(execute(""));
+    b.extend(bind("", "trunc"));
+    b.extend(execute(""));
+    b.extend(sync());
+    s.write_all(&b).await.unwrap();
+    let a = answer(&mut s).await;
+    assert!(a.refused(), "{a:?}");
+    assert_eq!(rows(&format!("{old}.{t}")).await, 1);
+    cleanup(&format!(
+        "DROP SCHEMA {fresh} CASCADE; DROP SCHEMA {old} CASCADE"
+    ))
+    .await;
+    p.proxy.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bind_of_a_closed_or_never_parsed_statement_is_refused() {
+    let p = pack().await;
+    let mut s = session(&p).await;
+    assert!(prepare(&mut s, "one", "SELECT 1").await.ok());
+    assert!(run(&mut s, "one").await.ok());
+    let mut b = close_statement("one");
+    b.extend(sync());
+    s.write_all(&b).await.unwrap();
+    assert!(answer(&mut s).await.ok());
+    let a = run(&mut s, "one").await;
+    assert_eq!(a.errors, vec!["26000".to_owned()], "{a:?}");
+    let a = run(&mut s, "never").await;
+    assert_eq!(a.errors, vec!["26000".to_owned()], "{a:?}");
+    still_in_step(&mut s, b'I').await;
+    p.proxy.stop().await;
+}
