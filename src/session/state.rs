@@ -10,6 +10,7 @@
 
 use bytes::{Buf, BytesMut};
 
+use super::batches::{Batches, Ready, Sent};
 pub use super::params::ServerParams;
 use super::refusal::{bind_frame, function_call_frame, parse_frame, query_frame, Refusals};
 use super::verdict::{Gate, Verdict, View, Waiting};
@@ -52,12 +53,9 @@ pub struct SessionState {
     pub tx: TxStatus,
     pub params: ServerParams,
     links: Links,
-    /// Client messages forwarded that will each be answered by one ReadyForQuery
-    /// (Query, Sync, FunctionCall).
-    pending_ready: u32,
-    /// ReadyForQuery messages seen since the session started: the one count refusals and
-    /// the gate's ledger are keyed on.
-    readies: u64,
+    /// Client messages forwarded, matched to the server's answers: which batch each
+    /// ReadyForQuery closes is the one count refusals and the gate's ledger are keyed on.
+    batches: Batches,
     /// Extended-protocol messages forwarded since the last Sync.
     unsynced: bool,
     /// Something that runs SQL (Query, Execute, FunctionCall) was forwarded and not all of it
@@ -67,6 +65,9 @@ pub struct SessionState {
     client_streaming: usize,
     /// Bytes of the current server frame still to stream through.
     server_streaming: usize,
+    /// The header of the server frame at the head of the input was counted already (the
+    /// frame is read whole and has not all arrived).
+    server_header_seen: bool,
     /// The server offered SASL and the client's next password message is its first.
     /// The server asked for a password (or the next SASL/GSS step) and the client has not
     /// answered yet: only then is a client message other than a password response an error
@@ -132,12 +133,12 @@ impl SessionState {
             tx: TxStatus::Idle,
             params: ServerParams::default(),
             links,
-            pending_ready: 0,
-            readies: 0,
+            batches: Batches::default(),
             unsynced: false,
             executed: false,
             client_streaming: 0,
             server_streaming: 0,
+            server_header_seen: false,
             expect_sasl_initial: false,
             awaiting_auth_response: false,
             server_sent_fatal: false,
@@ -158,7 +159,7 @@ impl SessionState {
     pub fn is_idle(&self) -> bool {
         self.phase == Phase::Ready
             && self.tx == TxStatus::Idle
-            && self.pending_ready == 0
+            && !self.batches.awaiting_ready()
             && !self.unsynced
             && self.client_streaming == 0
             && self.server_streaming == 0
@@ -204,6 +205,11 @@ impl SessionState {
                 cin.advance(n);
                 self.client_streaming -= n;
                 continue;
+            }
+            if self.batches.is_lost() && self.phase == Phase::Ready {
+                return Err(protocol_violation(
+                    "pgwarden cannot tell which messages the server ran: a COPY FROM STDIN failed with messages other than COPY data queued behind it, or the server answered what was not asked; reconnect",
+                ));
             }
             if self.client_terminated {
                 // Nothing after Terminate is forwarded.
@@ -336,7 +342,10 @@ impl SessionState {
         View {
             params: &self.params,
             tx: self.tx,
-            settled: self.phase == Phase::Ready && self.pending_ready == 0 && !self.executed,
+            settled: self.phase == Phase::Ready
+                && !self.batches.awaiting_ready()
+                && !self.executed
+                && !self.batches.is_lost(),
             batch_end: self.batch_end(),
             parse_name,
         }
@@ -346,12 +355,13 @@ impl SessionState {
         if matches!(tag, b'Q' | b'F' | b'E') {
             self.executed = true;
         }
-        match tag {
-            b'Q' | b'F' => self.pending_ready += 1,
-            b'S' => {
-                self.pending_ready += 1;
-                self.unsynced = false;
+        if self.phase != Phase::Authenticating {
+            if let Some(kind) = Sent::of(tag) {
+                self.batches.sent(kind);
             }
+        }
+        match tag {
+            b'S' => self.unsynced = false,
             b'P' | b'B' | b'D' | b'E' | b'C' | b'H' => self.unsynced = true,
             b'X' => self.client_terminated = true,
             b'p' => self.awaiting_auth_response = false,
@@ -399,22 +409,29 @@ impl SessionState {
                 return Ok(());
             };
             let frame_len = h.frame_len();
+            if self.phase == Phase::Ready && h.tag != b'Z' && !self.server_header_seen {
+                // Once per frame, even when it arrives in pieces.
+                self.batches.on_server(h.tag);
+            }
+            self.server_header_seen = true;
             let wanted = matches!(h.tag, b'Z' | b'K' | b'S' | b'R' | b'E')
                 || (h.tag == b'C' && self.collect_answers)
                 || (h.tag == b'1' && self.watch_parses);
             if !wanted || frame_len > READ_LIMIT {
                 self.server_streaming = frame_len;
+                self.server_header_seen = false;
                 continue;
             }
             if sin.len() < frame_len {
                 return Ok(());
             }
+            self.server_header_seen = false;
             let rewritten = self.rewrite_server_frame(h.tag, &sin[HEADER_LEN..frame_len]);
             if self.watch_parses {
                 match h.tag {
                     b'1' => self.parse_answers.push(ParseAnswer::Complete),
                     b'E' => self.parse_answers.push(ParseAnswer::Failed {
-                        batch_end: self.readies + 1,
+                        batch_end: self.batches.front_batch(),
                     }),
                     _ => {}
                 }
@@ -485,7 +502,7 @@ impl SessionState {
 
     /// The number of the ReadyForQuery that ends the batch a message sent now belongs to.
     fn batch_end(&self) -> u64 {
-        self.readies + u64::from(self.pending_ready) + 1
+        self.batches.batch_end()
     }
 
     fn read_server_frame(&mut self, tag: u8, body: &[u8]) {
@@ -494,18 +511,23 @@ impl SessionState {
                 if let Some(tx) = read::ready_for_query(body) {
                     self.tx = tx;
                 }
-                self.pending_ready = self.pending_ready.saturating_sub(1);
-                if self.pending_ready == 0 {
+                let ready = match self.phase {
+                    Phase::Ready => self.batches.on_server(b'Z'),
+                    _ => {
+                        self.batches.started();
+                        None
+                    }
+                };
+                if !self.batches.awaiting_ready() {
                     self.executed = false;
                 }
-                self.readies += 1;
-                self.refusals.on_ready(self.readies);
-                let answer = std::mem::take(&mut self.answer);
-                if self.phase == Phase::Ready {
+                if let Some(Ready::Closed(closed)) = ready {
+                    self.refusals.on_ready(closed);
+                    let answer = std::mem::take(&mut self.answer);
                     self.ready_events
-                        .push((self.batch_error, self.tx, self.readies, answer));
+                        .push((self.batch_error, self.tx, closed, answer));
+                    self.batch_error = false;
                 }
-                self.batch_error = false;
                 self.phase = Phase::Ready;
             }
             b'K' => self.new_cancel_key = read::backend_key_data(body),
@@ -609,7 +631,8 @@ mod tests {
         s.client_frames(&mut cin, &mut out, &mut OpenGate).unwrap();
         assert_eq!(&out[..], &input[..]);
         assert!(cin.is_empty());
-        assert_eq!(s.pending_ready, 2);
+        assert!(s.batches.awaiting_ready());
+        assert_eq!(s.batch_end(), 4);
     }
 
     #[test]
