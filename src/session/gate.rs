@@ -277,6 +277,32 @@ impl PolicyGate {
         ctx.now = jiff::Timestamp::now();
         let mode = self.shared.config.mode;
         let mut d = policy.decide(ins, &ctx, mode);
+        // A table attached as a partition (or made a child) earlier in the same text: the
+        // statements after it are decided with nothing taken as created before them (the
+        // parent now owns older data; the inspector does not name the child or the parent).
+        if let Some(i) = ins.statements.iter().position(|s| {
+            s.ops.iter().any(|o| {
+                o.subcommands
+                    .iter()
+                    .any(|c| c == "ATTACH PARTITION" || c == "ADD INHERIT")
+            })
+        }) {
+            if i + 1 < ins.statements.len() {
+                let rest = Inspection {
+                    statements: ins.statements[i + 1..].to_vec(),
+                    unparsed: None,
+                    literal_sensitive: ins.literal_sensitive,
+                    notes: Vec::new(),
+                    memo: Default::default(),
+                };
+                let mut after = ctx.clone();
+                after.created = Default::default();
+                let again = policy.decide(&rest, &after, mode);
+                d.action = d.action.max(again.action);
+                d.strictest = d.strictest.max(again.strictest);
+                d.matches.extend(again.matches);
+            }
+        }
         // EXECUTE runs what PREPARE defined: its facts are decided again, now.
         for op in ins.statements.iter().flat_map(|s| &s.ops) {
             if op.tag != "EXECUTE" {

@@ -228,6 +228,37 @@ impl Ledger {
         self.forget_created(&unqualified);
     }
 
+    /// Forgets the creations in `schemas`, and those named without a schema (the search_path
+    /// may have resolved them through it).
+    fn forget_schemas(&mut self, schemas: &[String]) {
+        let inside: Vec<String> = self
+            .created
+            .iter()
+            .chain(&self.txn_created)
+            .chain(self.pending_created.iter().flat_map(|(_, p)| p))
+            .filter(|n| {
+                schemas.iter().any(|s| {
+                    n.strip_prefix(s.as_str())
+                        .is_some_and(|r| r.starts_with('.'))
+                })
+            })
+            .cloned()
+            .collect();
+        self.forget_created(&inside);
+        self.forget_unqualified();
+    }
+
+    fn forget_all_created(&mut self) {
+        let all: Vec<String> = self
+            .created
+            .iter()
+            .chain(&self.txn_created)
+            .chain(self.pending_created.iter().flat_map(|(_, p)| p))
+            .cloned()
+            .collect();
+        self.forget_created(&all);
+    }
+
     fn forget_created(&mut self, names: &[String]) {
         // Indexes go with their tables.
         let mut names = names.to_vec();
@@ -401,6 +432,17 @@ impl Ledger {
                             self.pending_created.push_back((until, names));
                         }
                     }
+                    // A pre-existing table attached as a partition: the new parent now owns
+                    // old data (dropping or truncating it reaches the partition).
+                    _ if op.subcommands.iter().any(|c| c == "ATTACH PARTITION") => {
+                        self.forget_created(&op.objects);
+                    }
+                    // A table made a child of another (ALTER TABLE old INHERIT parent): the
+                    // parent is not named in the facts, so no table created here is taken
+                    // to own only new data any more.
+                    _ if op.subcommands.iter().any(|c| c == "ADD INHERIT") => {
+                        self.forget_all_created();
+                    }
                     // Renamed or moved: the name may come to mean an older table.
                     _ if op
                         .subcommands
@@ -408,7 +450,15 @@ impl Ledger {
                         .any(|c| c == "RENAME" || c == "SET SCHEMA") =>
                     {
                         self.forget_created(&op.objects);
+                        if op.tag == "ALTER SCHEMA" {
+                            self.forget_schemas(&op.objects);
+                        }
                     }
+                    // Its tables are gone; its name (or the search_path through it) may come
+                    // to mean older ones.
+                    "DROP SCHEMA" => self.forget_schemas(&op.objects),
+                    // Whatever the role owned is gone, created tables perhaps among it.
+                    "DROP OWNED" | "REASSIGN OWNED" => self.forget_all_created(),
                     // Once dropped, the name may well resolve to an older table next time.
                     "DROP TABLE" | "DROP MATERIALIZED VIEW" | "DROP INDEX" => {
                         self.forget_created(&op.objects);

@@ -651,3 +651,136 @@ async fn refused_statements_in_hostile_orderings_keep_the_session_in_step() {
     cleanup(&format!("DROP TABLE IF EXISTS {old}")).await;
     p.proxy.stop().await;
 }
+
+// ---- 3. The created-in-session exemption --------------------------------------------------
+
+/// Only DROP and TRUNCATE of tables the session did not create are refused: ALTER is free.
+const DROP_RULES: &str = r#"
+[[rule]]
+id = "t.drop-old"
+description = "DROP / TRUNCATE of a table this session did not create"
+action = "block"
+message = "old table"
+[rule.match]
+tags = ["DROP TABLE", "TRUNCATE TABLE", "TRUNCATE"]
+created_in_session = false
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_created_parent_with_an_old_partition_or_child_is_not_exempt() {
+    let p = pack_with(DROP_RULES).await;
+    let mut s = session(&p).await;
+    // Across statements: attach, then truncate and drop the parent.
+    let (np, old) = (unique("pgw_np"), unique("pgw_part"));
+    old_table(&old).await;
+    let a = q(
+        &mut s,
+        &format!("CREATE TABLE {np} (a int) PARTITION BY LIST (a)"),
+    )
+    .await;
+    assert!(a.ok(), "{a:?}");
+    let a = q(
+        &mut s,
+        &format!("ALTER TABLE {np} ATTACH PARTITION {old} FOR VALUES IN (1, 2)"),
+    )
+    .await;
+    assert!(a.ok(), "{a:?}");
+    assert!(q(&mut s, &format!("TRUNCATE {np}")).await.refused());
+    assert!(q(&mut s, &format!("DROP TABLE {np}")).await.refused());
+    assert_eq!(rows(&old).await, 2);
+    // In one text: created, attached and truncated at once.
+    let (np2, old2) = (unique("pgw_np"), unique("pgw_part"));
+    old_table(&old2).await;
+    let a = q(
+        &mut s,
+        &format!(
+            "CREATE TABLE {np2} (a int) PARTITION BY LIST (a); ALTER TABLE {np2} ATTACH PARTITION {old2} FOR VALUES IN (1, 2); TRUNCATE {np2}"
+        ),
+    )
+    .await;
+    assert!(a.refused(), "{a:?}");
+    assert_eq!(rows(&old2).await, 2);
+    // An old table made a child of a new one.
+    let (parent, child) = (unique("pgw_parent"), unique("pgw_child"));
+    old_table(&child).await;
+    assert!(q(&mut s, &format!("CREATE TABLE {parent} (a int)"))
+        .await
+        .ok());
+    assert!(q(&mut s, &format!("ALTER TABLE {child} INHERIT {parent}"))
+        .await
+        .ok());
+    assert!(q(&mut s, &format!("TRUNCATE {parent}")).await.refused());
+    assert!(q(&mut s, &format!("DROP TABLE {parent} CASCADE"))
+        .await
+        .refused());
+    assert_eq!(rows(&child).await, 2);
+    // CREATE TABLE ... PARTITION OF a new parent: all new, exempt.
+    let (fresh, part) = (unique("pgw_fresh"), unique("pgw_fresh_p"));
+    let a = q(
+        &mut s,
+        &format!(
+            "CREATE TABLE {fresh} (a int) PARTITION BY LIST (a); CREATE TABLE {part} PARTITION OF {fresh} FOR VALUES IN (1)"
+        ),
+    )
+    .await;
+    assert!(a.ok(), "{a:?}");
+    assert!(q(&mut s, &format!("TRUNCATE {fresh}")).await.ok());
+    assert!(q(&mut s, &format!("DROP TABLE {fresh}")).await.ok());
+    cleanup(&format!(
+        "DROP TABLE IF EXISTS {np} CASCADE; DROP TABLE IF EXISTS {old}; DROP TABLE IF EXISTS {np2} CASCADE; DROP TABLE IF EXISTS {old2}; DROP TABLE IF EXISTS {parent} CASCADE; DROP TABLE IF EXISTS {child}"
+    ))
+    .await;
+    p.proxy.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_exemption_follows_the_table_not_the_spelling() {
+    let p = pack_with(DROP_RULES).await;
+    let mut s = session(&p).await;
+    // An old table renamed into the name of a dropped new one.
+    let (n, old) = (unique("pgw_n"), unique("pgw_old"));
+    old_table(&old).await;
+    assert!(q(&mut s, &format!("CREATE TABLE {n} (a int)")).await.ok());
+    assert!(q(&mut s, &format!("DROP TABLE {n}")).await.ok());
+    assert!(q(&mut s, &format!("ALTER TABLE {old} RENAME TO {n}"))
+        .await
+        .ok());
+    assert!(q(&mut s, &format!("DROP TABLE {n}")).await.refused());
+    assert_eq!(rows(&n).await, 2);
+    // "Q" is not q.
+    let lower = unique("pgw_case");
+    let upper = lower.to_uppercase();
+    old_table(&lower).await;
+    assert!(q(&mut s, &format!("CREATE TABLE \"{upper}\" (a int)"))
+        .await
+        .ok());
+    assert!(q(&mut s, &format!("DROP TABLE {upper}")).await.refused());
+    assert!(q(&mut s, &format!("DROP TABLE \"{lower}\""))
+        .await
+        .refused());
+    assert!(q(&mut s, &format!("DROP TABLE \"{upper}\"")).await.ok());
+    assert_eq!(rows(&lower).await, 2);
+    // Created through a schema that is then dropped: the name now means public's table.
+    let (schema, t) = (unique("pgw_sch"), unique("pgw_t"));
+    old_table(&format!("public.{t}")).await;
+    direct()
+        .await
+        .batch_execute(&format!("CREATE SCHEMA {schema}"))
+        .await
+        .unwrap();
+    assert!(q(&mut s, &format!("SET search_path = {schema}, public"))
+        .await
+        .ok());
+    assert!(q(&mut s, &format!("CREATE TABLE {t} (a int)")).await.ok());
+    assert!(q(&mut s, &format!("DROP SCHEMA {schema} CASCADE"))
+        .await
+        .ok());
+    assert!(q(&mut s, &format!("TRUNCATE {t}")).await.refused());
+    assert_eq!(rows(&format!("public.{t}")).await, 2);
+    still_in_step(&mut s, b'I').await;
+    cleanup(&format!(
+        "DROP TABLE IF EXISTS {n}; DROP TABLE IF EXISTS {lower}; DROP TABLE IF EXISTS public.{t}; DROP SCHEMA IF EXISTS {schema} CASCADE"
+    ))
+    .await;
+    p.proxy.stop().await;
+}
