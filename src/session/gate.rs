@@ -407,6 +407,11 @@ impl PolicyGate {
             let used = self.named_bytes + self.ledger.prepared_bytes();
             return Verdict::Refuse(budget_refusal(used, prepares));
         }
+        if self.ledger.journal_bytes() > STATEMENT_BUDGET && Ledger::journals(&ins) {
+            // Settings changes forwarded and not yet answered (an extended batch without
+            // Sync) are kept until their batch ends: bounded too.
+            return Verdict::Refuse(budget_refusal(self.ledger.journal_bytes(), text.len()));
+        }
         let d = self.decide(&ins, view);
         report(&d, &ins);
         if self.resumed.is_none() {

@@ -76,6 +76,8 @@ pub struct Ledger {
     generation: u64,
     /// Bytes of SQL-level PREPAREd statement text remembered (bounded by the gate).
     prepared_bytes: usize,
+    /// Bytes of statement text the journal holds (bounded by the gate).
+    journal_bytes: usize,
 }
 
 impl Ledger {
@@ -111,6 +113,7 @@ impl Ledger {
             published: created,
             generation: 0,
             prepared_bytes: 0,
+            journal_bytes: 0,
         };
         l.confirmed = l.settings();
         l
@@ -157,6 +160,16 @@ impl Ledger {
     /// Changes whenever anything a decision reads from the ledger may have changed.
     pub fn generation(&self) -> u64 {
         self.generation
+    }
+
+    /// Bytes of statement text kept until their batches end (settings to confirm or undo).
+    pub fn journal_bytes(&self) -> usize {
+        self.journal_bytes
+    }
+
+    /// Whether remembering `ins` keeps it until its batch ends.
+    pub fn journals(ins: &Inspection) -> bool {
+        changes_settings(ins)
     }
 
     /// Bytes of SQL-level PREPAREd statement text remembered.
@@ -306,6 +319,7 @@ impl Ledger {
             self.generation += 1;
         }
         if changes_settings(ins) {
+            self.journal_bytes += text_size(ins);
             self.journal.push_back((batch_end, ins.clone()));
         }
         if may_change_encoding(ins) {
@@ -530,6 +544,7 @@ impl Ledger {
                     self.journal.push_front((n, ins));
                     break;
                 }
+                self.journal_bytes -= text_size(&ins);
                 done.push(ins);
             }
             if !committed || !self.journal.is_empty() || self.has_local_settings() {
@@ -588,6 +603,11 @@ impl Ledger {
         self.last_tx = tx;
         self.publish_created();
     }
+}
+
+/// The statement text an inspection holds.
+fn text_size(ins: &Inspection) -> usize {
+    ins.statements.iter().map(|s| s.text.len()).sum::<usize>() + 64
 }
 
 /// What remembering a SQL-level prepared statement costs: its name and its statements' text.

@@ -784,3 +784,171 @@ async fn the_exemption_follows_the_table_not_the_spelling() {
     .await;
     p.proxy.stop().await;
 }
+
+// ---- 4. Memory a client controls ----------------------------------------------------------
+
+/// The pgwarden binary on its own (so its memory is its own), with `DROP_RULES`.
+struct Binary {
+    child: std::process::Child,
+    addr: std::net::SocketAddr,
+    _dir: tempfile::TempDir,
+}
+
+impl Binary {
+    fn start() -> Binary {
+        use std::io::{BufRead, BufReader};
+        let dir = tempfile::tempdir().unwrap();
+        let policies = dir.path().join("policies");
+        std::fs::create_dir(&policies).unwrap();
+        std::fs::write(policies.join("rules.toml"), DROP_RULES).unwrap();
+        let cfg = dir.path().join("pgwarden.toml");
+        std::fs::write(
+            &cfg,
+            format!(
+                "listen = \"127.0.0.1:0\"\npolicies = \"{}\"\n[state]\ndir = \"{}\"\n[admin]\nlisten = \"127.0.0.1:0\"\n[upstream]\naddress = \"127.0.0.1:5432\"\n",
+                policies.display(),
+                dir.path().display()
+            ),
+        )
+        .unwrap();
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_pgwarden"))
+            .args(["serve", "--config"])
+            .arg(&cfg)
+            .env("PGWARDEN_LOG", "info")
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if line.contains("pgwarden serving") {
+                    if let Some(rest) = line.split("listen=").nth(1) {
+                        let _ = tx.send(rest.split_whitespace().next().unwrap_or("").to_owned());
+                    }
+                }
+            }
+        });
+        let addr = rx
+            .recv_timeout(Duration::from_secs(60))
+            .expect("pgwarden logs its address")
+            .parse()
+            .unwrap();
+        Binary {
+            child,
+            addr,
+            _dir: dir,
+        }
+    }
+
+    /// Resident memory, from /proc/<pid>/status.
+    fn rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .expect("VmRSS")
+    }
+
+    async fn session(&self) -> TcpStream {
+        let mut s = TcpStream::connect(self.addr).await.unwrap();
+        within(BOUND, "login", login(&mut s, PG_USER, PG_DB)).await;
+        s
+    }
+}
+
+impl Drop for Binary {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A statement of about `size` bytes, distinct by `n` (in a literal, so the inspection
+/// cache, which another part of pgwarden bounds, keeps one inspection for all of them).
+fn big_select(n: usize, size: usize) -> String {
+    format!("SELECT '{n:08}{}'", "x".repeat(size))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prepared_statement_memory_is_bounded_in_bytes() {
+    const MIB: usize = 1 << 20;
+    let b = Binary::start();
+    let mut s = b.session().await;
+    // Warm up: one large statement through, prepared and closed, so buffers and the
+    // allocator have seen one.
+    assert!(prepare(&mut s, "warm", &big_select(0, MIB)).await.ok());
+    let mut c = close_statement("warm");
+    c.extend(sync());
+    send(&mut s, &c).await;
+    assert!(answer(&mut s).await.ok());
+    let before = b.rss_kib();
+    // 200 distinct 1 MB named statements: pgwarden remembers at most 16 MiB of them (to
+    // decide them again at Bind); the rest are refused with 54000, the session usable.
+    let (mut kept, mut refused) = (Vec::new(), 0);
+    for i in 0..200 {
+        let a = prepare(&mut s, &format!("big{i}"), &big_select(i + 1, MIB)).await;
+        if a.ok() {
+            kept.push(i);
+        } else {
+            assert_eq!(a.errors, vec!["54000".to_owned()], "{a:?}");
+            assert!(a.messages[0].contains("limit"), "{a:?}");
+            refused += 1;
+        }
+    }
+    let after = b.rss_kib();
+    // The bound: the 16 MiB budget, plus a 1 MB frame held for inspection and its parse,
+    // plus allocator slack. Remembering all of them would take over 200 MiB.
+    let grown_mib = after.saturating_sub(before) / 1024;
+    assert!(
+        grown_mib < 64,
+        "pgwarden grew by {grown_mib} MiB (from {before} KiB to {after} KiB)"
+    );
+    assert!(
+        (14..=16).contains(&kept.len()),
+        "about 16 MiB kept: {}",
+        kept.len()
+    );
+    assert_eq!(refused, 200 - kept.len());
+    // What was kept still runs; closing frees room for more.
+    assert!(run(&mut s, &format!("big{}", kept[0])).await.ok());
+    let mut c = Vec::new();
+    for i in &kept {
+        c.extend(close_statement(&format!("big{i}")));
+    }
+    c.extend(sync());
+    send(&mut s, &c).await;
+    assert!(answer(&mut s).await.ok());
+    assert!(prepare(&mut s, "again", &big_select(999, MIB)).await.ok());
+    assert!(run(&mut s, "again").await.ok());
+    // Thousands of small named statements are fine, and cost little.
+    for chunk in 0..10 {
+        let mut m = Vec::new();
+        for i in 0..300 {
+            m.extend(parse(&format!("small{chunk}_{i}"), &format!("SELECT {i}")));
+        }
+        m.extend(sync());
+        send(&mut s, &m).await;
+        let a = answer(&mut s).await;
+        assert!(a.ok(), "{a:?}");
+    }
+    assert!(run(&mut s, "small9_299").await.ok());
+    let end = b.rss_kib();
+    assert!(
+        end.saturating_sub(before) / 1024 < 64,
+        "from {before} KiB to {end} KiB"
+    );
+    // Refused messages sent without Sync keep nothing per message.
+    let mut m = Vec::new();
+    for _ in 0..20_000 {
+        m.extend(parse("", "DROP TABLE pgw_refused_marker"));
+    }
+    m.extend(sync());
+    send(&mut s, &m).await;
+    let a = answer(&mut s).await;
+    assert_eq!(a.errors.len(), 1, "one error, the rest skipped");
+    assert!(a.refused());
+    still_in_step(&mut s, b'I').await;
+}
