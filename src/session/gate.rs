@@ -65,6 +65,8 @@ pub struct PolicyGate {
     fingerprints: std::cell::RefCell<std::collections::VecDeque<(Arc<Inspection>, Option<String>)>>,
     /// The record the Parse being decided leaves for its Binds (see [`PendingParse`]).
     parse_record: Option<StatementRecord>,
+    /// What the Parse being decided would change in the session when run.
+    parse_effects: Option<Arc<Inspection>>,
     /// Forwarded Parses whose effect on the name (its record, its one run) waits for the
     /// server's ParseComplete: a Parse the server rejects or skips (the name is taken, an
     /// earlier message of the batch failed) leaves the statement it had in place, and so its
@@ -75,6 +77,11 @@ pub struct PolicyGate {
 struct PendingParse {
     batch_end: u64,
     name: Vec<u8>,
+    /// What it costs (counted in `named_bytes`).
+    bytes: usize,
+    /// What running it changes in the session (settings, creations), applied at each Bind
+    /// that runs it, not at Parse; none for plain reads and writes.
+    effects: Option<Arc<Inspection>>,
     text: Arc<[u8]>,
     stamp: Stamp,
     record: Option<StatementRecord>,
@@ -85,6 +92,8 @@ struct PendingParse {
 
 /// A prepared statement (extended protocol) the server confirmed.
 struct Named {
+    bytes: usize,
+    effects: Option<Arc<Inspection>>,
     text: Arc<[u8]>,
     stamp: Stamp,
     /// The record made when its Parse was decided, written again at each Bind.
@@ -169,6 +178,7 @@ impl PolicyGate {
             named_bytes: 0,
             fingerprints: Default::default(),
             parse_record: None,
+            parse_effects: None,
             pending_parses: Default::default(),
         }
     }
@@ -548,7 +558,12 @@ impl PolicyGate {
         approval: Option<ApprovalInfo>,
     ) -> Verdict {
         let Some(audit) = self.shared.audit.clone() else {
-            self.remember(&ins, view.batch_end);
+            if view.parse_name.is_some() {
+                // A Parse runs nothing: what it changes counts at each Bind that runs it.
+                self.parse_effects = Some(ins);
+            } else {
+                self.remember(&ins, view.batch_end);
+            }
             return Verdict::Forward;
         };
         let must = !d.matches.is_empty()
@@ -565,7 +580,7 @@ impl PolicyGate {
             self.parse_record = must.then(|| {
                 self.statement_record(d, &ins, view, text, ticket, break_glass, approval, None)
             });
-            self.remember(&ins, view.batch_end);
+            self.parse_effects = Some(ins);
             return Verdict::Forward;
         }
         if !must {
@@ -893,10 +908,7 @@ impl PolicyGate {
 
     /// The refusal for a Parse of `name` whose text would take the session past its budget.
     fn over_budget(&self, name: &[u8], text: &[u8]) -> Option<PgError> {
-        let replaced = self
-            .named
-            .get(name)
-            .map_or(0, |n| named_size(name, &n.text, n.record.as_ref()));
+        let replaced = self.named.get(name).map_or(0, |n| n.bytes);
         let wanted = named_size(name, text, None);
         let used = self.named_bytes + self.ledger.prepared_bytes() - replaced;
         if used + wanted <= STATEMENT_BUDGET {
@@ -907,7 +919,7 @@ impl PolicyGate {
 
     fn remove_named(&mut self, name: &[u8]) {
         if let Some(n) = self.named.remove(name) {
-            self.named_bytes -= named_size(name, &n.text, n.record.as_ref());
+            self.named_bytes -= n.bytes;
         }
     }
 
@@ -936,13 +948,14 @@ impl PolicyGate {
 
     fn forget_named(&mut self) {
         for (name, n) in self.named.drain() {
-            self.named_bytes -= named_size(&name, &n.text, n.record.as_ref());
+            let _ = name;
+            self.named_bytes -= n.bytes;
         }
     }
 
     fn drop_pending(&mut self, gone: Vec<PendingParse>) {
         for p in gone {
-            self.named_bytes -= named_size(&p.name, &p.text, p.record.as_ref());
+            self.named_bytes -= p.bytes;
         }
     }
 
@@ -1130,15 +1143,20 @@ impl Gate for PolicyGate {
             // replaces it, and its record, once the server confirms it (`on_parse_answer`);
             // a refused Parse leaves the name as it was (the server keeps its statement).
             let record = self.parse_record.take();
+            let effects = self.parse_effects.take().filter(|i| !inert(i));
             if matches!(v, Verdict::Forward) {
                 // Every forwarded Parse is queued, to stay in step with the server's
                 // ParseCompletes (one a Parse before it answers must not apply this one).
                 let text: Arc<[u8]> = Arc::from(text);
-                self.named_bytes += named_size(name, &text, record.as_ref());
+                let bytes = named_size(name, &text, record.as_ref())
+                    + effects.as_ref().map_or(0, |_| text.len());
+                self.named_bytes += bytes;
                 let stamp = self.stamp(view);
                 self.pending_parses.push_back(PendingParse {
                     batch_end: view.batch_end,
                     name: name.to_vec(),
+                    bytes,
+                    effects,
                     text,
                     stamp,
                     record,
@@ -1161,6 +1179,8 @@ impl Gate for PolicyGate {
                 self.named.insert(
                     p.name,
                     Named {
+                        bytes: p.bytes,
+                        effects: p.effects,
                         text: p.text,
                         stamp: p.stamp,
                         record: p.record,
@@ -1236,6 +1256,10 @@ impl Gate for PolicyGate {
             }
             return self.decide_again(statement, text, &parsed, view);
         }
+        let effects = match pending {
+            Some(i) => self.pending_parses[i].effects.clone(),
+            None => self.named.get(statement).and_then(|n| n.effects.clone()),
+        };
         let (once_ok, record) = match pending {
             Some(i) => {
                 let p = &mut self.pending_parses[i];
@@ -1282,8 +1306,13 @@ impl Gate for PolicyGate {
             );
         }
         match (self.shared.audit.clone(), record) {
-            (Some(audit), Some(rec)) => self.await_record(&audit, rec, key(), None),
-            _ => Verdict::Forward,
+            (Some(audit), Some(rec)) => self.await_record(&audit, rec, key(), effects),
+            _ => {
+                if let Some(e) = &effects {
+                    self.remember(e, view.batch_end);
+                }
+                Verdict::Forward
+            }
         }
     }
 
@@ -1373,6 +1402,20 @@ impl PolicyGate {
         }
         self.enforce(first, view, text.as_bytes())
     }
+}
+
+/// A statement whose running changes nothing the ledger follows: plain reads and writes.
+fn inert(ins: &Inspection) -> bool {
+    ins.unparsed.is_none()
+        && ins.statements.iter().all(|s| {
+            s.functions.is_empty()
+                && s.ops.iter().enumerate().all(|(k, op)| {
+                    matches!(op.class, crate::sql::Class::Read | crate::sql::Class::Write)
+                        && op.set.is_none()
+                        && op.prepared_name.is_none()
+                        && !op.creates_table(k == 0)
+                })
+        })
 }
 
 /// How the client names prepared statement `statement` in messages.

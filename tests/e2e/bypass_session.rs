@@ -372,7 +372,13 @@ roles = ["pgw_restricted"]
     let a = run(&mut s, "wipe").await;
     assert!(a.refused(), "{a:?}");
     assert_eq!(rows(&t).await, 2);
-    assert!(q(&mut s, "RESET ROLE").await.ok());
+    // A RESET ROLE prepared but never run changes nothing: still the restricted role.
+    assert!(prepare(&mut s, "unrole", "RESET ROLE").await.ok());
+    let a = q(&mut s, &format!("TRUNCATE {t}")).await;
+    assert!(a.refused(), "{a:?}");
+    assert_eq!(rows(&t).await, 2);
+    // Run, it does.
+    assert!(run(&mut s, "unrole").await.ok());
     assert!(run(&mut s, "wipe").await.ok());
     assert_eq!(rows(&t).await, 0);
     cleanup(&format!("DROP TABLE IF EXISTS {t}")).await;
