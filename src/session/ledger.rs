@@ -78,6 +78,9 @@ pub struct Ledger {
     prepared_bytes: usize,
     /// Bytes of statement text the journal holds (bounded by the gate).
     journal_bytes: usize,
+    /// The other spelling of a created table's name, both ways: `t` and `s.t` for a table
+    /// created while the search_path was the one schema `s` (forgotten together).
+    aliases: HashMap<String, String>,
 }
 
 impl Ledger {
@@ -114,6 +117,7 @@ impl Ledger {
             generation: 0,
             prepared_bytes: 0,
             journal_bytes: 0,
+            aliases: HashMap::new(),
         };
         l.confirmed = l.settings();
         l
@@ -238,6 +242,12 @@ impl Ledger {
             .filter(|n| !n.contains('.'))
             .cloned()
             .collect();
+        // Their qualified spellings still name the tables created.
+        for n in &unqualified {
+            if let Some(a) = self.aliases.remove(n) {
+                self.aliases.remove(&a);
+            }
+        }
         self.forget_created(&unqualified);
     }
 
@@ -273,8 +283,14 @@ impl Ledger {
     }
 
     fn forget_created(&mut self, names: &[String]) {
-        // Indexes go with their tables.
+        // Indexes go with their tables; a name with its other spelling.
         let mut names = names.to_vec();
+        for n in names.clone() {
+            if let Some(a) = self.aliases.remove(&n) {
+                self.aliases.remove(&a);
+                names.push(a);
+            }
+        }
         let dropped: Vec<String> = self
             .index_tables
             .iter()
@@ -424,7 +440,27 @@ impl Ledger {
                     // not nested in CREATE SCHEMA or a DO body.
                     _ if op.creates_table(k == 0) => {
                         let until = batch_end;
-                        self.pending_created.push_back((until, op.objects.clone()));
+                        let mut names = op.objects.clone();
+                        if let Some(schema) = self
+                            .search_path()
+                            .and_then(single_schema)
+                            .map(str::to_owned)
+                        {
+                            // Under a one-schema search_path, `t` is `schema.t` and back.
+                            for n in &op.objects {
+                                let other = match n.split_once('.') {
+                                    None => format!("{schema}.{n}"),
+                                    Some((s, rest)) if s == schema && !rest.contains('.') => {
+                                        rest.to_owned()
+                                    }
+                                    Some(_) => continue,
+                                };
+                                self.aliases.insert(n.clone(), other.clone());
+                                self.aliases.insert(other.clone(), n.clone());
+                                names.push(other);
+                            }
+                        }
+                        self.pending_created.push_back((until, names));
                     }
                     // An index on a table created in this session is one too (its DROP
                     // INDEX locks nothing anyone else uses).
@@ -603,6 +639,17 @@ impl Ledger {
         self.last_tx = tx;
         self.publish_created();
     }
+}
+
+/// The schema a search_path of exactly one plain schema names (lower-case, unquoted, not
+/// `$user` or `pg_temp`): unqualified tables are created there.
+fn single_schema(search_path: &str) -> Option<&str> {
+    let v = search_path.trim().trim_matches('\'');
+    let plain = !v.is_empty()
+        && !v.starts_with("pg_")
+        && v.chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+    plain.then_some(v)
 }
 
 /// The statement text an inspection holds.

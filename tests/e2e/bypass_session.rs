@@ -777,7 +777,35 @@ async fn the_exemption_follows_the_table_not_the_spelling() {
     assert!(q(&mut s, &format!("SET search_path = {schema}, public"))
         .await
         .ok());
+    // Under a one-schema search_path, both spellings name the new table (and forgetting
+    // one forgets the other): an old table renamed into the name is not exempt.
+    let (one, x, oldx) = (unique("pgw_one"), unique("pgw_x"), unique("pgw_oldx"));
+    direct()
+        .await
+        .batch_execute(&format!(
+            "CREATE SCHEMA {one}; CREATE TABLE {one}.{oldx} (a int); INSERT INTO {one}.{oldx} VALUES (1)"
+        ))
+        .await
+        .unwrap();
+    assert!(q(&mut s, &format!("SET search_path = {one}")).await.ok());
+    assert!(q(&mut s, &format!("CREATE TABLE {x} (a int)")).await.ok());
+    assert!(q(&mut s, &format!("TRUNCATE {one}.{x}")).await.ok());
+    assert!(q(&mut s, &format!("DROP TABLE {one}.{x}")).await.ok());
+    assert!(q(&mut s, &format!("ALTER TABLE {oldx} RENAME TO {x}"))
+        .await
+        .ok());
+    assert!(q(&mut s, &format!("DROP TABLE {x}")).await.refused());
+    assert!(q(&mut s, &format!("DROP TABLE {one}.{x}")).await.refused());
+    assert_eq!(rows(&format!("{one}.{x}")).await, 1);
+    cleanup(&format!("DROP SCHEMA {one} CASCADE")).await;
+    assert!(q(&mut s, &format!("SET search_path = {schema}, public"))
+        .await
+        .ok());
     assert!(q(&mut s, &format!("CREATE TABLE {t} (a int)")).await.ok());
+    assert!(
+        q(&mut s, &format!("TRUNCATE {t}")).await.ok(),
+        "its own, exempt"
+    );
     assert!(q(&mut s, &format!("DROP SCHEMA {schema} CASCADE"))
         .await
         .ok());

@@ -430,3 +430,36 @@ fn an_old_table_renamed_into_a_dropped_creations_name_is_not_exempt() {
     );
     assert!(!l.created().contains("n"));
 }
+
+#[test]
+fn under_a_one_schema_search_path_both_spellings_name_the_creation() {
+    let mut l = ledger();
+    batch(&mut l, "SET search_path = app", 2, false, TxStatus::Idle);
+    batch(&mut l, "CREATE TABLE t (a int)", 3, false, TxStatus::Idle);
+    batch(
+        &mut l,
+        "CREATE TABLE app.u (a int)",
+        4,
+        false,
+        TxStatus::Idle,
+    );
+    assert!(l.created().contains("t") && l.created().contains("app.t"));
+    assert!(l.created().contains("u") && l.created().contains("app.u"));
+    // Dropped under one spelling, gone under both.
+    batch(&mut l, "DROP TABLE app.t", 5, false, TxStatus::Idle);
+    assert!(!l.created().contains("t") && !l.created().contains("app.t"));
+    // Another search_path: the unqualified spelling goes, the qualified one stays.
+    batch(
+        &mut l,
+        "SET search_path = other, public",
+        6,
+        false,
+        TxStatus::Idle,
+    );
+    assert!(!l.created().contains("u"));
+    assert!(l.created().contains("app.u"));
+    // No alias when the search_path is not one plain schema.
+    batch(&mut l, "CREATE TABLE w (a int)", 7, false, TxStatus::Idle);
+    assert!(l.created().contains("w"));
+    assert!(!l.created().iter().any(|n| n.ends_with(".w")));
+}
