@@ -163,6 +163,13 @@ impl Batches {
         let batch = self.batch_end();
         if kind.closes() {
             self.sent += 1;
+        }
+        if self.skipping && self.open == 0 && kind != Sent::Sync {
+            // The server discards it unanswered (skipping until a Sync not sent yet): not
+            // queued, so a client sending messages after an error without Sync grows nothing.
+            return;
+        }
+        if kind.closes() {
             self.open += 1;
         }
         self.queue.push_back(Queued { kind, batch });
@@ -386,6 +393,22 @@ mod tests {
         assert!(!b.awaiting_ready());
         send(&mut b, b"Q");
         assert_eq!(answer(&mut b, b"CZ"), vec![Ready::Closed(4)]);
+    }
+
+    #[test]
+    fn messages_the_server_skips_are_not_queued() {
+        let mut b = session();
+        send(&mut b, b"PB");
+        answer(&mut b, b"E");
+        for _ in 0..100_000 {
+            send(&mut b, b"BEQ");
+        }
+        assert!(b.queue.len() < 4, "{}", b.queue.len());
+        let n = b.batch_end();
+        send(&mut b, b"S");
+        assert_eq!(answer(&mut b, b"Z"), vec![Ready::Closed(n)]);
+        send(&mut b, b"Q");
+        assert_eq!(answer(&mut b, b"CZ"), vec![Ready::Closed(n + 1)]);
     }
 
     #[test]

@@ -417,7 +417,7 @@ impl PolicyGate {
             let used = self.named_bytes + self.ledger.prepared_bytes();
             return Verdict::Refuse(budget_refusal(used, prepares));
         }
-        if self.ledger.journal_bytes() > STATEMENT_BUDGET && Ledger::journals(&ins) {
+        if self.ledger.journal_bytes() > STATEMENT_BUDGET && !inert(&ins) {
             // Settings changes forwarded and not yet answered (an extended batch without
             // Sync) are kept until their batch ends: bounded too.
             return Verdict::Refuse(budget_refusal(self.ledger.journal_bytes(), text.len()));
@@ -953,6 +953,12 @@ impl PolicyGate {
         }
     }
 
+    /// A Bind that would add to what waits for its batch's end, past the budget.
+    fn backlog_full(&self, effects: Option<&Arc<Inspection>>) -> Option<PgError> {
+        let backlog = self.ledger.journal_bytes();
+        (effects.is_some() && backlog > STATEMENT_BUDGET).then(|| budget_refusal(backlog, 0))
+    }
+
     fn drop_pending(&mut self, gone: Vec<PendingParse>) {
         for p in gone {
             self.named_bytes -= p.bytes;
@@ -1293,6 +1299,9 @@ impl Gate for PolicyGate {
                 None => (true, None),
             },
         };
+        if let Some(e) = self.backlog_full(effects.as_ref()) {
+            return Verdict::Refuse(e);
+        }
         if !once_ok {
             let name = statement_name(statement);
             tracing::warn!(statement = %name, "Bind refused: let through for one run");

@@ -166,14 +166,10 @@ impl Ledger {
         self.generation
     }
 
-    /// Bytes of statement text kept until their batches end (settings to confirm or undo).
+    /// Bytes kept until their batches end: statement text of settings to confirm or undo,
+    /// and (estimated) creations to count.
     pub fn journal_bytes(&self) -> usize {
-        self.journal_bytes
-    }
-
-    /// Whether remembering `ins` keeps it until its batch ends.
-    pub fn journals(ins: &Inspection) -> bool {
-        changes_settings(ins)
+        self.journal_bytes + self.pending_created.len() * 256
     }
 
     /// Bytes of SQL-level PREPAREd statement text remembered.
