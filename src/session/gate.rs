@@ -29,6 +29,11 @@ use crate::workflow::cases::encoding_readable;
 use crate::workflow::{self, HoldEnd, Route};
 
 use super::ledger::Ledger;
+pub use super::prepared::STATEMENT_BUDGET;
+use super::prepared::{
+    budget_refusal, inert, named_size, statement_name, unknown_statement, Named, PendingParse,
+    Stamp, DECISION_LIFETIME,
+};
 
 /// The longest statement text (as approvers see it) that is held for review.
 pub const MAX_HELD_SQL: usize = 64 * 1024;
@@ -74,69 +79,12 @@ pub struct PolicyGate {
     pending_parses: std::collections::VecDeque<PendingParse>,
 }
 
-struct PendingParse {
-    batch_end: u64,
-    name: Vec<u8>,
-    /// What it costs (counted in `named_bytes`).
-    bytes: usize,
-    /// What running it changes in the session (settings, creations), applied at each Bind
-    /// that runs it, not at Parse; none for plain reads and writes.
-    effects: Option<Arc<Inspection>>,
-    text: Arc<[u8]>,
-    stamp: Stamp,
-    record: Option<StatementRecord>,
-    once_only: bool,
-    /// A Bind already ran it before the server confirmed it.
-    once_used: bool,
-}
-
-/// A prepared statement (extended protocol) the server confirmed.
-struct Named {
-    bytes: usize,
-    effects: Option<Arc<Inspection>>,
-    text: Arc<[u8]>,
-    stamp: Stamp,
-    /// The record made when its Parse was decided, written again at each Bind.
-    record: Option<StatementRecord>,
-    /// Let through by a ticket, an approval or break-glass: whether its one run is unused.
-    once: Option<bool>,
-}
-
-/// What a decision rested on, beyond the statement's text: when any of it differs at a
-/// Bind, the statement is decided again. Comparing it is the whole cost of a Bind whose
-/// statement nothing has changed for.
-#[derive(Clone, Debug, PartialEq)]
-struct Stamp {
-    /// The ledger's generation: settings, creations, DDL, prepared statements.
-    generation: u64,
-    tx: TxStatus,
-    /// Server parameters (how the text was read, who runs it).
-    params: crate::session::params::ServerParams,
-    /// Whether the text was read with nothing unanswered before it.
-    settled: bool,
-    policy: String,
-    at: Instant,
-}
-
-/// How long a decision stands without being made again (catalog facts and the clock move).
-const DECISION_LIFETIME: std::time::Duration = std::time::Duration::from_secs(30);
-
-/// The most statement text (names, texts, records of prepared statements, protocol-level
-/// and SQL PREPARE alike) one session may have pgwarden remember: a Parse or PREPARE beyond
-/// it is refused with 54000, and the session stays usable (Close or DEALLOCATE frees room).
-pub const STATEMENT_BUDGET: usize = 16 << 20;
-
 /// How many inspections' fingerprints a session remembers.
 const FINGERPRINT_MEMO: usize = 32;
 
 /// Inspections of texts longer than this are not kept in the fingerprint memo (32 of them
 /// would otherwise keep up to 32 inspections of 4 MB texts alive).
 const FINGERPRINT_MEMO_TEXT: usize = 64 * 1024;
-
-/// What remembering a prepared statement costs.
-fn named_size(name: &[u8], text: &[u8], record: Option<&StatementRecord>) -> usize {
-    name.len() + text.len() + record.map_or(0, |r| r.statement.text.len() + 256)
-}
 
 /// A message waiting for its audit record to be synced.
 struct Awaiting {
@@ -1411,53 +1359,6 @@ impl PolicyGate {
         }
         self.enforce(first, view, text.as_bytes())
     }
-}
-
-/// A statement whose running changes nothing the ledger follows: plain reads and writes.
-fn inert(ins: &Inspection) -> bool {
-    ins.unparsed.is_none()
-        && ins.statements.iter().all(|s| {
-            s.functions.is_empty()
-                && s.ops.iter().enumerate().all(|(k, op)| {
-                    matches!(op.class, crate::sql::Class::Read | crate::sql::Class::Write)
-                        && op.set.is_none()
-                        && op.prepared_name.is_none()
-                        && !op.creates_table(k == 0)
-                })
-        })
-}
-
-/// How the client names prepared statement `statement` in messages.
-fn statement_name(statement: &[u8]) -> String {
-    if statement.is_empty() {
-        "the unnamed prepared statement".to_owned()
-    } else {
-        format!(
-            "prepared statement \"{}\"",
-            String::from_utf8_lossy(statement)
-        )
-    }
-}
-
-/// A Bind of a statement no Parse pgwarden let through defined.
-fn unknown_statement(statement: &[u8]) -> PgError {
-    let name = statement_name(statement);
-    PgError::error(
-        SqlState("26000"),
-        format!("pgwarden: {name} does not exist"),
-    )
-    .with_detail("pgwarden let no Parse of it through (it was refused, closed or deallocated), so it cannot decide what it runs.")
-    .with_hint("Prepare it again (Parse).")
-}
-
-/// A Parse or PREPARE whose text would take the session past [`STATEMENT_BUDGET`].
-fn budget_refusal(used: usize, wanted: usize) -> PgError {
-    PgError::error(
-        SqlState::PROGRAM_LIMIT_EXCEEDED,
-        format!("pgwarden: this session's prepared statements would take {} bytes of pgwarden's memory, more than its limit of {STATEMENT_BUDGET}", used + wanted),
-    )
-    .with_detail(format!("Prepared statements remembered: {used} bytes; this one: {wanted} bytes."))
-    .with_hint("Close (or DEALLOCATE) prepared statements no longer used, or run large statements unprepared.")
 }
 
 /// An inspection that could not be made: refused by the unparsed-statement rule.

@@ -7,6 +7,7 @@ pub mod batches;
 pub mod gate;
 pub mod ledger;
 pub mod params;
+pub mod prepared;
 pub mod refusal;
 pub mod relay;
 pub mod startup;
