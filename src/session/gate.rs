@@ -29,6 +29,11 @@ use crate::workflow::cases::encoding_readable;
 use crate::workflow::{self, HoldEnd, Route};
 
 use super::ledger::Ledger;
+pub use super::prepared::STATEMENT_BUDGET;
+use super::prepared::{
+    budget_refusal, inert, named_size, statement_name, unknown_statement, Named, PendingParse,
+    Stamp, DECISION_LIFETIME,
+};
 
 /// The longest statement text (as approvers see it) that is held for review.
 pub const MAX_HELD_SQL: usize = 64 * 1024;
@@ -47,24 +52,26 @@ pub struct PolicyGate {
     supplied: HashMap<String, Answers>,
     /// What forwarded statements changed in the session (settings, creations, prepared).
     ledger: Ledger,
-    /// Prepared statements (extended protocol) let through by a ticket, an approval or
-    /// break-glass, and whether their one run is still unused.
-    once: HashMap<Vec<u8>, bool>,
     /// The decision being made was let through by a ticket, an approval or break-glass.
     once_only: bool,
     /// A statement whose audit record is being written: it is forwarded once it is synced.
     awaiting: Option<Awaiting>,
     /// Forwarded recorded statements whose batch has not been answered yet.
     outcomes: Vec<PendingOutcome>,
-    /// Prepared statements (extended protocol) recorded at each Bind: the record made when
-    /// their Parse was decided.
-    prepared_records: HashMap<Vec<u8>, StatementRecord>,
+    /// Prepared statements (extended protocol) the server confirmed, by name: their text and
+    /// what their decision rested on, to decide them again at a Bind when that changed.
+    named: HashMap<Vec<u8>, Named>,
+    /// Bytes `named` and `pending_parses` hold (names, texts, records), bounded by
+    /// [`STATEMENT_BUDGET`].
+    named_bytes: usize,
     /// Fingerprints of recently recorded inspections: texts that share a cached inspection
     /// differ only in literals, which fingerprints leave out (the Arc held keeps the
     /// inspection, and so its address, alive).
     fingerprints: std::cell::RefCell<std::collections::VecDeque<(Arc<Inspection>, Option<String>)>>,
     /// The record the Parse being decided leaves for its Binds (see [`PendingParse`]).
     parse_record: Option<StatementRecord>,
+    /// What the Parse being decided would change in the session when run.
+    parse_effects: Option<Arc<Inspection>>,
     /// Forwarded Parses whose effect on the name (its record, its one run) waits for the
     /// server's ParseComplete: a Parse the server rejects or skips (the name is taken, an
     /// earlier message of the batch failed) leaves the statement it had in place, and so its
@@ -72,17 +79,12 @@ pub struct PolicyGate {
     pending_parses: std::collections::VecDeque<PendingParse>,
 }
 
-struct PendingParse {
-    batch_end: u64,
-    name: Vec<u8>,
-    record: Option<StatementRecord>,
-    once_only: bool,
-    /// A Bind already ran it before the server confirmed it.
-    once_used: bool,
-}
-
 /// How many inspections' fingerprints a session remembers.
 const FINGERPRINT_MEMO: usize = 32;
+
+/// Inspections of texts longer than this are not kept in the fingerprint memo (32 of them
+/// would otherwise keep up to 32 inspections of 4 MB texts alive).
+const FINGERPRINT_MEMO_TEXT: usize = 64 * 1024;
 
 /// A message waiting for its audit record to be synced.
 struct Awaiting {
@@ -117,13 +119,14 @@ impl PolicyGate {
             supplied: Default::default(),
             resumed: None,
             ledger,
-            once: HashMap::new(),
             once_only: false,
             awaiting: None,
             outcomes: Vec::new(),
-            prepared_records: HashMap::new(),
+            named: HashMap::new(),
+            named_bytes: 0,
             fingerprints: Default::default(),
             parse_record: None,
+            parse_effects: None,
             pending_parses: Default::default(),
         }
     }
@@ -232,6 +235,32 @@ impl PolicyGate {
         ctx.now = jiff::Timestamp::now();
         let mode = self.shared.config.mode;
         let mut d = policy.decide(ins, &ctx, mode);
+        // A table attached as a partition (or made a child) earlier in the same text: the
+        // statements after it are decided with nothing taken as created before them (the
+        // parent now owns older data; the inspector does not name the child or the parent).
+        if let Some(i) = ins.statements.iter().position(|s| {
+            s.ops.iter().any(|o| {
+                o.subcommands
+                    .iter()
+                    .any(|c| c == "ATTACH PARTITION" || c == "ADD INHERIT")
+            })
+        }) {
+            if i + 1 < ins.statements.len() {
+                let rest = Inspection {
+                    statements: ins.statements[i + 1..].to_vec(),
+                    unparsed: None,
+                    literal_sensitive: ins.literal_sensitive,
+                    notes: Vec::new(),
+                    memo: Default::default(),
+                };
+                let mut after = ctx.clone();
+                after.created = Default::default();
+                let again = policy.decide(&rest, &after, mode);
+                d.action = d.action.max(again.action);
+                d.strictest = d.strictest.max(again.strictest);
+                d.matches.extend(again.matches);
+            }
+        }
         // EXECUTE runs what PREPARE defined: its facts are decided again, now.
         for op in ins.statements.iter().flat_map(|s| &s.ops) {
             if op.tag != "EXECUTE" {
@@ -322,6 +351,25 @@ impl PolicyGate {
     /// forward, refuse, or wait for a ticket check, a hold or a break-glass record, after
     /// which the same text is decided again with the wait's answer.
     fn enforce(&mut self, ins: Arc<Inspection>, view: &View<'_>, text: &[u8]) -> Verdict {
+        let prepares: usize = ins
+            .statements
+            .iter()
+            .flat_map(|s| &s.ops)
+            .filter(|op| op.tag == "PREPARE")
+            .filter_map(|op| op.prepared_name.as_deref())
+            .map(|n| super::ledger::prepared_size(n, &ins))
+            .sum();
+        if prepares > 0
+            && self.named_bytes + self.ledger.prepared_bytes() + prepares > STATEMENT_BUDGET
+        {
+            let used = self.named_bytes + self.ledger.prepared_bytes();
+            return Verdict::Refuse(budget_refusal(used, prepares));
+        }
+        if self.ledger.journal_bytes() > STATEMENT_BUDGET && !inert(&ins) {
+            // Settings changes forwarded and not yet answered (an extended batch without
+            // Sync) are kept until their batch ends: bounded too.
+            return Verdict::Refuse(budget_refusal(self.ledger.journal_bytes(), text.len()));
+        }
         let d = self.decide(&ins, view);
         report(&d, &ins);
         if self.resumed.is_none() {
@@ -458,7 +506,12 @@ impl PolicyGate {
         approval: Option<ApprovalInfo>,
     ) -> Verdict {
         let Some(audit) = self.shared.audit.clone() else {
-            self.ledger.remember(&ins, view.batch_end);
+            if view.parse_name.is_some() {
+                // A Parse runs nothing: what it changes counts at each Bind that runs it.
+                self.parse_effects = Some(ins);
+            } else {
+                self.remember(&ins, view.batch_end);
+            }
             return Verdict::Forward;
         };
         let must = !d.matches.is_empty()
@@ -475,11 +528,11 @@ impl PolicyGate {
             self.parse_record = must.then(|| {
                 self.statement_record(d, &ins, view, text, ticket, break_glass, approval, None)
             });
-            self.ledger.remember(&ins, view.batch_end);
+            self.parse_effects = Some(ins);
             return Verdict::Forward;
         }
         if !must {
-            self.ledger.remember(&ins, view.batch_end);
+            self.remember(&ins, view.batch_end);
             return Verdict::Forward;
         }
         let rec = self.statement_record(d, &ins, view, text, ticket, break_glass, approval, None);
@@ -536,7 +589,7 @@ impl PolicyGate {
         self.once_only = a.once_only;
         let go = |gate: &mut Self| {
             if let Some(ins) = &a.ins {
-                gate.ledger.remember(ins, view.batch_end);
+                gate.remember(ins, view.batch_end);
             }
         };
         match outcome {
@@ -583,6 +636,10 @@ impl PolicyGate {
         let f = crate::sql::fingerprint::fingerprints(text, read_as)
             .ok()
             .map(|f| f.join(","));
+        if text.len() > FINGERPRINT_MEMO_TEXT {
+            // Kept alive by the memo, a large inspection would cost more than recomputing.
+            return f;
+        }
         if memo.len() >= FINGERPRINT_MEMO {
             memo.pop_front();
         }
@@ -775,11 +832,164 @@ impl PolicyGate {
     }
 }
 
+impl PolicyGate {
+    /// What a decision made now rests on.
+    fn stamp(&self, view: &View<'_>) -> Stamp {
+        Stamp {
+            generation: self.ledger.generation(),
+            tx: view.tx,
+            params: view.params.clone(),
+            settled: view.settled,
+            policy: self.shared.policy.load().version.clone(),
+            at: Instant::now(),
+        }
+    }
+
+    /// Whether a decision stamped `s` still stands for a Bind seen with `view`.
+    fn still_stands(&self, s: &Stamp, view: &View<'_>) -> bool {
+        s.generation == self.ledger.generation()
+            && s.tx == view.tx
+            && s.params == *view.params
+            && s.policy == self.shared.policy.load().version
+            && s.at.elapsed() < DECISION_LIFETIME
+    }
+
+    /// The refusal for a Parse of `name` whose text would take the session past its budget.
+    fn over_budget(&self, name: &[u8], text: &[u8]) -> Option<PgError> {
+        let replaced = self.named.get(name).map_or(0, |n| n.bytes);
+        let wanted = named_size(name, text, None);
+        let used = self.named_bytes + self.ledger.prepared_bytes() - replaced;
+        if used + wanted <= STATEMENT_BUDGET {
+            return None;
+        }
+        Some(budget_refusal(used, wanted))
+    }
+
+    fn remove_named(&mut self, name: &[u8]) {
+        if let Some(n) = self.named.remove(name) {
+            self.named_bytes -= n.bytes;
+        }
+    }
+
+    /// Session facts of a statement forwarded (see [`Ledger::remember`]); SQL that drops
+    /// prepared statements (DEALLOCATE, DISCARD ALL) or defines one (PREPARE takes a name
+    /// only a statement that does not exist had) drops what pgwarden knew of them.
+    fn remember(&mut self, ins: &Arc<Inspection>, batch_end: u64) {
+        self.ledger.remember(ins, batch_end);
+        for s in &ins.statements {
+            for op in &s.ops {
+                match (op.tag.as_str(), &op.prepared_name) {
+                    ("PREPARE" | "DEALLOCATE", Some(n)) => self.remove_named(n.as_bytes()),
+                    ("DEALLOCATE", None) => self.forget_named(),
+                    ("DISCARD", _)
+                        if s.text.split_whitespace().nth(1).is_some_and(|w| {
+                            w.trim_end_matches(';').eq_ignore_ascii_case("all")
+                        }) =>
+                    {
+                        self.forget_named()
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+
+    fn forget_named(&mut self) {
+        for (name, n) in self.named.drain() {
+            let _ = name;
+            self.named_bytes -= n.bytes;
+        }
+    }
+
+    /// A Bind that would add to what waits for its batch's end, past the budget.
+    fn backlog_full(&self, effects: Option<&Arc<Inspection>>) -> Option<PgError> {
+        let backlog = self.ledger.journal_bytes();
+        (effects.is_some() && backlog > STATEMENT_BUDGET).then(|| budget_refusal(backlog, 0))
+    }
+
+    fn drop_pending(&mut self, gone: Vec<PendingParse>) {
+        for p in gone {
+            self.named_bytes -= p.bytes;
+        }
+    }
+
+    /// Decides the text of prepared statement `name` again, for a Bind of it: what its
+    /// decision at Parse rested on has changed. The text is read as the server read it at
+    /// Parse (its standard_conforming_strings and client_encoding then).
+    fn decide_again(
+        &mut self,
+        name: &[u8],
+        text: Arc<[u8]>,
+        parsed: &Stamp,
+        view: &View<'_>,
+    ) -> Verdict {
+        let mut params = view.params.clone();
+        params.standard_conforming_strings = parsed.params.standard_conforming_strings;
+        params.client_encoding = parsed.params.client_encoding.clone();
+        let again = View {
+            params: &params,
+            tx: view.tx,
+            settled: view.settled && parsed.settled,
+            batch_end: view.batch_end,
+            parse_name: None,
+        };
+        let v = self.check(&text, &again);
+        if matches!(v, Verdict::Forward) && !self.once_only {
+            // Allowed as things are now: the next Bind compares with now. (Let through by
+            // a ticket, an approval or break-glass, it is decided again at the next Bind.)
+            let stamp = self.stamp(view);
+            if let Some(p) = self
+                .pending_parses
+                .iter_mut()
+                .rev()
+                .find(|p| p.name == name && Arc::ptr_eq(&p.text, &text))
+            {
+                p.stamp = stamp;
+                p.once_only = false;
+            } else if let Some(n) = self.named.get_mut(name) {
+                n.stamp = stamp;
+                n.once = None;
+            }
+        }
+        v
+    }
+
+    /// The refusal policy gives `text` (a prepared statement parsed under `parsed`) now, if
+    /// any, without routing it (no ticket check, no hold).
+    fn refusal_now(&self, text: &[u8], parsed: &Stamp, view: &View<'_>) -> Option<PgError> {
+        let Ok(t) = std::str::from_utf8(text) else {
+            return Some(workflow::refusal(
+                &self.decide(&unreadable("statement text is not valid UTF-8"), view),
+                &unreadable("statement text is not valid UTF-8"),
+                None,
+            ));
+        };
+        let read_as = ReadAs {
+            standard_conforming_strings: parsed.params.standard_conforming_strings.unwrap_or(true),
+        };
+        let ins = self.shared.cache.inspect(t, read_as);
+        let d = self.decide(&ins, view);
+        d.action
+            .refuses()
+            .then(|| workflow::refusal(&d, &ins, None))
+    }
+}
+
 impl Gate for PolicyGate {
     fn on_ready(&mut self, failed: bool, tx: TxStatus, ready: u64, answer: &BatchAnswer) {
         self.ledger.on_ready(failed, tx, ready);
         // Parses of ended batches the server never confirmed took no effect.
-        self.pending_parses.retain(|p| p.batch_end > ready);
+        if self
+            .pending_parses
+            .front()
+            .is_some_and(|p| p.batch_end <= ready)
+        {
+            let (gone, kept): (Vec<_>, Vec<_>) = std::mem::take(&mut self.pending_parses)
+                .into_iter()
+                .partition(|p| p.batch_end <= ready);
+            self.pending_parses = kept.into();
+            self.drop_pending(gone);
+        }
         if self.outcomes.is_empty() {
             return;
         }
@@ -860,6 +1070,11 @@ impl Gate for PolicyGate {
 
     fn check(&mut self, text: &[u8], view: &View<'_>) -> Verdict {
         self.once_only = false;
+        if let Some(name) = view.parse_name {
+            if let Some(e) = self.over_budget(name, text) {
+                return Verdict::Refuse(e);
+            }
+        }
         let v = match self.audited(|| text_key(text), view) {
             Some(v) => v,
             None => {
@@ -882,12 +1097,22 @@ impl Gate for PolicyGate {
             // replaces it, and its record, once the server confirms it (`on_parse_answer`);
             // a refused Parse leaves the name as it was (the server keeps its statement).
             let record = self.parse_record.take();
+            let effects = self.parse_effects.take().filter(|i| !inert(i));
             if matches!(v, Verdict::Forward) {
                 // Every forwarded Parse is queued, to stay in step with the server's
                 // ParseCompletes (one a Parse before it answers must not apply this one).
+                let text: Arc<[u8]> = Arc::from(text);
+                let bytes = named_size(name, &text, record.as_ref())
+                    + effects.as_ref().map_or(0, |_| text.len());
+                self.named_bytes += bytes;
+                let stamp = self.stamp(view);
                 self.pending_parses.push_back(PendingParse {
                     batch_end: view.batch_end,
                     name: name.to_vec(),
+                    bytes,
+                    effects,
+                    text,
+                    stamp,
                     record,
                     once_only: self.once_only,
                     once_used: false,
@@ -903,22 +1128,26 @@ impl Gate for PolicyGate {
                 let Some(p) = self.pending_parses.pop_front() else {
                     return;
                 };
-                match p.record {
-                    Some(r) => {
-                        self.prepared_records.insert(p.name.clone(), r);
-                    }
-                    None => {
-                        self.prepared_records.remove(&p.name);
-                    }
-                }
-                if p.once_only {
-                    self.once.insert(p.name, !p.once_used);
-                } else {
-                    self.once.remove(&p.name);
-                }
+                // Its bytes move from the queue to the name.
+                self.remove_named(&p.name);
+                self.named.insert(
+                    p.name,
+                    Named {
+                        bytes: p.bytes,
+                        effects: p.effects,
+                        text: p.text,
+                        stamp: p.stamp,
+                        record: p.record,
+                        once: p.once_only.then_some(!p.once_used),
+                    },
+                );
             }
             ParseAnswer::Failed { batch_end } => {
-                self.pending_parses.retain(|p| p.batch_end != batch_end)
+                let (gone, kept): (Vec<_>, Vec<_>) = std::mem::take(&mut self.pending_parses)
+                    .into_iter()
+                    .partition(|p| p.batch_end == batch_end);
+                self.pending_parses = kept.into();
+                self.drop_pending(gone);
             }
         }
     }
@@ -928,12 +1157,13 @@ impl Gate for PolicyGate {
         if let Some(v) = self.audited(key, view) {
             return v;
         }
-        // A statement SQL PREPARE made, run by a protocol Bind: decided (and recorded) again
-        // as the EXECUTE it amounts to.
-        let protocol_named = self.pending_parses.iter().any(|p| p.name == statement)
-            || self.prepared_records.contains_key(statement)
-            || self.once.contains_key(statement);
-        if !protocol_named {
+        let pending = self
+            .pending_parses
+            .iter()
+            .rposition(|p| p.name == statement);
+        if pending.is_none() && !self.named.contains_key(statement) {
+            // A statement SQL PREPARE made, run by a protocol Bind: decided (and recorded)
+            // again as the EXECUTE it amounts to.
             if let Some(name) = std::str::from_utf8(statement)
                 .ok()
                 .filter(|n| !n.is_empty() && self.ledger.prepared(n).is_some())
@@ -941,52 +1171,87 @@ impl Gate for PolicyGate {
                 let exec = format!("EXECUTE \"{}\"", name.replace('"', "\"\""));
                 return self.check(exec.as_bytes(), view);
             }
+            // Nothing pgwarden let through defined it: the server has no such statement
+            // either (refused, over budget, closed, deallocated), or pgwarden lost track of
+            // it; either way it is not run undecided.
+            return Verdict::Refuse(unknown_statement(statement));
         }
-        // What the Bind runs: the newest Parse of the name the server has not confirmed yet
-        // (in the Bind's own batch it decides; from an earlier batch it may still fail, so
-        // the stricter of it and what was confirmed applies), else what was confirmed.
-        let (once_ok, record) = match self
-            .pending_parses
-            .iter()
-            .rposition(|p| p.name == statement)
-        {
+        // Decided again when what the decision rested on has changed: the newest Parse of
+        // the name the server has not confirmed (in the Bind's own batch it decides; from an
+        // earlier batch it may still fail, and then the confirmed one runs), else the
+        // confirmed one.
+        let mut stale: Vec<(Arc<[u8]>, Stamp)> = Vec::new();
+        let confirmed_may_run = match pending {
+            Some(i) => self.pending_parses[i].batch_end != view.batch_end,
+            None => true,
+        };
+        if let Some(i) = pending {
+            let p = &self.pending_parses[i];
+            if !self.still_stands(&p.stamp, view) {
+                stale.push((p.text.clone(), p.stamp.clone()));
+            }
+        }
+        if confirmed_may_run {
+            if let Some(n) = self.named.get(statement) {
+                if !self.still_stands(&n.stamp, view)
+                    && !stale.iter().any(|(t, _)| Arc::ptr_eq(t, &n.text))
+                {
+                    stale.push((n.text.clone(), n.stamp.clone()));
+                }
+            }
+        }
+        if let Some((text, parsed)) = stale.pop() {
+            if let Some((other, other_parsed)) = stale.pop() {
+                // Two statements may run (a Parse of the name from an earlier batch is not
+                // answered yet): the one that may not is decided without routing.
+                if let Some(e) = self.refusal_now(&other, &other_parsed, view) {
+                    return Verdict::Refuse(e);
+                }
+            }
+            return self.decide_again(statement, text, &parsed, view);
+        }
+        let effects = match pending {
+            Some(i) => self.pending_parses[i].effects.clone(),
+            None => self.named.get(statement).and_then(|n| n.effects.clone()),
+        };
+        let (once_ok, record) = match pending {
             Some(i) => {
                 let p = &mut self.pending_parses[i];
-                let same_batch = p.batch_end == view.batch_end;
                 let mut ok = true;
                 if p.once_only {
                     ok = !p.once_used;
                     p.once_used = true;
                 }
                 let mut record = p.record.clone();
-                if !same_batch {
-                    if let Some(unused) = self.once.get_mut(statement) {
-                        ok &= *unused;
-                        *unused = false;
-                    }
-                    if record.is_none() {
-                        record = self.prepared_records.get(statement).cloned();
+                if confirmed_may_run {
+                    if let Some(n) = self.named.get_mut(statement) {
+                        if let Some(unused) = n.once.as_mut() {
+                            ok &= *unused;
+                            *unused = false;
+                        }
+                        if record.is_none() {
+                            record = n.record.clone();
+                        }
                     }
                 }
                 (ok, record)
             }
-            None => {
-                let ok = match self.once.get_mut(statement) {
-                    None => true,
-                    Some(unused) => std::mem::replace(unused, false),
-                };
-                (ok, self.prepared_records.get(statement).cloned())
-            }
+            None => match self.named.get_mut(statement) {
+                Some(n) => {
+                    let ok = match n.once.as_mut() {
+                        None => true,
+                        Some(unused) => std::mem::replace(unused, false),
+                    };
+                    (ok, n.record.clone())
+                }
+                None => (true, None),
+            },
         };
+        if let Some(e) = self.backlog_full(effects.as_ref()) {
+            return Verdict::Refuse(e);
+        }
         if !once_ok {
-            let name = if statement.is_empty() {
-                "the unnamed prepared statement".to_owned()
-            } else {
-                format!(
-                    "prepared statement \"{}\"",
-                    String::from_utf8_lossy(statement)
-                )
-            };
+            let name = statement_name(statement);
             tracing::warn!(statement = %name, "Bind refused: let through for one run");
             return Verdict::Refuse(
                 PgError::error(
@@ -998,9 +1263,18 @@ impl Gate for PolicyGate {
             );
         }
         match (self.shared.audit.clone(), record) {
-            (Some(audit), Some(rec)) => self.await_record(&audit, rec, key(), None),
-            _ => Verdict::Forward,
+            (Some(audit), Some(rec)) => self.await_record(&audit, rec, key(), effects),
+            _ => {
+                if let Some(e) = &effects {
+                    self.remember(e, view.batch_end);
+                }
+                Verdict::Forward
+            }
         }
+    }
+
+    fn on_close(&mut self, statement: &[u8]) {
+        self.remove_named(statement);
     }
 
     fn resume(&mut self, answer: Resumed) {

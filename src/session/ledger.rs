@@ -70,6 +70,17 @@ pub struct Ledger {
     lock_timeout_set: bool,
     /// Committed creations and those of the open transaction: what decisions see.
     published: Arc<HashSet<String>>,
+    /// Bumped whenever something decisions read may have changed (a setting, a creation,
+    /// DDL, a prepared statement): a decision stamped with an older generation is made again
+    /// before it is acted on later (a Bind of a statement decided at Parse).
+    generation: u64,
+    /// Bytes of SQL-level PREPAREd statement text remembered (bounded by the gate).
+    prepared_bytes: usize,
+    /// Bytes of statement text the journal holds (bounded by the gate).
+    journal_bytes: usize,
+    /// The other spelling of a created table's name, both ways: `t` and `s.t` for a table
+    /// created while the search_path was the one schema `s` (forgotten together).
+    aliases: HashMap<String, String>,
 }
 
 impl Ledger {
@@ -103,6 +114,10 @@ impl Ledger {
             confirmed: Settings::default(),
             lock_timeout_set,
             published: created,
+            generation: 0,
+            prepared_bytes: 0,
+            journal_bytes: 0,
+            aliases: HashMap::new(),
         };
         l.confirmed = l.settings();
         l
@@ -144,6 +159,22 @@ impl Ledger {
     /// Tables (and indexes) created in this session, as decisions see them.
     pub fn created(&self) -> &Arc<HashSet<String>> {
         &self.published
+    }
+
+    /// Changes whenever anything a decision reads from the ledger may have changed.
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    /// Bytes kept until their batches end: statement text of settings to confirm or undo,
+    /// and (estimated) creations to count.
+    pub fn journal_bytes(&self) -> usize {
+        self.journal_bytes + self.pending_created.len() * 256
+    }
+
+    /// Bytes of SQL-level PREPAREd statement text remembered.
+    pub fn prepared_bytes(&self) -> usize {
+        self.prepared_bytes
     }
 
     /// The statement a SQL-level PREPARE defined under `name`.
@@ -188,6 +219,7 @@ impl Ledger {
     }
 
     fn restore(&mut self, s: Settings) {
+        self.generation += 1;
         self.role = s.role;
         self.lock_timeout_set = s.lock_timeout_set;
         self.search_path_value = s.search_path;
@@ -206,12 +238,55 @@ impl Ledger {
             .filter(|n| !n.contains('.'))
             .cloned()
             .collect();
+        // Their qualified spellings still name the tables created.
+        for n in &unqualified {
+            if let Some(a) = self.aliases.remove(n) {
+                self.aliases.remove(&a);
+            }
+        }
         self.forget_created(&unqualified);
     }
 
+    /// Forgets the creations in `schemas`, and those named without a schema (the search_path
+    /// may have resolved them through it).
+    fn forget_schemas(&mut self, schemas: &[String]) {
+        let inside: Vec<String> = self
+            .created
+            .iter()
+            .chain(&self.txn_created)
+            .chain(self.pending_created.iter().flat_map(|(_, p)| p))
+            .filter(|n| {
+                schemas.iter().any(|s| {
+                    n.strip_prefix(s.as_str())
+                        .is_some_and(|r| r.starts_with('.'))
+                })
+            })
+            .cloned()
+            .collect();
+        self.forget_created(&inside);
+        self.forget_unqualified();
+    }
+
+    fn forget_all_created(&mut self) {
+        let all: Vec<String> = self
+            .created
+            .iter()
+            .chain(&self.txn_created)
+            .chain(self.pending_created.iter().flat_map(|(_, p)| p))
+            .cloned()
+            .collect();
+        self.forget_created(&all);
+    }
+
     fn forget_created(&mut self, names: &[String]) {
-        // Indexes go with their tables.
+        // Indexes go with their tables; a name with its other spelling.
         let mut names = names.to_vec();
+        for n in names.clone() {
+            if let Some(a) = self.aliases.remove(&n) {
+                self.aliases.remove(&a);
+                names.push(a);
+            }
+        }
         let dropped: Vec<String> = self
             .index_tables
             .iter()
@@ -233,6 +308,7 @@ impl Ledger {
 
     /// What decisions see: committed creations and those of the open transaction.
     fn publish_created(&mut self) {
+        self.generation += 1;
         let mut all = self.created.clone();
         all.extend(self.txn_created.iter().cloned());
         self.published = Arc::new(all);
@@ -241,7 +317,21 @@ impl Ledger {
     /// Session facts from a statement that was let through. Creations count only once their
     /// batch ends without an error ([`Gate::on_ready`]).
     pub fn remember(&mut self, ins: &Arc<Inspection>, batch_end: u64) {
+        if ins.unparsed.is_some()
+            || ins.statements.iter().flat_map(|s| &s.ops).any(|op| {
+                // Transaction control is compared on its own (the transaction state), and
+                // what a ROLLBACK undoes bumps the generation when it is undone.
+                !matches!(
+                    op.class,
+                    crate::sql::Class::Read | crate::sql::Class::Write | crate::sql::Class::Tcl
+                )
+            })
+        {
+            // DDL, settings, calls: what later decisions read may change.
+            self.generation += 1;
+        }
         if changes_settings(ins) {
+            self.journal_bytes += text_size(ins);
             self.journal.push_back((batch_end, ins.clone()));
         }
         if may_change_encoding(ins) {
@@ -346,7 +436,27 @@ impl Ledger {
                     // not nested in CREATE SCHEMA or a DO body.
                     _ if op.creates_table(k == 0) => {
                         let until = batch_end;
-                        self.pending_created.push_back((until, op.objects.clone()));
+                        let mut names = op.objects.clone();
+                        if let Some(schema) = self
+                            .search_path()
+                            .and_then(single_schema)
+                            .map(str::to_owned)
+                        {
+                            // Under a one-schema search_path, `t` is `schema.t` and back.
+                            for n in &op.objects {
+                                let other = match n.split_once('.') {
+                                    None => format!("{schema}.{n}"),
+                                    Some((s, rest)) if s == schema && !rest.contains('.') => {
+                                        rest.to_owned()
+                                    }
+                                    Some(_) => continue,
+                                };
+                                self.aliases.insert(n.clone(), other.clone());
+                                self.aliases.insert(other.clone(), n.clone());
+                                names.push(other);
+                            }
+                        }
+                        self.pending_created.push_back((until, names));
                     }
                     // An index on a table created in this session is one too (its DROP
                     // INDEX locks nothing anyone else uses).
@@ -368,6 +478,17 @@ impl Ledger {
                             self.pending_created.push_back((until, names));
                         }
                     }
+                    // A pre-existing table attached as a partition: the new parent now owns
+                    // old data (dropping or truncating it reaches the partition).
+                    _ if op.subcommands.iter().any(|c| c == "ATTACH PARTITION") => {
+                        self.forget_created(&op.objects);
+                    }
+                    // A table made a child of another (ALTER TABLE old INHERIT parent): the
+                    // parent is not named in the facts, so no table created here is taken
+                    // to own only new data any more.
+                    _ if op.subcommands.iter().any(|c| c == "ADD INHERIT") => {
+                        self.forget_all_created();
+                    }
                     // Renamed or moved: the name may come to mean an older table.
                     _ if op
                         .subcommands
@@ -375,7 +496,15 @@ impl Ledger {
                         .any(|c| c == "RENAME" || c == "SET SCHEMA") =>
                     {
                         self.forget_created(&op.objects);
+                        if op.tag == "ALTER SCHEMA" {
+                            self.forget_schemas(&op.objects);
+                        }
                     }
+                    // Its tables are gone; its name (or the search_path through it) may come
+                    // to mean older ones.
+                    "DROP SCHEMA" => self.forget_schemas(&op.objects),
+                    // Whatever the role owned is gone, created tables perhaps among it.
+                    "DROP OWNED" | "REASSIGN OWNED" => self.forget_all_created(),
                     // Once dropped, the name may well resolve to an older table next time.
                     "DROP TABLE" | "DROP MATERIALIZED VIEW" | "DROP INDEX" => {
                         self.forget_created(&op.objects);
@@ -399,6 +528,7 @@ impl Ledger {
                     "DISCARD" if discards_all(&s.text) => {
                         self.discard_settings();
                         self.prepared.clear();
+                        self.prepared_bytes = 0;
                         self.forget_unqualified();
                     }
                     // DISCARD TEMP drops temporary tables: their names may now resolve to
@@ -408,7 +538,11 @@ impl Ledger {
                 }
                 match (op.tag.as_str(), &op.prepared_name) {
                     ("PREPARE", Some(name)) => {
-                        self.prepared.insert(name.clone(), ins.clone());
+                        let bytes = prepared_size(name, ins);
+                        if let Some(old) = self.prepared.insert(name.clone(), ins.clone()) {
+                            self.prepared_bytes -= prepared_size(name, &old);
+                        }
+                        self.prepared_bytes += bytes;
                     }
                     // DEALLOCATE ALL forgets everything; after DEALLOCATE name the entry is
                     // stale but harmless: the server refuses to EXECUTE it.
@@ -418,6 +552,7 @@ impl Ledger {
                         }) =>
                     {
                         self.prepared.clear();
+                        self.prepared_bytes = 0;
                     }
                     _ => {}
                 }
@@ -441,6 +576,7 @@ impl Ledger {
                     self.journal.push_front((n, ins));
                     break;
                 }
+                self.journal_bytes -= text_size(&ins);
                 done.push(ins);
             }
             if !committed || !self.journal.is_empty() || self.has_local_settings() {
@@ -499,6 +635,27 @@ impl Ledger {
         self.last_tx = tx;
         self.publish_created();
     }
+}
+
+/// The schema a search_path of exactly one plain schema names (lower-case, unquoted, not
+/// `$user` or `pg_temp`): unqualified tables are created there.
+fn single_schema(search_path: &str) -> Option<&str> {
+    let v = search_path.trim().trim_matches('\'');
+    let plain = !v.is_empty()
+        && !v.starts_with("pg_")
+        && v.chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+    plain.then_some(v)
+}
+
+/// The statement text an inspection holds.
+fn text_size(ins: &Inspection) -> usize {
+    ins.statements.iter().map(|s| s.text.len()).sum::<usize>() + 64
+}
+
+/// What remembering a SQL-level prepared statement costs: its name and its statements' text.
+pub fn prepared_size(name: &str, ins: &Inspection) -> usize {
+    name.len() + ins.statements.iter().map(|s| s.text.len()).sum::<usize>()
 }
 
 /// A lock_timeout value other than zero (`'0'`, `0`, `'0ms'` are zero; so is garbage, which

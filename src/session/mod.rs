@@ -3,9 +3,11 @@
 //! state ([`state`]) follows the protocol. This is the one place that sequences the wire
 //! with everything else pgwarden does.
 
+pub mod batches;
 pub mod gate;
 pub mod ledger;
 pub mod params;
+pub mod prepared;
 pub mod refusal;
 pub mod relay;
 pub mod startup;

@@ -65,6 +65,16 @@ impl Refusals {
     }
 
     fn push(&mut self, code: &'static str, needle: Option<String>, error: PgError, batch_end: u64) {
+        if self
+            .pending
+            .back()
+            .is_some_and(|p| p.until_ready == batch_end)
+        {
+            // An earlier stand-in of this batch fails first, and the server then skips
+            // everything up to Sync: this one never runs, so its error is not kept (a client
+            // sending refused messages without Sync grows nothing).
+            return;
+        }
         self.pending.push_back(Pending {
             code,
             needle,
@@ -186,6 +196,20 @@ mod tests {
         r.refuse(err("no"), 1);
         r.on_ready(1);
         assert!(r.is_empty());
+    }
+
+    #[test]
+    fn only_the_first_refusal_of_a_batch_is_kept() {
+        let mut r = Refusals::default();
+        let first = r.refuse(err("first"), 2);
+        for _ in 0..10_000 {
+            r.refuse(err("skipped by the server"), 2);
+        }
+        assert_eq!(r.pending.len(), 1);
+        let m = format!("SERROR\0VERROR\0C42601\0Msyntax error at or near \"{first}\"\0\0");
+        assert!(String::from_utf8_lossy(&r.substitute(m.as_bytes()).unwrap()).contains("first"));
+        r.refuse(err("next batch"), 3);
+        assert_eq!(r.pending.len(), 1);
     }
 
     #[test]

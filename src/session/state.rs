@@ -10,6 +10,7 @@
 
 use bytes::{Buf, BytesMut};
 
+use super::batches::{Batches, Ready, Sent};
 pub use super::params::ServerParams;
 use super::refusal::{bind_frame, function_call_frame, parse_frame, query_frame, Refusals};
 use super::verdict::{Gate, Verdict, View, Waiting};
@@ -48,12 +49,9 @@ pub struct SessionState {
     pub tx: TxStatus,
     pub params: ServerParams,
     links: Links,
-    /// Client messages forwarded that will each be answered by one ReadyForQuery
-    /// (Query, Sync, FunctionCall).
-    pending_ready: u32,
-    /// ReadyForQuery messages seen since the session started: the one count refusals and
-    /// the gate's ledger are keyed on.
-    readies: u64,
+    /// Client messages forwarded, matched to the server's answers: which batch each
+    /// ReadyForQuery closes is the one count refusals and the gate's ledger are keyed on.
+    batches: Batches,
     /// Extended-protocol messages forwarded since the last Sync.
     unsynced: bool,
     /// Something that runs SQL (Query, Execute, FunctionCall) was forwarded and not all of it
@@ -68,6 +66,9 @@ pub struct SessionState {
     pub max_statement_bytes: usize,
     /// Bytes of the current server frame still to stream through.
     server_streaming: usize,
+    /// The header of the server frame at the head of the input was counted already (the
+    /// frame is read whole and has not all arrived).
+    server_header_seen: bool,
     /// The server offered SASL and the client's next password message is its first.
     /// The server asked for a password (or the next SASL/GSS step) and the client has not
     /// answered yet: only then is a client message other than a password response an error
@@ -133,14 +134,14 @@ impl SessionState {
             tx: TxStatus::Idle,
             params: ServerParams::default(),
             links,
-            pending_ready: 0,
-            readies: 0,
+            batches: Batches::default(),
             unsynced: false,
             executed: false,
             client_streaming: 0,
             client_skipping: 0,
             max_statement_bytes: crate::config::Limits::DEFAULT_MAX_STATEMENT_BYTES,
             server_streaming: 0,
+            server_header_seen: false,
             expect_sasl_initial: false,
             awaiting_auth_response: false,
             server_sent_fatal: false,
@@ -161,7 +162,7 @@ impl SessionState {
     pub fn is_idle(&self) -> bool {
         self.phase == Phase::Ready
             && self.tx == TxStatus::Idle
-            && self.pending_ready == 0
+            && !self.batches.awaiting_ready()
             && !self.unsynced
             && self.client_streaming == 0
             && self.client_skipping == 0
@@ -217,6 +218,11 @@ impl SessionState {
                 cin.advance(n);
                 self.client_skipping -= n;
                 continue;
+            }
+            if self.batches.is_lost() && self.phase == Phase::Ready {
+                return Err(protocol_violation(
+                    "pgwarden cannot tell which messages the server ran: a COPY FROM STDIN failed with messages other than COPY data queued behind it, or the server answered what was not asked; reconnect",
+                ));
             }
             if self.client_terminated {
                 // Nothing after Terminate is forwarded.
@@ -327,6 +333,17 @@ impl SessionState {
                 }
             });
         }
+        if tag == b'C' {
+            // Close: of a prepared statement, the gate forgets it (a Close the server skips
+            // leaves it there, which a later Bind then finds unknown to the gate: refused).
+            let mut pos = 1;
+            if body.first() == Some(&b'S') {
+                let name = read_cstr(body, &mut pos)
+                    .ok_or_else(|| protocol_violation("invalid Close message"))?;
+                gate.on_close(name);
+            }
+            return Ok(Gated::Forward);
+        }
         let (name, text) = match tag {
             // Checked above: exactly one NUL, at the end.
             b'Q' => (None, &body[..body.len() - 1]),
@@ -358,7 +375,10 @@ impl SessionState {
         View {
             params: &self.params,
             tx: self.tx,
-            settled: self.phase == Phase::Ready && self.pending_ready == 0 && !self.executed,
+            settled: self.phase == Phase::Ready
+                && !self.batches.awaiting_ready()
+                && !self.executed
+                && !self.batches.is_lost(),
             batch_end: self.batch_end(),
             parse_name,
         }
@@ -368,12 +388,13 @@ impl SessionState {
         if matches!(tag, b'Q' | b'F' | b'E') {
             self.executed = true;
         }
-        match tag {
-            b'Q' | b'F' => self.pending_ready += 1,
-            b'S' => {
-                self.pending_ready += 1;
-                self.unsynced = false;
+        if self.phase != Phase::Authenticating {
+            if let Some(kind) = Sent::of(tag) {
+                self.batches.sent(kind);
             }
+        }
+        match tag {
+            b'S' => self.unsynced = false,
             b'P' | b'B' | b'D' | b'E' | b'C' | b'H' => self.unsynced = true,
             b'X' => self.client_terminated = true,
             b'p' => self.awaiting_auth_response = false,
@@ -421,22 +442,29 @@ impl SessionState {
                 return Ok(());
             };
             let frame_len = h.frame_len();
+            if self.phase == Phase::Ready && h.tag != b'Z' && !self.server_header_seen {
+                // Once per frame, even when it arrives in pieces.
+                self.batches.on_server(h.tag);
+            }
+            self.server_header_seen = true;
             let wanted = matches!(h.tag, b'Z' | b'K' | b'S' | b'R' | b'E')
                 || (h.tag == b'C' && self.collect_answers)
                 || (h.tag == b'1' && self.watch_parses);
             if !wanted || frame_len > READ_LIMIT {
                 self.server_streaming = frame_len;
+                self.server_header_seen = false;
                 continue;
             }
             if sin.len() < frame_len {
                 return Ok(());
             }
+            self.server_header_seen = false;
             let rewritten = self.rewrite_server_frame(h.tag, &sin[HEADER_LEN..frame_len]);
             if self.watch_parses {
                 match h.tag {
                     b'1' => self.parse_answers.push(ParseAnswer::Complete),
                     b'E' => self.parse_answers.push(ParseAnswer::Failed {
-                        batch_end: self.readies + 1,
+                        batch_end: self.batches.front_batch(),
                     }),
                     _ => {}
                 }
@@ -507,7 +535,7 @@ impl SessionState {
 
     /// The number of the ReadyForQuery that ends the batch a message sent now belongs to.
     fn batch_end(&self) -> u64 {
-        self.readies + u64::from(self.pending_ready) + 1
+        self.batches.batch_end()
     }
 
     fn read_server_frame(&mut self, tag: u8, body: &[u8]) {
@@ -516,18 +544,23 @@ impl SessionState {
                 if let Some(tx) = read::ready_for_query(body) {
                     self.tx = tx;
                 }
-                self.pending_ready = self.pending_ready.saturating_sub(1);
-                if self.pending_ready == 0 {
+                let ready = match self.phase {
+                    Phase::Ready => self.batches.on_server(b'Z'),
+                    _ => {
+                        self.batches.started();
+                        None
+                    }
+                };
+                if !self.batches.awaiting_ready() {
                     self.executed = false;
                 }
-                self.readies += 1;
-                self.refusals.on_ready(self.readies);
-                let answer = std::mem::take(&mut self.answer);
-                if self.phase == Phase::Ready {
+                if let Some(Ready::Closed(closed)) = ready {
+                    self.refusals.on_ready(closed);
+                    let answer = std::mem::take(&mut self.answer);
                     self.ready_events
-                        .push((self.batch_error, self.tx, self.readies, answer));
+                        .push((self.batch_error, self.tx, closed, answer));
+                    self.batch_error = false;
                 }
-                self.batch_error = false;
                 self.phase = Phase::Ready;
             }
             b'K' => self.new_cancel_key = read::backend_key_data(body),
@@ -631,7 +664,8 @@ mod tests {
         s.client_frames(&mut cin, &mut out, &mut OpenGate).unwrap();
         assert_eq!(&out[..], &input[..]);
         assert!(cin.is_empty());
-        assert_eq!(s.pending_ready, 2);
+        assert!(s.batches.awaiting_ready());
+        assert_eq!(s.batch_end(), 4);
     }
 
     #[test]
@@ -664,6 +698,7 @@ mod tests {
     fn an_oversized_statement_is_refused_and_skipped_as_it_arrives() {
         let mut s = ready();
         s.max_statement_bytes = 1024;
+        let before = s.batches.batch_end();
         let mut frame = msg(b'Q', &[b'x'; 100_000]);
         frame.extend(msg(b'Q', b"SELECT 1\0"));
         let mut cin = BytesMut::from(&frame[..10]);
@@ -679,7 +714,9 @@ mod tests {
             assert!(cin.len() < 4096 + 14);
         }
         assert_eq!(&out[sent..], &msg(b'Q', b"SELECT 1\0")[..]);
-        assert_eq!(s.pending_ready, 2);
+        // Both Queries (the stand-in and the next) await their ReadyForQuery.
+        assert_eq!(s.batches.batch_end() - before, 2);
+        assert!(s.batches.awaiting_ready());
         // A Parse waits for its name, and its stand-in carries it.
         let mut p = b"stmt\0".to_vec();
         p.extend([b'y'; 5000]);

@@ -49,6 +49,9 @@ pub trait Gate {
         Verdict::Forward
     }
 
+    /// A Close of prepared statement `statement` was forwarded: the server forgets it.
+    fn on_close(&mut self, _statement: &[u8]) {}
+
     /// Decides on a FunctionCall message (the fast-path protocol large objects use).
     fn check_function_call(&mut self, _oid: u32, _view: &View<'_>) -> Verdict {
         Verdict::Forward

@@ -8,6 +8,7 @@ mod alerts;
 mod audit;
 mod audit_report;
 mod auth;
+mod bypass_session;
 mod catalog;
 mod check_ticket;
 mod clients;

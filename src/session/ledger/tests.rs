@@ -306,3 +306,160 @@ fn the_encoding_is_known_unless_an_unanswered_statement_may_change_it() {
         assert!(l.encoding_known(), "{risky}: answered");
     }
 }
+
+#[test]
+fn attaching_or_inheriting_an_old_table_ends_the_parents_exemption() {
+    let mut l = ledger();
+    batch(
+        &mut l,
+        "CREATE TABLE np (a int) PARTITION BY LIST (a)",
+        2,
+        false,
+        TxStatus::Idle,
+    );
+    batch(&mut l, "CREATE TABLE p2 (a int)", 3, false, TxStatus::Idle);
+    assert!(l.created().contains("np"));
+    let g = l.generation();
+    batch(
+        &mut l,
+        "ALTER TABLE np ATTACH PARTITION old FOR VALUES IN (1)",
+        4,
+        false,
+        TxStatus::Idle,
+    );
+    assert!(!l.created().contains("np"), "np now owns old data");
+    assert!(l.created().contains("p2"));
+    assert_ne!(l.generation(), g, "decisions made before are made again");
+    batch(
+        &mut l,
+        "ALTER TABLE old INHERIT p2",
+        5,
+        false,
+        TxStatus::Idle,
+    );
+    assert!(
+        !l.created().contains("p2"),
+        "the parent is not named: none stays exempt"
+    );
+    // CREATE TABLE ... PARTITION OF is a new table, and its parent keeps its standing.
+    batch(
+        &mut l,
+        "CREATE TABLE q (a int) PARTITION BY LIST (a)",
+        6,
+        false,
+        TxStatus::Idle,
+    );
+    batch(
+        &mut l,
+        "CREATE TABLE q1 PARTITION OF q FOR VALUES IN (1)",
+        7,
+        false,
+        TxStatus::Idle,
+    );
+    assert!(l.created().contains("q") && l.created().contains("q1"));
+}
+
+#[test]
+fn dropping_or_renaming_a_schema_forgets_what_was_created_through_it() {
+    let mut l = ledger();
+    batch(&mut l, "CREATE TABLE s.t (a int)", 2, false, TxStatus::Idle);
+    batch(
+        &mut l,
+        "CREATE TABLE s2.t (a int)",
+        3,
+        false,
+        TxStatus::Idle,
+    );
+    batch(&mut l, "CREATE TABLE u (a int)", 4, false, TxStatus::Idle);
+    batch(
+        &mut l,
+        "ALTER SCHEMA s RENAME TO gone",
+        5,
+        false,
+        TxStatus::Idle,
+    );
+    assert!(!l.created().contains("s.t"));
+    assert!(
+        !l.created().contains("u"),
+        "unqualified names may resolve elsewhere now"
+    );
+    assert!(l.created().contains("s2.t"));
+    batch(&mut l, "DROP SCHEMA s2 CASCADE", 6, false, TxStatus::Idle);
+    assert!(!l.created().contains("s2.t"));
+    batch(&mut l, "CREATE TABLE v (a int)", 7, false, TxStatus::Idle);
+    batch(&mut l, "DROP OWNED BY someone", 8, false, TxStatus::Idle);
+    assert!(l.created().is_empty());
+}
+
+#[test]
+fn names_are_the_names_postgresql_folds_to() {
+    let mut l = ledger();
+    batch(
+        &mut l,
+        "CREATE TABLE \"T\" (a int)",
+        2,
+        false,
+        TxStatus::Idle,
+    );
+    assert!(l.created().contains("T"));
+    assert!(
+        !l.created().contains("t"),
+        "\"T\" and t are different tables"
+    );
+    batch(
+        &mut l,
+        "CREATE TABLE MiXed (a int)",
+        3,
+        false,
+        TxStatus::Idle,
+    );
+    assert!(l.created().contains("mixed"));
+}
+
+#[test]
+fn an_old_table_renamed_into_a_dropped_creations_name_is_not_exempt() {
+    let mut l = ledger();
+    batch(&mut l, "CREATE TABLE n (a int)", 2, false, TxStatus::Idle);
+    batch(&mut l, "DROP TABLE n", 3, false, TxStatus::Idle);
+    batch(
+        &mut l,
+        "ALTER TABLE old RENAME TO n",
+        4,
+        false,
+        TxStatus::Idle,
+    );
+    assert!(!l.created().contains("n"));
+}
+
+#[test]
+fn under_a_one_schema_search_path_both_spellings_name_the_creation() {
+    let mut l = ledger();
+    batch(&mut l, "SET search_path = app", 2, false, TxStatus::Idle);
+    batch(&mut l, "CREATE TABLE t (a int)", 3, false, TxStatus::Idle);
+    batch(
+        &mut l,
+        "CREATE TABLE app.u (a int)",
+        4,
+        false,
+        TxStatus::Idle,
+    );
+    assert!(l.created().contains("t") && l.created().contains("app.t"));
+    assert!(l.created().contains("u") && l.created().contains("app.u"));
+    // Dropped under one spelling, gone under both.
+    batch(&mut l, "DROP TABLE app.t", 5, false, TxStatus::Idle);
+    assert!(!l.created().contains("t") && !l.created().contains("app.t"));
+    // Another search_path: the unqualified spelling goes, the qualified one stays.
+    batch(
+        &mut l,
+        "SET search_path = other, public",
+        6,
+        false,
+        TxStatus::Idle,
+    );
+    assert!(!l.created().contains("u"));
+    assert!(l.created().contains("app.u"));
+    // No alias when the search_path is not one plain schema.
+    batch(&mut l, "CREATE TABLE w (a int)", 7, false, TxStatus::Idle);
+    assert!(l.created().contains("w"));
+    assert!(!l.created().iter().any(|n| n.ends_with(".w")));
+}
