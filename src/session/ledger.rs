@@ -349,9 +349,15 @@ impl Ledger {
     /// What `ins` does to the session; `replay`: only its settings again (see
     /// [`Self::on_ready`]), its creations and prepared statements were taken the first time.
     fn apply(&mut self, ins: &Arc<Inspection>, batch_end: u64, replay: bool) {
+        let none = std::collections::HashSet::new();
+        let mut walk = crate::sql::facts::CreatedWalk::new(ins, &none);
         for (i, s) in ins.statements.iter().enumerate() {
             for (k, op) in s.ops.iter().enumerate() {
-                if let Some(set) = &op.set {
+                // ALTER DATABASE/ROLE/SYSTEM ... SET set other sessions' defaults, and a
+                // routine body's SET happens when it is called: not this session's now.
+                let own_setting = !op.tag.starts_with("ALTER ")
+                    && op.nesting != crate::sql::Nesting::FunctionBody;
+                if let Some(set) = op.set.as_ref().filter(|_| own_setting) {
                     match set.name.as_str() {
                         TICKET_SETTING => {
                             let t = set.value.clone().filter(|v| !v.trim().is_empty());
@@ -461,10 +467,10 @@ impl Ledger {
                     // An index on a table created in this session is one too (its DROP
                     // INDEX locks nothing anyone else uses).
                     "CREATE INDEX" if !op.created_index_names(k == 0).is_empty() => {
-                        let earlier = ins.created_before(i);
+                        let earlier = walk.at(i);
                         let new_table = op.objects.iter().all(|o| {
                             self.published.contains(o)
-                                || earlier.contains(o)
+                                || earlier.is_some_and(|e| e.contains(o))
                                 || self.pending_created.iter().any(|(_, p)| p.contains(o))
                         });
                         if new_table {

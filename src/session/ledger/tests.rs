@@ -463,3 +463,29 @@ fn under_a_one_schema_search_path_both_spellings_name_the_creation() {
     assert!(l.created().contains("w"));
     assert!(!l.created().iter().any(|n| n.ends_with(".w")));
 }
+
+/// Regression: ALTER DATABASE/ROLE ... SET changed this session's tracked ticket and role.
+#[test]
+fn settings_for_other_sessions_do_not_change_this_one() {
+    let mut l = ledger();
+    batch(
+        &mut l,
+        "SET pgwarden.ticket = 'CHG-1'",
+        2,
+        false,
+        TxStatus::Idle,
+    );
+    for (sql, n) in [
+        ("ALTER DATABASE test SET pgwarden.ticket = 'CHG-2'", 3),
+        ("ALTER ROLE app SET pgwarden.ticket = 'CHG-3'", 4),
+        (
+            "ALTER ROLE app IN DATABASE test SET pgwarden.ticket = 'CHG-4'",
+            5,
+        ),
+        ("ALTER ROLE app SET role = 'admin'", 6),
+    ] {
+        batch(&mut l, sql, n, false, TxStatus::Idle);
+        assert_eq!(l.ticket(), Some("CHG-1"), "{sql}");
+        assert_eq!(l.role(), None, "{sql}");
+    }
+}
