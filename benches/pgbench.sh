@@ -72,6 +72,7 @@ cleanup() {
     trap - EXIT INT TERM
     stop_pid "$PGWARDEN_PID" pgwarden
     stop_pid "${AUDIT_PID:-}" pgwarden-audit
+    stop_pid "${CATALOG_PID:-}" pgwarden-catalog
     if [[ -z $BOUNCER_PID && -n $BOUNCER_DIR && -s $BOUNCER_DIR/pgbouncer.pid ]]; then
         BOUNCER_PID=$(cat "$BOUNCER_DIR/pgbouncer.pid")
     fi
@@ -103,10 +104,10 @@ WORK=$(mktemp -d /tmp/pgwarden-bench.XXXXXX)
 BOUNCER_DIR=$(mktemp -d /tmp/pgwarden-bench-pgbouncer.XXXXXX)
 chown postgres: "$BOUNCER_DIR"
 
-# Three distinct free ports, held open together so they differ.
-read -r BOUNCER_PORT PGWARDEN_PORT AUDIT_PORT < <(python3 -c '
+# Four distinct free ports, held open together so they differ.
+read -r BOUNCER_PORT PGWARDEN_PORT AUDIT_PORT CATALOG_PORT < <(python3 -c '
 import socket
-ss = [socket.socket() for _ in range(3)]
+ss = [socket.socket() for _ in range(4)]
 for s in ss:
     s.bind(("127.0.0.1", 0))
 print(*(s.getsockname()[1] for s in ss))
@@ -149,6 +150,19 @@ if [[ ${AUDIT:-0} == 1 ]]; then
     AUDIT_PID=$!
     wait_ready "$AUDIT_PORT" pgwarden-audit "$AUDIT_PID"
     log "pgwarden-audit pid $AUDIT_PID on 127.0.0.1:$AUDIT_PORT, audit log ${AUDIT_FILE:-$WORK/audit/audit.jsonl}"
+fi
+
+# CATALOG=1: a third pgwarden, the same with a [catalog] connection to the same PostgreSQL
+# (sizes, planner estimates of writes), as target pgwarden-catalog.
+CATALOG_PID=
+if [[ ${CATALOG:-0} == 1 ]]; then
+    printf '[catalog]\ndsn = "host=%s port=%s user=%s"\n' "$PG_HOST" "$PG_PORT" "$PG_USER" >"$WORK/catalog.toml"
+    "$PGWARDEN_BIN" serve --config "$WORK/catalog.toml" --listen "127.0.0.1:$CATALOG_PORT" --upstream "$PG_HOST:$PG_PORT" \
+        --policies "${PGWARDEN_POLICIES:-$REPO/policies}" --admin-listen off --state-dir "$WORK/state-catalog" \
+        </dev/null >"$WORK/pgwarden-catalog.log" 2>&1 &
+    CATALOG_PID=$!
+    wait_ready "$CATALOG_PORT" pgwarden-catalog "$CATALOG_PID"
+    log "pgwarden-catalog pid $CATALOG_PID on 127.0.0.1:$CATALOG_PORT"
 fi
 
 # ---------------------------------------------------------------- pgbouncer ---------
@@ -227,16 +241,18 @@ fi
 
 TARGETS=(direct pgbouncer pgwarden direct-AA)
 [[ -n $AUDIT_PID ]] && TARGETS+=(pgwarden-audit)
+[[ -n $CATALOG_PID ]] && TARGETS+=(pgwarden-catalog)
 target_port() {
     case $1 in
     direct | direct-AA) echo "$PG_PORT" ;;
     pgbouncer) echo "$BOUNCER_PORT" ;;
     pgwarden) echo "$PGWARDEN_PORT" ;;
     pgwarden-audit) echo "$AUDIT_PORT" ;;
+    pgwarden-catalog) echo "$CATALOG_PORT" ;;
     esac
 }
 target_host() { case $1 in direct | direct-AA) echo "$PG_HOST" ;; *) echo 127.0.0.1 ;; esac; }
-target_pid() { case $1 in pgbouncer) echo "$BOUNCER_PID" ;; pgwarden) echo "$PGWARDEN_PID" ;; pgwarden-audit) echo "$AUDIT_PID" ;; *) echo "" ;; esac; }
+target_pid() { case $1 in pgbouncer) echo "$BOUNCER_PID" ;; pgwarden) echo "$PGWARDEN_PID" ;; pgwarden-audit) echo "$AUDIT_PID" ;; pgwarden-catalog) echo "$CATALOG_PID" ;; *) echo "" ;; esac; }
 
 # utime + stime of a whole process (all threads), in clock ticks.
 cpu_ticks() {
@@ -339,8 +355,9 @@ with open(path) as f:
         if r["workload"] not in order:
             order.append(r["workload"])
         runs.setdefault(key, []).append(r)
-if any(t == "pgwarden-audit" for (_, t) in runs):
-    targets.append("pgwarden-audit")
+for extra in ("pgwarden-audit", "pgwarden-catalog"):
+    if any(t == extra for (_, t) in runs):
+        targets.append(extra)
 
 def med(xs):
     return statistics.median(xs) if xs else None
