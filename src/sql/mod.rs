@@ -195,6 +195,24 @@ fn inspect_at(text: &str, read_as: ReadAs, depth: usize) -> Inspection {
                 return refused;
             }
         }
+        // SQL text that a function called here runs (`query_to_xml('...')`): the
+        // statements it is, run where the call is.
+        for (at, sql) in std::mem::take(&mut w.sql_strings) {
+            if depth >= MAX_BODY_DEPTH {
+                return unparsed(
+                    "SQL text run by a function is nested too deeply to inspect.".into(),
+                );
+            }
+            let sql = [sql];
+            let nested = Nested {
+                statements: &sql,
+                expressions: &[],
+                nesting: at,
+            };
+            if let Err(refused) = nested.absorb(read_as, depth, &mut functions, &mut ops) {
+                return refused;
+            }
+        }
         functions.sort();
         functions.dedup();
         let tickets = if tickets_everywhere {
@@ -270,7 +288,8 @@ impl Nested<'_> {
             if let Some(u) = &mut inner.unparsed {
                 let place = match self.nesting {
                     Nesting::FunctionBody => "a routine's body",
-                    _ => "a DO block",
+                    Nesting::DoBlock => "a DO block",
+                    _ => "SQL text a function runs",
                 };
                 if !u.reason.starts_with("In ") {
                     u.reason = format!("In {place}: {}", u.reason);
@@ -286,8 +305,15 @@ impl Nested<'_> {
             // Parse mode 0 is a whole statement: the query of FOR ... IN, RETURN QUERY,
             // OPEN ... FOR, PERFORM, a cursor's. It may write (`FOR r IN DELETE FROM t
             // RETURNING * LOOP`, a data-modifying CTE): inspected as a statement.
-            if *mode == 0 {
-                let inner = inspect_at(expr, read_as, depth + 1);
+            // Other expressions (IF conditions, assignments, RETURN values, defaults) run
+            // as a SELECT of the expression: inspected as that SELECT, so set_config and
+            // functions that run SQL text count there too.
+            let as_statement = match *mode {
+                0 => Some(expr.clone()),
+                _ => expression_as_select(expr, *mode, read_as),
+            };
+            if let Some(stmt) = as_statement {
+                let inner = inspect_at(&stmt, read_as, depth + 1);
                 if inner.unparsed.is_none() {
                     for s in inner.statements {
                         functions.extend(s.functions);
@@ -301,12 +327,44 @@ impl Nested<'_> {
                     }
                     continue;
                 }
+                // Something nested in it (SQL text a function runs) could not be read.
+                if inner
+                    .unparsed
+                    .as_ref()
+                    .is_some_and(|u| u.reason.starts_with("In "))
+                {
+                    return Err(inner);
+                }
             }
             if let Ok(p) = pg_query::parse(expr, *mode) {
                 functions.extend(p.functions.into_iter().map(|(f, _)| f));
             }
         }
         Ok(())
+    }
+}
+
+/// A PL/pgSQL expression (parse `mode` 2) or assignment (modes 3 to 5: `x := expr`,
+/// `x.f[1] := expr`) as the SELECT PL/pgSQL runs for it. `None` when it does not parse.
+fn expression_as_select(expr: &str, mode: i32, read_as: ReadAs) -> Option<String> {
+    use pg_query::protobuf::node::Node as N;
+    match mode {
+        2 => Some(format!("SELECT {expr}")),
+        3..=5 => {
+            let mut opts = pg_query::ParserOptions::from(mode);
+            if !read_as.standard_conforming_strings {
+                opts |= pg_query::ParserOptions::DISABLE_STANDARD_CONFORMING_STRINGS;
+            }
+            let parsed = pg_query::parse(expr, opts).ok()?;
+            let raw = parsed.protobuf.stmts.first()?;
+            match raw.stmt.as_deref()?.node.as_ref()? {
+                N::PlassignStmt(a) => N::SelectStmt(Box::new(a.val.as_deref()?.clone()))
+                    .deparse(pg_query::DeparseOptions::default())
+                    .ok(),
+                _ => None,
+            }
+        }
+        _ => None,
     }
 }
 

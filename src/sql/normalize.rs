@@ -60,9 +60,11 @@ pub fn literal_sensitive(tree: &Value) -> bool {
                 if k.ends_with("Stmt") && !LITERAL_FREE_KINDS.contains(&k.as_str()) {
                     return true;
                 }
-                if k == "FuncCall"
-                    && super::nodes::name_of(v.get("funcname")).ends_with("set_config")
-                {
+                // set_config's name and value, the SQL text query_to_xml() runs: facts.
+                if k == "FuncCall" && {
+                    let name = super::nodes::name_of(v.get("funcname"));
+                    name.ends_with("set_config") || super::walk::runs_sql_text(&name)
+                } {
                     return true;
                 }
                 if constant_logic(k, v) || literal_sensitive(v) {
@@ -154,6 +156,12 @@ mod tests {
         assert!(sensitive("SET role = 'x'"));
         assert!(sensitive("COPY t TO '/tmp/x'"));
         assert!(sensitive("SELECT set_config('role', 'x', false)"));
+        assert!(sensitive(
+            "SELECT query_to_xml('SELECT 1', true, false, '')"
+        ));
+        assert!(sensitive(
+            "SELECT * FROM pg_catalog.ts_stat('SELECT v FROM t')"
+        ));
         assert!(sensitive("DO $$ BEGIN END $$"));
         assert!(sensitive("DELETE FROM t WHERE 1 IN (1, 2)"));
         assert!(sensitive("DELETE FROM t WHERE 1 BETWEEN 0 AND 2"));
