@@ -82,6 +82,15 @@ fn is_const(v: &Value) -> bool {
     super::nodes::const_text(v).is_some()
 }
 
+/// Does `v` contain a literal anywhere?
+fn has_literal(v: &Value) -> bool {
+    match v {
+        Value::Object(m) => m.iter().any(|(k, c)| k == "AConst" || has_literal(c)),
+        Value::Array(a) => a.iter().any(has_literal),
+        _ => false,
+    }
+}
+
 fn names_no_column(v: &Value) -> bool {
     !v.is_null() && !super::predicate::depends_on_row(v, &[])
 }
@@ -100,7 +109,10 @@ fn constant_logic(kind: &str, body: &Value) -> bool {
                     .and_then(Value::as_array)
                     .is_some_and(|items| items.iter().any(is_const))
             };
-            l.is_some_and(is_const) && r.is_some_and(|r| is_const(r) || list_has_const(r))
+            // And `id + 0 = id + 0`: both sides hold literals (the same expression of the
+            // row's columns on both sides decides the WHERE; `id + 0 = id + 1` does not).
+            (l.is_some_and(is_const) && r.is_some_and(|r| is_const(r) || list_has_const(r)))
+                || (l.is_some_and(has_literal) && r.is_some_and(has_literal))
         }
         "BooleanTest" => body.get("arg").is_some_and(is_const),
         "BoolExpr" => body
@@ -167,5 +179,7 @@ mod tests {
         assert!(sensitive("DELETE FROM t WHERE 1 BETWEEN 0 AND 2"));
         assert!(sensitive("DELETE FROM t WHERE 't'::bool IS TRUE"));
         assert!(!sensitive("DELETE FROM t WHERE id IN (1, 2)"));
+        assert!(sensitive("DELETE FROM t WHERE id + 0 = id + 0"));
+        assert!(!sensitive("DELETE FROM t WHERE id = 5 AND v = 'x'"));
     }
 }
