@@ -165,6 +165,12 @@ const FUNCTION_OPTIONS: &[&str] = &[
     "headline",
     "init",
     "lexize",
+    // CREATE TYPE ... AS RANGE.
+    "subtype_diff",
+    "canonical",
+    // CREATE / ALTER FOREIGN DATA WRAPPER.
+    "handler",
+    "validator",
 ];
 
 /// Functions statement node `kind` names so that they will be called later: the support
@@ -173,11 +179,13 @@ const FUNCTION_OPTIONS: &[&str] = &[
 pub(super) fn referenced_functions(kind: &str, b: &Value) -> Vec<String> {
     let mut out = Vec::new();
     match kind {
-        "DefineStmt" | "AlterOperatorStmt" => {
-            let field = if kind == "DefineStmt" {
-                "definition"
-            } else {
-                "options"
+        "DefineStmt" | "AlterOperatorStmt" | "CreateRangeStmt" | "CreateFdwStmt"
+        | "AlterFdwStmt" => {
+            let field = match kind {
+                "DefineStmt" => "definition",
+                "CreateRangeStmt" => "params",
+                "CreateFdwStmt" | "AlterFdwStmt" => "func_options",
+                _ => "options",
             };
             for d in b
                 .get(field)
@@ -197,6 +205,32 @@ pub(super) fn referenced_functions(kind: &str, b: &Value) -> Vec<String> {
                 };
                 if !name.is_empty() {
                     out.push(name);
+                }
+            }
+        }
+        // CREATE CONVERSION ... FROM f, CREATE ACCESS METHOD ... HANDLER f.
+        "CreateConversionStmt" | "CreateAmStmt" => {
+            let field = if kind == "CreateAmStmt" {
+                "handler_name"
+            } else {
+                "func_name"
+            };
+            out.push(name_of(b.get(field)));
+        }
+        // CREATE OPERATOR CLASS ... FUNCTION n f(...), ALTER OPERATOR FAMILY ... ADD FUNCTION.
+        "CreateOpClassStmt" | "AlterOpFamilyStmt" => {
+            for item in b
+                .get("items")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .filter_map(|i| node_body(i, "CreateOpClassItem"))
+            {
+                // OPCLASS_ITEM_FUNCTION = 2.
+                if int_field(item, "itemtype") == 2 {
+                    if let Some(owa) = item.get("name") {
+                        out.push(name_of(owa.get("objname")));
+                    }
                 }
             }
         }

@@ -134,11 +134,36 @@ impl Walker {
                             None => {}
                         }
                     }
-                    self.functions
-                        .extend(super::implied::referenced_functions(k, body));
+                    let referenced = super::implied::referenced_functions(k, body);
                     let implied = super::implied::ops(k, body, &f);
                     self.ops.push(f);
                     self.ops.extend(implied);
+                    // A function this statement makes callable later (an aggregate's SFUNC,
+                    // an operator's FUNCTION) runs with arguments known only then: set_config
+                    // sets any setting to any value, a function running SQL text runs any
+                    // statement.
+                    for name in &referenced {
+                        if super::unqualified(name) == "set_config" {
+                            let mut s = Facts::new("SET", Class::Session, nesting);
+                            s.roles.push("*".into());
+                            s.attributes.push("referenced_function".into());
+                            s.call_set = Some(SetFacts {
+                                name: "*".into(),
+                                value: Some("*".into()),
+                                local: false,
+                            });
+                            self.ops.push(s);
+                        }
+                        if runs_sql_text(name) {
+                            let short = super::unqualified(name).to_ascii_lowercase();
+                            let mut d = Facts::new("SQL STRING", Class::Unknown, nesting);
+                            d.dynamic_sql = true;
+                            d.objects.push(short.clone());
+                            d.attributes.push(format!("sql_string_function:{short}"));
+                            self.ops.push(d);
+                        }
+                    }
+                    self.functions.extend(referenced);
                 }
                 self.children(k, body, nesting);
             }
