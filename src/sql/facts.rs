@@ -412,12 +412,12 @@ impl Inspection {
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         let mut state = match guard.take() {
             Some(st) if st.done <= upto && st.created == *created => st,
-            _ => CreatedState {
+            _ => Box::new(CreatedState {
                 done: 0,
                 created: created.clone(),
                 out: None,
                 indexes: Vec::new(),
-            },
+            }),
         };
         for &j in &changers[state.done..upto] {
             let s = &self.statements[j];
@@ -529,7 +529,7 @@ pub struct Memo {
     /// Statements with an operation that changes what counts as created.
     changers: std::sync::OnceLock<Vec<usize>>,
     /// The last answer of [`Inspection::created_at`], to resume from.
-    created: std::sync::Mutex<Option<CreatedState>>,
+    created: std::sync::Mutex<Option<Box<CreatedState>>>,
 }
 
 impl Memo {

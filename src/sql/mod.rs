@@ -159,7 +159,7 @@ fn inspect_at(text: &str, read_as: ReadAs, depth: usize) -> Inspection {
                 nesting: Nesting::DoBlock,
             };
             if let Err(refused) = nested.absorb(read_as, depth, &mut functions, &mut ops) {
-                return refused;
+                return *refused;
             }
             if let Some(op) = ops.get_mut(idx) {
                 op.dynamic_sql |= functions
@@ -192,7 +192,7 @@ fn inspect_at(text: &str, read_as: ReadAs, depth: usize) -> Inspection {
                 },
             };
             if let Err(refused) = nested.absorb(read_as, depth, &mut functions, &mut ops) {
-                return refused;
+                return *refused;
             }
         }
         // SQL text that a function called here runs (`query_to_xml('...')`): the
@@ -210,7 +210,7 @@ fn inspect_at(text: &str, read_as: ReadAs, depth: usize) -> Inspection {
                 nesting: at,
             };
             if let Err(refused) = nested.absorb(read_as, depth, &mut functions, &mut ops) {
-                return refused;
+                return *refused;
             }
         }
         functions.sort();
@@ -282,7 +282,7 @@ impl Nested<'_> {
         depth: usize,
         functions: &mut Vec<String>,
         ops: &mut Vec<Facts>,
-    ) -> Result<(), Inspection> {
+    ) -> Result<(), Box<Inspection>> {
         for sql in self.statements {
             let mut inner = inspect_at(sql, read_as, depth + 1);
             if let Some(u) = &mut inner.unparsed {
@@ -294,7 +294,7 @@ impl Nested<'_> {
                 if !u.reason.starts_with("In ") {
                     u.reason = format!("In {place}: {}", u.reason);
                 }
-                return Err(inner);
+                return Err(Box::new(inner));
             }
             for s in inner.statements {
                 functions.extend(s.functions);
@@ -333,7 +333,7 @@ impl Nested<'_> {
                     .as_ref()
                     .is_some_and(|u| u.reason.starts_with("In "))
                 {
-                    return Err(inner);
+                    return Err(Box::new(inner));
                 }
             }
             if let Ok(p) = pg_query::parse(expr, *mode) {
