@@ -103,7 +103,45 @@ fn unparsed(reason: String) -> Inspection {
     }
 }
 
+/// Tokens one statement may have (counted between top-level semicolons) in a text of more
+/// than [`TOKEN_COUNT_FROM_BYTES`]: inspection holds a statement's whole parse tree, about
+/// 2 KB per token, so a single 4 MiB `INSERT ... VALUES` of 600,000 tokens took over 1 GB.
+/// 200,000 tokens is an INSERT ... VALUES of some 25,000 rows of three values; larger loads belong in
+/// COPY ... FROM STDIN or in several statements.
+pub const MAX_STATEMENT_TOKENS: usize = 200_000;
+
+/// Texts up to this size are not counted (they cannot reach [`MAX_STATEMENT_TOKENS`]).
+const TOKEN_COUNT_FROM_BYTES: usize = 256 << 10;
+
+/// The refusal for a statement of over [`MAX_STATEMENT_TOKENS`] tokens in `text`, if any.
+fn over_token_budget(text: &str) -> Option<Inspection> {
+    if text.len() <= TOKEN_COUNT_FROM_BYTES {
+        return None;
+    }
+    // Text the scanner rejects will not parse either: the parser reports it.
+    let scan = pg_query::scan(text).ok()?;
+    let mut run = 0usize;
+    for t in &scan.tokens {
+        if pg_query::protobuf::Token::try_from(t.token) == Ok(pg_query::protobuf::Token::Ascii59) {
+            run = 0;
+            continue;
+        }
+        run += 1;
+        if run > MAX_STATEMENT_TOKENS {
+            return Some(unparsed(format!(
+                "A statement of more than {MAX_STATEMENT_TOKENS} tokens is over pgwarden's \
+                 inspection limit: split it into several statements, or load rows with \
+                 COPY ... FROM STDIN."
+            )));
+        }
+    }
+    None
+}
+
 fn inspect_at(text: &str, read_as: ReadAs, depth: usize) -> Inspection {
+    if let Some(refused) = over_token_budget(text) {
+        return refused;
+    }
     let mut opts = pg_query::ParserOptions::DEFAULT;
     if !read_as.standard_conforming_strings {
         opts |= pg_query::ParserOptions::DISABLE_STANDARD_CONFORMING_STRINGS;
@@ -112,18 +150,17 @@ fn inspect_at(text: &str, read_as: ReadAs, depth: usize) -> Inspection {
         Ok(p) => p,
         Err(e) => return unparsed(parse_error_reason(&e)),
     };
-    let Ok(tree) = serde_json::to_value(&parsed.protobuf) else {
-        return unparsed(UNREADABLE.into());
-    };
     let tickets_everywhere = text.contains("pgwarden:");
     let mut statements = Vec::new();
     let mut prev_end = 0usize;
-    for raw in tree
-        .get("stmts")
-        .and_then(|s| s.as_array())
-        .into_iter()
-        .flatten()
-    {
+    let mut literal_sensitive = false;
+    // One statement's tree at a time: the walked form of a parse tree is hundreds of times
+    // the text, so a text of 10,000 statements must not hold all of theirs at once.
+    for raw in &parsed.protobuf.stmts {
+        let Ok(raw) = serde_json::to_value(raw) else {
+            return unparsed(UNREADABLE.into());
+        };
+        literal_sensitive |= normalize::literal_sensitive(&raw);
         let Some(stmt) = raw.get("stmt") else {
             continue;
         };
@@ -234,7 +271,7 @@ fn inspect_at(text: &str, read_as: ReadAs, depth: usize) -> Inspection {
     Inspection {
         statements,
         unparsed: None,
-        literal_sensitive: normalize::literal_sensitive(&tree),
+        literal_sensitive,
         notes: Vec::new(),
         memo: Default::default(),
     }
