@@ -457,6 +457,7 @@ fn affects_created(op: &Facts, k: usize) -> bool {
             .any(|c| c == "RENAME" || c == "SET SCHEMA")
         || op.tag.starts_with("DROP ")
         || op.creates_table(k == 0)
+        || op.tag == "ATTACH PARTITION"
         || !op.created_index_names(k == 0).is_empty()
 }
 
@@ -501,6 +502,21 @@ fn apply_created(
         for (idx, table) in indexes.iter() {
             if op.objects.contains(table) {
                 o.remove(idx);
+            }
+        }
+    }
+    // An older table attached as a partition of a table created here: that table's DROP
+    // would drop the older one's rows too, so it no longer counts as created here.
+    if op.tag == "ATTACH PARTITION" {
+        let o = out.get_or_insert_with(|| created.clone());
+        let older = op
+            .attributes
+            .iter()
+            .filter_map(|a| a.strip_prefix("attached:"))
+            .any(|x| !o.contains(x));
+        if older {
+            for parent in &op.objects {
+                o.remove(parent);
             }
         }
     }

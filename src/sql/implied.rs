@@ -20,8 +20,43 @@ pub(super) fn ops(kind: &str, b: &Value, stmt: &Facts) -> Vec<Facts> {
         "InsertStmt" => on_conflict_update(b, stmt).into_iter().collect(),
         "CreateFunctionStmt" => set_clauses(b.get("options"), stmt),
         "AlterFunctionStmt" => set_clauses(b.get("actions"), stmt),
+        "AlterTableStmt" => attached_partitions(b, stmt),
         _ => Vec::new(),
     }
+}
+
+/// `ALTER TABLE p ATTACH PARTITION x ...`: x becomes part of p (DROP TABLE p and TRUNCATE p
+/// then remove its rows, without naming it). Reported as an operation on p (tag `ATTACH
+/// PARTITION`, attribute `attached:x`), so rules can ask whether p was created in this
+/// session: such a table is exempt from `destructive.drop-table`, and attaching an older
+/// table into it would carry that exemption over to the older table's rows.
+fn attached_partitions(b: &Value, stmt: &Facts) -> Vec<Facts> {
+    let mut out = Vec::new();
+    for c in b
+        .get("cmds")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|c| node_body(c, "AlterTableCmd"))
+    {
+        if pg_query::protobuf::AlterTableType::try_from(int_field(c, "subtype"))
+            != Ok(pg_query::protobuf::AlterTableType::AtAttachPartition)
+        {
+            continue;
+        }
+        let Some(name) = c
+            .get("def")
+            .and_then(|d| node_body(d, "PartitionCmd"))
+            .and_then(|pc| super::nodes::range_var(pc.get("name")))
+        else {
+            continue;
+        };
+        let mut f = Facts::new("ATTACH PARTITION", Class::Ddl, stmt.nesting);
+        f.objects = stmt.objects.clone();
+        f.attributes.push(format!("attached:{name}"));
+        out.push(f);
+    }
+    out
 }
 
 fn write(tag: &str, stmt: &Facts, where_clause: WhereState, attribute: &str) -> Facts {

@@ -248,3 +248,44 @@ async fn every_row_conditions_and_settings_views_are_refused() {
         .await
         .unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_older_table_attached_to_a_new_one_is_not_dropped_without_a_ticket() {
+    let proxy = pack().await;
+    let c = via(&proxy).await;
+    let victim = table(2).await;
+    let p = unique("att_parent");
+    // The new partitioned table is exempt from destructive.drop-table; attaching the older
+    // table to it, then dropping it, dropped the older table too.
+    c.batch_execute(&format!(
+        "CREATE TABLE {p} (id int, v int) PARTITION BY RANGE (id)"
+    ))
+    .await
+    .unwrap();
+    refused(
+        &c,
+        &format!(
+            "ALTER TABLE {p} ATTACH PARTITION {victim} FOR VALUES FROM (MINVALUE) TO (MAXVALUE)"
+        ),
+        "destructive.drop-table-attach",
+    )
+    .await;
+    c.batch_execute(&format!("DROP TABLE {p}")).await.unwrap();
+    assert_eq!(
+        scalar_i64(&format!("SELECT count(*) FROM {victim}")).await,
+        2
+    );
+    // New partitions of a new partitioned table are created as usual.
+    c.batch_execute(&format!(
+        "CREATE TABLE {p} (id int PRIMARY KEY) PARTITION BY RANGE (id); \
+         CREATE TABLE {p}_1 PARTITION OF {p} FOR VALUES FROM (1) TO (10); \
+         INSERT INTO {p} VALUES (1); DROP TABLE {p}"
+    ))
+    .await
+    .unwrap();
+    direct()
+        .await
+        .batch_execute(&format!("DROP TABLE {victim}"))
+        .await
+        .unwrap();
+}
