@@ -208,6 +208,19 @@ const FUNCTION_OPTIONS: &[&str] = &[
     "validator",
 ];
 
+/// Built-in functions whose EXECUTE PostgreSQL keeps from PUBLIC because they reach server
+/// files or sessions: granted all at once by GRANT ... ON ALL FUNCTIONS IN SCHEMA pg_catalog.
+const CATALOG_FUNCTIONS_KEPT_FROM_PUBLIC: &[&str] = &[
+    "pg_catalog.pg_read_file",
+    "pg_catalog.pg_read_binary_file",
+    "pg_catalog.pg_ls_dir",
+    "pg_catalog.pg_stat_file",
+    "pg_catalog.pg_ls_logdir",
+    "pg_catalog.pg_ls_waldir",
+    "pg_catalog.lo_import",
+    "pg_catalog.lo_export",
+];
+
 /// Functions statement node `kind` names so that they will be called later: the support
 /// functions of CREATE OPERATOR / AGGREGATE, CREATE CAST ... WITH FUNCTION, GRANT ... ON
 /// FUNCTION / PROCEDURE / ROUTINE, and calls in a routine's parameter defaults.
@@ -278,7 +291,26 @@ pub(super) fn referenced_functions(kind: &str, b: &Value) -> Vec<String> {
         }
         "GrantStmt" if bool_field(b, "is_grant") => {
             let objtype = super::nodes::object_type_words(int_field(b, "objtype"));
-            if matches!(objtype.as_str(), "FUNCTION" | "PROCEDURE" | "ROUTINE") {
+            let all_in_schema =
+                pg_query::protobuf::GrantTargetType::try_from(int_field(b, "targtype"))
+                    == Ok(pg_query::protobuf::GrantTargetType::AclTargetAllInSchema);
+            if all_in_schema && matches!(objtype.as_str(), "FUNCTION" | "PROCEDURE" | "ROUTINE") {
+                // ON ALL FUNCTIONS IN SCHEMA pg_catalog grants every built-in function,
+                // those kept from PUBLIC among them: the same as naming each.
+                let catalog = b
+                    .get("objects")
+                    .and_then(Value::as_array)
+                    .into_iter()
+                    .flatten()
+                    .any(|o| name_of(Some(o)) == "pg_catalog");
+                if catalog {
+                    out.extend(
+                        CATALOG_FUNCTIONS_KEPT_FROM_PUBLIC
+                            .iter()
+                            .map(|f| f.to_string()),
+                    );
+                }
+            } else if matches!(objtype.as_str(), "FUNCTION" | "PROCEDURE" | "ROUTINE") {
                 for o in b
                     .get("objects")
                     .and_then(Value::as_array)
