@@ -308,6 +308,17 @@ pub(super) fn add(kind: &str, b: &Value, f: &mut Facts) {
             f.tag = "CREATE RULE".into();
             f.objects.extend(range_var(b.get("relation")));
             f.flag(Flag::OrReplace, bool_field(b, "replace"));
+            // ON SELECT DO INSTEAD SELECT (PostgreSQL 15 and older: the `_RETURN` rule
+            // that turns an empty table into a view): the view it makes, as CREATE VIEW.
+            if pg_query::protobuf::CmdType::try_from(int_field(b, "event"))
+                == Ok(pg_query::protobuf::CmdType::CmdSelect)
+            {
+                for a in list(b.get("actions")) {
+                    if let Some(rel) = node_body(a, "SelectStmt").and_then(simple_view_relation) {
+                        attr(f, format!("view_of:{rel}"));
+                    }
+                }
+            }
         }
         "CreateForeignServerStmt" | "AlterForeignServerStmt" => {
             f.tag = if kind.starts_with("Create") {

@@ -20,8 +20,43 @@ pub(super) fn ops(kind: &str, b: &Value, stmt: &Facts) -> Vec<Facts> {
         "InsertStmt" => on_conflict_update(b, stmt).into_iter().collect(),
         "CreateFunctionStmt" => set_clauses(b.get("options"), stmt),
         "AlterFunctionStmt" => set_clauses(b.get("actions"), stmt),
+        "AlterTableStmt" => attached_partitions(b, stmt),
         _ => Vec::new(),
     }
+}
+
+/// `ALTER TABLE p ATTACH PARTITION x ...`: x becomes part of p (DROP TABLE p and TRUNCATE p
+/// then remove its rows, without naming it). Reported as an operation on p (tag `ATTACH
+/// PARTITION`, attribute `attached:x`), so rules can ask whether p was created in this
+/// session: such a table is exempt from `destructive.drop-table`, and attaching an older
+/// table into it would carry that exemption over to the older table's rows.
+fn attached_partitions(b: &Value, stmt: &Facts) -> Vec<Facts> {
+    let mut out = Vec::new();
+    for c in b
+        .get("cmds")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|c| node_body(c, "AlterTableCmd"))
+    {
+        if pg_query::protobuf::AlterTableType::try_from(int_field(c, "subtype"))
+            != Ok(pg_query::protobuf::AlterTableType::AtAttachPartition)
+        {
+            continue;
+        }
+        let Some(name) = c
+            .get("def")
+            .and_then(|d| node_body(d, "PartitionCmd"))
+            .and_then(|pc| super::nodes::range_var(pc.get("name")))
+        else {
+            continue;
+        };
+        let mut f = Facts::new("ATTACH PARTITION", Class::Ddl, stmt.nesting);
+        f.objects = stmt.objects.clone();
+        f.attributes.push(format!("attached:{name}"));
+        out.push(f);
+    }
+    out
 }
 
 fn write(tag: &str, stmt: &Facts, where_clause: WhereState, attribute: &str) -> Facts {
@@ -165,6 +200,25 @@ const FUNCTION_OPTIONS: &[&str] = &[
     "headline",
     "init",
     "lexize",
+    // CREATE TYPE ... AS RANGE.
+    "subtype_diff",
+    "canonical",
+    // CREATE / ALTER FOREIGN DATA WRAPPER.
+    "handler",
+    "validator",
+];
+
+/// Built-in functions whose EXECUTE PostgreSQL keeps from PUBLIC because they reach server
+/// files or sessions: granted all at once by GRANT ... ON ALL FUNCTIONS IN SCHEMA pg_catalog.
+const CATALOG_FUNCTIONS_KEPT_FROM_PUBLIC: &[&str] = &[
+    "pg_catalog.pg_read_file",
+    "pg_catalog.pg_read_binary_file",
+    "pg_catalog.pg_ls_dir",
+    "pg_catalog.pg_stat_file",
+    "pg_catalog.pg_ls_logdir",
+    "pg_catalog.pg_ls_waldir",
+    "pg_catalog.lo_import",
+    "pg_catalog.lo_export",
 ];
 
 /// Functions statement node `kind` names so that they will be called later: the support
@@ -173,11 +227,13 @@ const FUNCTION_OPTIONS: &[&str] = &[
 pub(super) fn referenced_functions(kind: &str, b: &Value) -> Vec<String> {
     let mut out = Vec::new();
     match kind {
-        "DefineStmt" | "AlterOperatorStmt" => {
-            let field = if kind == "DefineStmt" {
-                "definition"
-            } else {
-                "options"
+        "DefineStmt" | "AlterOperatorStmt" | "CreateRangeStmt" | "CreateFdwStmt"
+        | "AlterFdwStmt" => {
+            let field = match kind {
+                "DefineStmt" => "definition",
+                "CreateRangeStmt" => "params",
+                "CreateFdwStmt" | "AlterFdwStmt" => "func_options",
+                _ => "options",
             };
             for d in b
                 .get(field)
@@ -200,6 +256,32 @@ pub(super) fn referenced_functions(kind: &str, b: &Value) -> Vec<String> {
                 }
             }
         }
+        // CREATE CONVERSION ... FROM f, CREATE ACCESS METHOD ... HANDLER f.
+        "CreateConversionStmt" | "CreateAmStmt" => {
+            let field = if kind == "CreateAmStmt" {
+                "handler_name"
+            } else {
+                "func_name"
+            };
+            out.push(name_of(b.get(field)));
+        }
+        // CREATE OPERATOR CLASS ... FUNCTION n f(...), ALTER OPERATOR FAMILY ... ADD FUNCTION.
+        "CreateOpClassStmt" | "AlterOpFamilyStmt" => {
+            for item in b
+                .get("items")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .filter_map(|i| node_body(i, "CreateOpClassItem"))
+            {
+                // OPCLASS_ITEM_FUNCTION = 2.
+                if int_field(item, "itemtype") == 2 {
+                    if let Some(owa) = item.get("name") {
+                        out.push(name_of(owa.get("objname")));
+                    }
+                }
+            }
+        }
         "CreateCastStmt" | "CreateTransformStmt" => {
             for field in ["func", "fromsql", "tosql"] {
                 if let Some(f) = b.get(field).filter(|f| !f.is_null()) {
@@ -209,7 +291,26 @@ pub(super) fn referenced_functions(kind: &str, b: &Value) -> Vec<String> {
         }
         "GrantStmt" if bool_field(b, "is_grant") => {
             let objtype = super::nodes::object_type_words(int_field(b, "objtype"));
-            if matches!(objtype.as_str(), "FUNCTION" | "PROCEDURE" | "ROUTINE") {
+            let all_in_schema =
+                pg_query::protobuf::GrantTargetType::try_from(int_field(b, "targtype"))
+                    == Ok(pg_query::protobuf::GrantTargetType::AclTargetAllInSchema);
+            if all_in_schema && matches!(objtype.as_str(), "FUNCTION" | "PROCEDURE" | "ROUTINE") {
+                // ON ALL FUNCTIONS IN SCHEMA pg_catalog grants every built-in function,
+                // those kept from PUBLIC among them: the same as naming each.
+                let catalog = b
+                    .get("objects")
+                    .and_then(Value::as_array)
+                    .into_iter()
+                    .flatten()
+                    .any(|o| name_of(Some(o)) == "pg_catalog");
+                if catalog {
+                    out.extend(
+                        CATALOG_FUNCTIONS_KEPT_FROM_PUBLIC
+                            .iter()
+                            .map(|f| f.to_string()),
+                    );
+                }
+            } else if matches!(objtype.as_str(), "FUNCTION" | "PROCEDURE" | "ROUTINE") {
                 for o in b
                     .get("objects")
                     .and_then(Value::as_array)

@@ -110,7 +110,45 @@ fn unparsed(reason: String) -> Inspection {
     }
 }
 
+/// Tokens one statement may have (counted between top-level semicolons) in a text of more
+/// than [`TOKEN_COUNT_FROM_BYTES`]: inspection holds a statement's whole parse tree, about
+/// 2 KB per token, so a single 4 MiB `INSERT ... VALUES` of 600,000 tokens took over 1 GB.
+/// 200,000 tokens is an INSERT ... VALUES of some 25,000 rows of three values; larger loads belong in
+/// COPY ... FROM STDIN or in several statements.
+pub const MAX_STATEMENT_TOKENS: usize = 200_000;
+
+/// Texts up to this size are not counted (they cannot reach [`MAX_STATEMENT_TOKENS`]).
+const TOKEN_COUNT_FROM_BYTES: usize = 256 << 10;
+
+/// The refusal for a statement of over [`MAX_STATEMENT_TOKENS`] tokens in `text`, if any.
+fn over_token_budget(text: &str) -> Option<Inspection> {
+    if text.len() <= TOKEN_COUNT_FROM_BYTES {
+        return None;
+    }
+    // Text the scanner rejects will not parse either: the parser reports it.
+    let scan = pg_query::scan(text).ok()?;
+    let mut run = 0usize;
+    for t in &scan.tokens {
+        if pg_query::protobuf::Token::try_from(t.token) == Ok(pg_query::protobuf::Token::Ascii59) {
+            run = 0;
+            continue;
+        }
+        run += 1;
+        if run > MAX_STATEMENT_TOKENS {
+            return Some(unparsed(format!(
+                "A statement of more than {MAX_STATEMENT_TOKENS} tokens is over pgwarden's \
+                 inspection limit: split it into several statements, or load rows with \
+                 COPY ... FROM STDIN."
+            )));
+        }
+    }
+    None
+}
+
 fn inspect_at(text: &str, read_as: ReadAs, depth: usize) -> Inspection {
+    if let Some(refused) = over_token_budget(text) {
+        return refused;
+    }
     let mut opts = pg_query::ParserOptions::DEFAULT;
     if !read_as.standard_conforming_strings {
         opts |= pg_query::ParserOptions::DISABLE_STANDARD_CONFORMING_STRINGS;
@@ -119,18 +157,17 @@ fn inspect_at(text: &str, read_as: ReadAs, depth: usize) -> Inspection {
         Ok(p) => p,
         Err(e) => return unparsed(parse_error_reason(&e)),
     };
-    let Ok(tree) = serde_json::to_value(&parsed.protobuf) else {
-        return unparsed(UNREADABLE.into());
-    };
     let tickets_everywhere = text.contains("pgwarden:");
     let mut statements = Vec::new();
     let mut prev_end = 0usize;
-    for raw in tree
-        .get("stmts")
-        .and_then(|s| s.as_array())
-        .into_iter()
-        .flatten()
-    {
+    let mut literal_sensitive = false;
+    // One statement's tree at a time: the walked form of a parse tree is hundreds of times
+    // the text, so a text of 10,000 statements must not hold all of theirs at once.
+    for raw in &parsed.protobuf.stmts {
+        let Ok(raw) = serde_json::to_value(raw) else {
+            return unparsed(UNREADABLE.into());
+        };
+        literal_sensitive |= normalize::literal_sensitive(&raw);
         let Some(stmt) = raw.get("stmt") else {
             continue;
         };
@@ -166,7 +203,7 @@ fn inspect_at(text: &str, read_as: ReadAs, depth: usize) -> Inspection {
                 nesting: Nesting::DoBlock,
             };
             if let Err(refused) = nested.absorb(read_as, depth, &mut functions, &mut ops) {
-                return refused;
+                return *refused;
             }
             if let Some(op) = ops.get_mut(idx) {
                 op.dynamic_sql |= functions
@@ -199,7 +236,25 @@ fn inspect_at(text: &str, read_as: ReadAs, depth: usize) -> Inspection {
                 },
             };
             if let Err(refused) = nested.absorb(read_as, depth, &mut functions, &mut ops) {
-                return refused;
+                return *refused;
+            }
+        }
+        // SQL text that a function called here runs (`query_to_xml('...')`): the
+        // statements it is, run where the call is.
+        for (at, sql) in std::mem::take(&mut w.sql_strings) {
+            if depth >= MAX_BODY_DEPTH {
+                return unparsed(
+                    "SQL text run by a function is nested too deeply to inspect.".into(),
+                );
+            }
+            let sql = [sql];
+            let nested = Nested {
+                statements: &sql,
+                expressions: &[],
+                nesting: at,
+            };
+            if let Err(refused) = nested.absorb(read_as, depth, &mut functions, &mut ops) {
+                return *refused;
             }
         }
         functions.sort();
@@ -223,7 +278,7 @@ fn inspect_at(text: &str, read_as: ReadAs, depth: usize) -> Inspection {
     Inspection {
         statements,
         unparsed: None,
-        literal_sensitive: normalize::literal_sensitive(&tree),
+        literal_sensitive,
         notes: Vec::new(),
         memo: Default::default(),
     }
@@ -271,18 +326,19 @@ impl Nested<'_> {
         depth: usize,
         functions: &mut Vec<String>,
         ops: &mut Vec<Facts>,
-    ) -> Result<(), Inspection> {
+    ) -> Result<(), Box<Inspection>> {
         for sql in self.statements {
             let mut inner = inspect_at(sql, read_as, depth + 1);
             if let Some(u) = &mut inner.unparsed {
                 let place = match self.nesting {
                     Nesting::FunctionBody => "a routine's body",
-                    _ => "a DO block",
+                    Nesting::DoBlock => "a DO block",
+                    _ => "SQL text a function runs",
                 };
                 if !u.reason.starts_with("In ") {
                     u.reason = format!("In {place}: {}", u.reason);
                 }
-                return Err(inner);
+                return Err(Box::new(inner));
             }
             for s in inner.statements {
                 functions.extend(s.functions);
@@ -293,8 +349,15 @@ impl Nested<'_> {
             // Parse mode 0 is a whole statement: the query of FOR ... IN, RETURN QUERY,
             // OPEN ... FOR, PERFORM, a cursor's. It may write (`FOR r IN DELETE FROM t
             // RETURNING * LOOP`, a data-modifying CTE): inspected as a statement.
-            if *mode == 0 {
-                let inner = inspect_at(expr, read_as, depth + 1);
+            // Other expressions (IF conditions, assignments, RETURN values, defaults) run
+            // as a SELECT of the expression: inspected as that SELECT, so set_config and
+            // functions that run SQL text count there too.
+            let as_statement = match *mode {
+                0 => Some(expr.clone()),
+                _ => expression_as_select(expr, *mode, read_as),
+            };
+            if let Some(stmt) = as_statement {
+                let inner = inspect_at(&stmt, read_as, depth + 1);
                 if inner.unparsed.is_none() {
                     for s in inner.statements {
                         functions.extend(s.functions);
@@ -308,12 +371,44 @@ impl Nested<'_> {
                     }
                     continue;
                 }
+                // Something nested in it (SQL text a function runs) could not be read.
+                if inner
+                    .unparsed
+                    .as_ref()
+                    .is_some_and(|u| u.reason.starts_with("In "))
+                {
+                    return Err(Box::new(inner));
+                }
             }
             if let Ok(p) = pg_query::parse(expr, *mode) {
                 functions.extend(p.functions.into_iter().map(|(f, _)| f));
             }
         }
         Ok(())
+    }
+}
+
+/// A PL/pgSQL expression (parse `mode` 2) or assignment (modes 3 to 5: `x := expr`,
+/// `x.f[1] := expr`) as the SELECT PL/pgSQL runs for it. `None` when it does not parse.
+fn expression_as_select(expr: &str, mode: i32, read_as: ReadAs) -> Option<String> {
+    use pg_query::protobuf::node::Node as N;
+    match mode {
+        2 => Some(format!("SELECT {expr}")),
+        3..=5 => {
+            let mut opts = pg_query::ParserOptions::from(mode);
+            if !read_as.standard_conforming_strings {
+                opts |= pg_query::ParserOptions::DISABLE_STANDARD_CONFORMING_STRINGS;
+            }
+            let parsed = pg_query::parse(expr, opts).ok()?;
+            let raw = parsed.protobuf.stmts.first()?;
+            match raw.stmt.as_deref()?.node.as_ref()? {
+                N::PlassignStmt(a) => N::SelectStmt(Box::new(a.val.as_deref()?.clone()))
+                    .deparse(pg_query::DeparseOptions::default())
+                    .ok(),
+                _ => None,
+            }
+        }
+        _ => None,
     }
 }
 

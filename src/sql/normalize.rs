@@ -60,9 +60,11 @@ pub fn literal_sensitive(tree: &Value) -> bool {
                 if k.ends_with("Stmt") && !LITERAL_FREE_KINDS.contains(&k.as_str()) {
                     return true;
                 }
-                if k == "FuncCall"
-                    && super::nodes::name_of(v.get("funcname")).ends_with("set_config")
-                {
+                // set_config's name and value, the SQL text query_to_xml() runs: facts.
+                if k == "FuncCall" && {
+                    let name = super::nodes::name_of(v.get("funcname"));
+                    name.ends_with("set_config") || super::walk::runs_sql_text(&name)
+                } {
                     return true;
                 }
                 if constant_logic(k, v) || literal_sensitive(v) {
@@ -78,6 +80,15 @@ pub fn literal_sensitive(tree: &Value) -> bool {
 
 fn is_const(v: &Value) -> bool {
     super::nodes::const_text(v).is_some()
+}
+
+/// Does `v` contain a literal anywhere?
+fn has_literal(v: &Value) -> bool {
+    match v {
+        Value::Object(m) => m.iter().any(|(k, c)| k == "AConst" || has_literal(c)),
+        Value::Array(a) => a.iter().any(has_literal),
+        _ => false,
+    }
 }
 
 fn names_no_column(v: &Value) -> bool {
@@ -98,7 +109,10 @@ fn constant_logic(kind: &str, body: &Value) -> bool {
                     .and_then(Value::as_array)
                     .is_some_and(|items| items.iter().any(is_const))
             };
-            l.is_some_and(is_const) && r.is_some_and(|r| is_const(r) || list_has_const(r))
+            // And `id + 0 = id + 0`: both sides hold literals (the same expression of the
+            // row's columns on both sides decides the WHERE; `id + 0 = id + 1` does not).
+            (l.is_some_and(is_const) && r.is_some_and(|r| is_const(r) || list_has_const(r)))
+                || (l.is_some_and(has_literal) && r.is_some_and(has_literal))
         }
         "BooleanTest" => body.get("arg").is_some_and(is_const),
         "BoolExpr" => body
@@ -154,10 +168,18 @@ mod tests {
         assert!(sensitive("SET role = 'x'"));
         assert!(sensitive("COPY t TO '/tmp/x'"));
         assert!(sensitive("SELECT set_config('role', 'x', false)"));
+        assert!(sensitive(
+            "SELECT query_to_xml('SELECT 1', true, false, '')"
+        ));
+        assert!(sensitive(
+            "SELECT * FROM pg_catalog.ts_stat('SELECT v FROM t')"
+        ));
         assert!(sensitive("DO $$ BEGIN END $$"));
         assert!(sensitive("DELETE FROM t WHERE 1 IN (1, 2)"));
         assert!(sensitive("DELETE FROM t WHERE 1 BETWEEN 0 AND 2"));
         assert!(sensitive("DELETE FROM t WHERE 't'::bool IS TRUE"));
         assert!(!sensitive("DELETE FROM t WHERE id IN (1, 2)"));
+        assert!(sensitive("DELETE FROM t WHERE id + 0 = id + 0"));
+        assert!(!sensitive("DELETE FROM t WHERE id = 5 AND v = 'x'"));
     }
 }

@@ -26,6 +26,8 @@ pub fn row_condition(cond: Option<&Value>, targets: &[String]) -> WhereState {
     let Some(c) = cond.filter(|c| !c.is_null()) else {
         return WhereState::Absent;
     };
+    // `t.id` and `id` are one column of the target row: `WHERE id = t.id` is `id = id`.
+    let c = &unqualify_target(c, targets);
     if every_row(c, targets, false) {
         WhereState::TriviallyTrue
     } else {
@@ -58,6 +60,41 @@ fn every_row(c: &Value, targets: &[String], negated: bool) -> bool {
         }
         (Some(BoolExprType::NotExpr), _) => args.all(|a| every_row(a, targets, !negated)),
         _ => false,
+    }
+}
+
+/// `v` with every column reference qualified by a name of the target row (`t.id`,
+/// `public.t.id`) written as the bare column (`id`), which names the same column.
+fn unqualify_target(v: &Value, targets: &[String]) -> Value {
+    match v {
+        Value::Object(m) => {
+            if let Some(c) = m.get("ColumnRef") {
+                let fields = c.get("fields").and_then(Value::as_array);
+                let mut parts = Vec::new();
+                super::nodes::collect_strings(c.get("fields"), &mut parts);
+                if let Some(fields) = fields.filter(|f| f.len() > 1 && parts.len() == f.len()) {
+                    if targets.contains(&parts[..parts.len() - 1].join(".")) {
+                        let mut c = c.clone();
+                        if let Some(o) = c.as_object_mut() {
+                            o.insert(
+                                "fields".into(),
+                                Value::Array(vec![fields[fields.len() - 1].clone()]),
+                            );
+                        }
+                        let mut out = m.clone();
+                        out.insert("ColumnRef".into(), c);
+                        return Value::Object(out);
+                    }
+                }
+            }
+            Value::Object(
+                m.iter()
+                    .map(|(k, c)| (k.clone(), unqualify_target(c, targets)))
+                    .collect(),
+            )
+        }
+        Value::Array(a) => Value::Array(a.iter().map(|c| unqualify_target(c, targets)).collect()),
+        _ => v.clone(),
     }
 }
 
@@ -250,6 +287,34 @@ fn aexpr_truth(e: &Value) -> Option<bool> {
         // `x IS NOT DISTINCT FROM x` holds for every row, NULLs included.
         AExprKind::AexprNotDistinct if same => Some(true),
         AExprKind::AexprDistinct if same => Some(false),
+        // `x = ANY (ARRAY[y, x])`, `x <> ALL (ARRAY[..., x])`.
+        AExprKind::AexprOpAny | AExprKind::AexprOpAll if is_stable_operand(l) => {
+            let items = node_body(r, "AArrayExpr")?.get("elements")?.as_array()?;
+            if !items.iter().any(|i| same_tree(l, i)) {
+                return None;
+            }
+            match (AExprKind::try_from(kind as i32).ok()?, op.as_str()) {
+                (AExprKind::AexprOpAny, "=" | ">=" | "<=") => Some(true),
+                (AExprKind::AexprOpAll, "<>" | "!=" | "<" | ">") => Some(false),
+                _ => None,
+            }
+        }
+        // `x BETWEEN x AND x` (symmetric too); NOT BETWEEN is the opposite.
+        AExprKind::AexprBetween
+        | AExprKind::AexprBetweenSym
+        | AExprKind::AexprNotBetween
+        | AExprKind::AexprNotBetweenSym
+            if is_stable_operand(l) =>
+        {
+            let items = node_body(r, "List")?.get("items")?.as_array()?;
+            if items.len() != 2 || !items.iter().all(|i| same_tree(l, i)) {
+                return None;
+            }
+            Some(matches!(
+                AExprKind::try_from(kind as i32).ok()?,
+                AExprKind::AexprBetween | AExprKind::AexprBetweenSym
+            ))
+        }
         // `x IN (y, x)`; `NOT IN` is the `<>` form. Only columns: a list of literals is not
         // decided (`1 IN (1, 2)`), because the inspection cache shares one inspection among
         // texts that differ only in literals unless the `normalize` module sees that a
@@ -297,7 +362,37 @@ fn is_null_const(v: &Value) -> bool {
 /// Columns and constants compare equal to themselves (NULLs aside, which only make the
 /// predicate unknown for those rows); function calls like random() do not.
 fn is_stable_operand(v: &Value) -> bool {
-    node_body(v, "ColumnRef").is_some() || const_text(v).is_some()
+    node_body(v, "ColumnRef").is_some() || const_text(v).is_some() || pure_expression(v)
+}
+
+/// An expression of columns and constants through operators, casts, CASE, COALESCE, arrays
+/// and rows (`id + 0`, `v::text`, `coalesce(v, 0)`, `a || b`): equal to itself for the same
+/// row. Not when it calls a function (random(), nextval()) or runs a subquery. It must name
+/// a column: constants alone are decided as constants, which the inspection cache knows.
+fn pure_expression(v: &Value) -> bool {
+    fn pure(v: &Value) -> bool {
+        match v {
+            Value::Object(m) => m.iter().all(|(k, c)| {
+                !matches!(
+                    k.as_str(),
+                    "FuncCall" | "SubLink" | "ParamRef" | "CurrentOfExpr" | "SQLValueFunction"
+                ) && pure(c)
+            }),
+            Value::Array(a) => a.iter().all(pure),
+            _ => true,
+        }
+    }
+    let known = [
+        "AExpr",
+        "TypeCast",
+        "CaseExpr",
+        "CoalesceExpr",
+        "AArrayExpr",
+        "RowExpr",
+    ]
+    .iter()
+    .any(|k| node_body(v, k).is_some());
+    known && pure(v) && depends_on_row(v, &[])
 }
 
 fn const_truth(v: &Value) -> Option<bool> {

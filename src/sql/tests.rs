@@ -970,3 +970,74 @@ fn routine_bodies_change_nothing_of_the_session_now() {
     let o = ops("DO $$ BEGIN PREPARE q AS SELECT 1; END $$");
     assert!(o.iter().any(|f| f.prepared_name.as_deref() == Some("q")));
 }
+
+#[test]
+fn a_statement_over_the_token_budget_is_refused_and_many_small_ones_are_not() {
+    // 40,000 rows of three values: some 320,000 tokens in one statement.
+    let rows: Vec<String> = (0..40_000).map(|i| format!("({i},{i},'x')")).collect();
+    let big = format!("INSERT INTO t (a, b, c) VALUES {}", rows.join(","));
+    let i = ins(&big);
+    assert!(i
+        .unparsed
+        .as_ref()
+        .is_some_and(|u| u.reason.contains("inspection limit")));
+    // The same rows as 40,000 statements are inspected, each on its own, in linear time.
+    let many: String = (0..40_000)
+        .map(|i| format!("INSERT INTO t (a, b, c) VALUES ({i},{i},'x');\n"))
+        .collect();
+    let started = std::time::Instant::now();
+    let i = ins(&many);
+    assert!(i.unparsed.is_none());
+    assert_eq!(i.statements.len(), 40_000);
+    for s in 0..i.statements.len() {
+        assert!(i.created_at(s, &Default::default()).is_none());
+    }
+    assert!(started.elapsed() < std::time::Duration::from_secs(60));
+    // A function body too: one huge statement inside it is over the budget.
+    let body = format!("CREATE FUNCTION f() RETURNS void LANGUAGE sql AS $b$ {big} $b$");
+    assert!(ins(&body).unparsed.is_some());
+}
+
+#[test]
+fn created_at_resumes_and_restarts_correctly() {
+    let i = ins("CREATE TABLE a (x int); SELECT 1; DROP TABLE a; CREATE TABLE b (x int); SELECT 2");
+    let none = std::collections::HashSet::new();
+    let at = |n: usize| i.created_at(n, &none).unwrap_or_default();
+    assert!(at(1).contains("a"));
+    assert!(!at(3).contains("a"));
+    assert!(at(4).contains("b"));
+    // Asked again for an earlier statement, and for another session's set.
+    assert!(at(2).contains("a"));
+    let mut other = std::collections::HashSet::new();
+    other.insert("c".to_owned());
+    assert!(i.created_at(4, &other).unwrap().contains("c"));
+    assert!(!at(4).contains("c"));
+}
+
+#[test]
+fn plpgsql_assignments_and_sql_text_are_inspected() {
+    let f = |sql: &str| {
+        ins(sql)
+            .statements
+            .into_iter()
+            .flat_map(|s| s.functions)
+            .collect::<Vec<_>>()
+    };
+    assert!(
+        f("DO $$ DECLARE x int; BEGIN x := (SELECT count(*) FROM pg_ls_dir('.')); END $$")
+            .iter()
+            .any(|n| n == "pg_ls_dir")
+    );
+    assert!(
+        f("SELECT query_to_xml('SELECT pg_read_file(''x'')', true, false, '')")
+            .iter()
+            .any(|n| n == "pg_read_file")
+    );
+    let o = ops("SELECT query_to_xml($1, true, false, '')");
+    assert!(o.iter().any(|f| f.tag == "SQL STRING" && f.dynamic_sql));
+    let o =
+        ops("SELECT query_to_xml('SELECT set_config(''role'', ''x'', false)', true, false, '')");
+    assert!(o.iter().any(
+        |f| f.set.as_ref().is_some_and(|s| s.name == "role") && f.nesting == Nesting::TopLevel
+    ));
+}

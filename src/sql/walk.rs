@@ -25,7 +25,26 @@ pub(super) struct Walker {
     /// Bodies of routines created in the walk (by the index of their CREATE operation), to
     /// be inspected for what they will run when called.
     pub routine_bodies: Vec<(usize, RoutineBody)>,
+    /// SQL text given as a constant to a function that runs it (`query_to_xml('...')`,
+    /// `ts_stat('...')`), with the nesting of the call: inspected as statements run there.
+    pub sql_strings: Vec<(Nesting, String)>,
 }
+
+/// Built-in (and tablefunc) functions that parse and run an SQL text argument: the
+/// positions of those arguments, and the argument count the form has (`None`: any).
+/// `ts_rewrite(query, select)` runs its second argument; `ts_rewrite(q, target, subst)`
+/// runs nothing.
+const SQL_STRING_FUNCTIONS: &[(&str, &[usize], Option<usize>)] = &[
+    ("query_to_xml", &[0], None),
+    ("query_to_xmlschema", &[0], None),
+    ("query_to_xml_and_xmlschema", &[0], None),
+    ("ts_stat", &[0], None),
+    ("ts_rewrite", &[1], Some(2)),
+    ("crosstab", &[0, 1], None),
+    ("crosstab2", &[0], None),
+    ("crosstab3", &[0], None),
+    ("crosstab4", &[0], None),
+];
 
 /// A routine body pgwarden reads. (SQL-standard bodies, BEGIN ATOMIC ... END and RETURN
 /// expr, are part of the parse tree and walked in place.)
@@ -72,6 +91,7 @@ impl Walker {
                 if super::unqualified(&name) == "set_config" {
                     self.ops.push(set_config_facts(body, nesting));
                 }
+                self.sql_string_call(&name, body, nesting);
                 self.functions.push(name);
                 self.visit(body, nesting);
             }
@@ -114,15 +134,77 @@ impl Walker {
                             None => {}
                         }
                     }
-                    self.functions
-                        .extend(super::implied::referenced_functions(k, body));
+                    let referenced = super::implied::referenced_functions(k, body);
                     let implied = super::implied::ops(k, body, &f);
                     self.ops.push(f);
                     self.ops.extend(implied);
+                    // A function this statement makes callable later (an aggregate's SFUNC,
+                    // an operator's FUNCTION) runs with arguments known only then: set_config
+                    // sets any setting to any value, a function running SQL text runs any
+                    // statement.
+                    for name in &referenced {
+                        if super::unqualified(name) == "set_config" {
+                            let mut s = Facts::new("SET", Class::Session, nesting);
+                            s.roles.push("*".into());
+                            s.attributes.push("referenced_function".into());
+                            s.call_set = Some(SetFacts {
+                                name: "*".into(),
+                                value: Some("*".into()),
+                                local: false,
+                            });
+                            self.ops.push(s);
+                        }
+                        if runs_sql_text(name) {
+                            let short = super::unqualified(name).to_ascii_lowercase();
+                            let mut d = Facts::new("SQL STRING", Class::Unknown, nesting);
+                            d.dynamic_sql = true;
+                            d.objects.push(short.clone());
+                            d.attributes.push(format!("sql_string_function:{short}"));
+                            self.ops.push(d);
+                        }
+                    }
+                    self.functions.extend(referenced);
                 }
                 self.children(k, body, nesting);
             }
             _ => self.visit(body, nesting),
+        }
+    }
+
+    /// A call of a function that runs SQL text (see [`SQL_STRING_FUNCTIONS`]): constant text
+    /// is inspected as the statements it is; anything else (a parameter, a concatenation,
+    /// named arguments) cannot be seen, and is reported as an operation that builds SQL at
+    /// run time (`dynamic_sql`, tag `SQL STRING`).
+    fn sql_string_call(&mut self, name: &str, body: &Value, nesting: Nesting) {
+        let short = super::unqualified(name).to_ascii_lowercase();
+        let Some((_, positions, arity)) = SQL_STRING_FUNCTIONS.iter().find(|(n, _, _)| *n == short)
+        else {
+            return;
+        };
+        let args: Vec<&Value> = body
+            .get("args")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .collect();
+        if arity.is_some_and(|n| args.len() != n) {
+            return;
+        }
+        let named = args.iter().any(|a| node_body(a, "NamedArgExpr").is_some());
+        let mut hidden = named;
+        for &i in positions.iter() {
+            match args.get(i).and_then(|a| sql_text_const(a)) {
+                Some(sql) if !named => self.sql_strings.push((nesting, sql)),
+                _ if args.get(i).is_some() || named => hidden = true,
+                _ => {}
+            }
+        }
+        if hidden {
+            let mut f = Facts::new("SQL STRING", Class::Unknown, nesting);
+            f.dynamic_sql = true;
+            f.objects.push(short.clone());
+            f.attributes.push(format!("sql_string_function:{short}"));
+            self.ops.push(f);
         }
     }
 
@@ -160,6 +242,23 @@ impl Walker {
             _ => self.visit(body, nesting),
         }
     }
+}
+
+/// Does the function named `name` (however qualified) run an SQL text argument?
+pub(super) fn runs_sql_text(name: &str) -> bool {
+    let short = super::unqualified(name).to_ascii_lowercase();
+    SQL_STRING_FUNCTIONS.iter().any(|(n, _, _)| *n == short)
+}
+
+/// A string constant, through casts (`'SELECT 1'`, `'SELECT 1'::text`); not a number or a
+/// boolean, which are no SQL text.
+fn sql_text_const(v: &Value) -> Option<String> {
+    if let Some(tc) = node_body(v, "TypeCast") {
+        return tc.get("arg").and_then(sql_text_const);
+    }
+    let c = node_body(v, "AConst")?;
+    c.get("val")?.get("Sval")?;
+    const_text(v)
 }
 
 fn explain_analyze(body: &Value) -> bool {

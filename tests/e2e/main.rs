@@ -18,6 +18,7 @@ mod holds;
 mod hostile;
 mod lifecycle;
 mod observe;
+mod pack_attack;
 mod pack_bypass;
 mod protocol;
 mod reload;
