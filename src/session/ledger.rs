@@ -81,6 +81,10 @@ pub struct Ledger {
     /// The other spelling of a created table's name, both ways: `t` and `s.t` for a table
     /// created while the search_path was the one schema `s` (forgotten together).
     aliases: HashMap<String, String>,
+    /// Created tables another object's DROP takes with it (a partition, an inheritance
+    /// child, a typed table): forgotten at any DROP TABLE, since the facts do not say whose
+    /// child each one is.
+    dependents: HashSet<String>,
 }
 
 impl Ledger {
@@ -118,6 +122,7 @@ impl Ledger {
             prepared_bytes: 0,
             journal_bytes: 0,
             aliases: HashMap::new(),
+            dependents: HashSet::new(),
         };
         l.confirmed = l.settings();
         l
@@ -440,6 +445,9 @@ impl Ledger {
                 match op.tag.as_str() {
                     // Not IF NOT EXISTS (it may have created nothing), not ON COMMIT DROP,
                     // not nested in CREATE SCHEMA or a DO body.
+                    // A quoted name with a dot in it ("public.t") is spelled like a qualified
+                    // one: such creations are not taken as exempt.
+                    _ if op.creates_table(k == 0) && quotes_a_dotted_name(&s.text) => {}
                     _ if op.creates_table(k == 0) => {
                         let until = batch_end;
                         let mut names = op.objects.clone();
@@ -462,11 +470,21 @@ impl Ledger {
                                 names.push(other);
                             }
                         }
+                        if op
+                            .attributes
+                            .iter()
+                            .any(|a| matches!(a.as_str(), "partition_of" | "inherits" | "of_type"))
+                        {
+                            self.dependents.extend(names.iter().cloned());
+                        }
                         self.pending_created.push_back((until, names));
                     }
                     // An index on a table created in this session is one too (its DROP
                     // INDEX locks nothing anyone else uses).
-                    "CREATE INDEX" if !op.created_index_names(k == 0).is_empty() => {
+                    "CREATE INDEX"
+                        if !op.created_index_names(k == 0).is_empty()
+                            && !quotes_a_dotted_name(&s.text) =>
+                    {
                         let earlier = walk.at(i);
                         let new_table = op.objects.iter().all(|o| {
                             self.published.contains(o)
@@ -511,10 +529,25 @@ impl Ledger {
                     "DROP SCHEMA" => self.forget_schemas(&op.objects),
                     // Whatever the role owned is gone, created tables perhaps among it.
                     "DROP OWNED" | "REASSIGN OWNED" => self.forget_all_created(),
-                    // Once dropped, the name may well resolve to an older table next time.
-                    "DROP TABLE" | "DROP MATERIALIZED VIEW" | "DROP INDEX" => {
-                        self.forget_created(&op.objects);
+                    // CASCADE (and DROP EXTENSION, whose member tables go with it) may drop
+                    // tables created here that the statement does not name.
+                    _ if op.tag.starts_with("DROP ")
+                        && (op.flags.contains(&crate::sql::facts::Flag::Cascade)
+                            || op.tag == "DROP EXTENSION") =>
+                    {
+                        self.forget_all_created();
                     }
+                    // Once dropped, the name may well resolve to an older table next time; a
+                    // dropped table takes its partitions with it.
+                    "DROP TABLE" | "DROP MATERIALIZED VIEW" | "DROP INDEX" => {
+                        let mut gone = op.objects.clone();
+                        if op.tag == "DROP TABLE" {
+                            gone.extend(self.dependents.drain());
+                        }
+                        self.forget_created(&gone);
+                    }
+                    // A new schema may come ahead of the one a name was created in.
+                    "CREATE SCHEMA" => self.forget_unqualified(),
                     // Creations of the open transaction may be undone (ROLLBACK TO a
                     // savepoint, ROLLBACK AND CHAIN too): forget them.
                     t if t.starts_with("ROLLBACK") || t == "ABORT" => {
@@ -700,6 +733,16 @@ fn may_change_encoding(ins: &Inspection) -> bool {
                         })
                 })
         })
+}
+
+/// Whether `text` has a quoted identifier with a dot in it (or a Unicode-escaped one, which
+/// may spell a dot): its names cannot be told from qualified ones.
+fn quotes_a_dotted_name(text: &str) -> bool {
+    let lower = text.to_ascii_lowercase();
+    if lower.contains("u&\"") {
+        return true;
+    }
+    text.split('"').skip(1).step_by(2).any(|q| q.contains('.'))
 }
 
 /// `DISCARD ALL` (not TEMP, PLANS or SEQUENCES).

@@ -254,7 +254,6 @@ async fn statements_discarded_then_reused_are_decided_again() {
 
 /// `"public.t"` is a table named with a dot, not `public.t`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "bypass: CREATE TABLE \"public.t\" exempts public.t"]
 async fn a_quoted_name_with_a_dot_is_not_the_qualified_name() {
     let p = pack().await;
     let mut s = session(&p).await;
@@ -279,7 +278,6 @@ async fn a_quoted_name_with_a_dot_is_not_the_qualified_name() {
 /// A schema created in the search_path after a table was created through it: the name now
 /// resolves in the new schema, where an old table is moved.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "bypass: CREATE SCHEMA ahead in the search_path + SET SCHEMA of an old table into it keeps the exemption"]
 async fn a_schema_created_ahead_in_the_search_path_ends_the_exemption() {
     let p = pack().await;
     let mut s = session(&p).await;
@@ -347,7 +345,6 @@ async fn search_path_set_by_set_config_ends_the_exemption() {
 /// inheritance parent with CASCADE, a composite type with CASCADE): its name may then be
 /// given to an old table.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "bypass: a created table dropped by cascade (partition parent, INHERITS, OF type) keeps its exemption"]
 async fn a_created_table_dropped_by_cascade_is_no_longer_exempt() {
     let p = pack().await;
     let mut s = session(&p).await;
