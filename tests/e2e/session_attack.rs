@@ -448,3 +448,54 @@ async fn creations_that_did_not_happen_are_not_exempt() {
     .await;
     p.proxy.stop().await;
 }
+
+/// A Bind larger than what pgwarden reads whole (64 KiB: here, 32,767 result-format codes,
+/// which PostgreSQL ignores for a statement returning no rows) is decided like any other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "bypass: a Bind over 64 KiB is streamed without being decided"]
+async fn a_large_bind_is_decided_like_any_other() {
+    let p = pack().await;
+    let mut s = session(&p).await;
+    let (x, old) = (unique("pgw_big"), unique("pgw_bigold"));
+    old_table(&old).await;
+    assert!(q(&mut s, &format!("CREATE TABLE {x} (a int)")).await.ok());
+    let mut b = parse("w", &format!("TRUNCATE {x}"));
+    b.extend(sync());
+    assert!(send(&mut s, &b).await.ok());
+    assert!(q(&mut s, &format!("DROP TABLE {x}")).await.ok());
+    assert!(q(&mut s, &format!("ALTER TABLE {old} RENAME TO {x}"))
+        .await
+        .ok());
+    let big_bind = |statement: &str| {
+        let mut body = Vec::new();
+        cstr(&mut body, b"");
+        cstr(&mut body, statement.as_bytes());
+        body.extend_from_slice(&0i16.to_be_bytes());
+        body.extend_from_slice(&0i16.to_be_bytes());
+        body.extend_from_slice(&32_767i16.to_be_bytes());
+        body.extend(std::iter::repeat_n(0u8, 65_534));
+        msg(b'B', &body)
+    };
+    let mut b = big_bind("w");
+    b.extend(execute("", 0));
+    b.extend(sync());
+    let a = send(&mut s, &b).await;
+    assert!(a.refused(), "{a:?}");
+    assert_eq!(rows(&x).await, Some(2));
+    // A large Bind of a statement nothing defined is refused too, and the session goes on.
+    let mut b = big_bind("never_parsed");
+    b.extend(execute("", 0));
+    b.extend(sync());
+    let a = send(&mut s, &b).await;
+    assert_eq!(a.errors, vec!["26000".to_owned()], "{a:?}");
+    let a = q(&mut s, &format!("TRUNCATE {x}")).await;
+    assert!(a.refused(), "{a:?}");
+    let a = q(&mut s, "SELECT 1").await;
+    assert!(a.ok() && a.status == b'I', "{a:?}");
+    assert_eq!(rows(&x).await, Some(2));
+    cleanup(&format!(
+        "DROP TABLE IF EXISTS {x}; DROP TABLE IF EXISTS {old}"
+    ))
+    .await;
+    p.proxy.stop().await;
+}
