@@ -243,7 +243,34 @@ impl SessionState {
                 Err(e) => return Err(client_frame_error(e, self.phase)),
             };
             let frame_len = h.frame_len();
-            if matches!(h.tag, b'd' | b'B') && frame_len > READ_LIMIT {
+            if h.tag == b'B' && frame_len > READ_LIMIT {
+                // Streamed (its parameters are not read by the proxy), but decided first on
+                // its portal and statement names, which open it.
+                let seen = &cin[HEADER_LEN..cin.len().min(frame_len)];
+                let Some(names) = seen
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, &b)| b == 0)
+                    .nth(1)
+                    .map(|(i, _)| i + 1)
+                else {
+                    if seen.len() >= READ_LIMIT || cin.len() >= frame_len {
+                        return Err(protocol_violation("invalid Bind message"));
+                    }
+                    return Ok(None);
+                };
+                match self.gate_frame(h.tag, &seen[..names], gate)? {
+                    Gated::Forward => self.client_streaming = frame_len,
+                    Gated::StandIn(f) => {
+                        out.extend_from_slice(&f);
+                        self.client_skipping = frame_len;
+                    }
+                    Gated::Wait(p) => return Ok(Some(p)),
+                }
+                self.note_client_message(h.tag);
+                continue;
+            }
+            if h.tag == b'd' && frame_len > READ_LIMIT {
                 // Streamed: its content is not read by the proxy.
                 self.note_client_message(h.tag);
                 self.client_streaming = frame_len;

@@ -452,7 +452,6 @@ async fn creations_that_did_not_happen_are_not_exempt() {
 /// A Bind larger than what pgwarden reads whole (64 KiB: here, 32,767 result-format codes,
 /// which PostgreSQL ignores for a statement returning no rows) is decided like any other.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "bypass: a Bind over 64 KiB is streamed without being decided"]
 async fn a_large_bind_is_decided_like_any_other() {
     let p = pack().await;
     let mut s = session(&p).await;
@@ -492,6 +491,21 @@ async fn a_large_bind_is_decided_like_any_other() {
     assert!(a.refused(), "{a:?}");
     let a = q(&mut s, "SELECT 1").await;
     assert!(a.ok() && a.status == b'I', "{a:?}");
+    // A large Bind of an allowed statement runs.
+    let mut b = parse("len", "SELECT length($1::text)");
+    let mut body = Vec::new();
+    cstr(&mut body, b"");
+    cstr(&mut body, b"len");
+    body.extend_from_slice(&0i16.to_be_bytes());
+    body.extend_from_slice(&1i16.to_be_bytes());
+    body.extend_from_slice(&100_000i32.to_be_bytes());
+    body.extend(std::iter::repeat_n(b'x', 100_000));
+    body.extend_from_slice(&0i16.to_be_bytes());
+    b.extend(msg(b'B', &body));
+    b.extend(execute("", 0));
+    b.extend(sync());
+    let a = send(&mut s, &b).await;
+    assert!(a.ok(), "{a:?}");
     assert_eq!(rows(&x).await, Some(2));
     cleanup(&format!(
         "DROP TABLE IF EXISTS {x}; DROP TABLE IF EXISTS {old}"
