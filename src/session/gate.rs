@@ -203,8 +203,25 @@ impl PolicyGate {
         }
     }
 
-    /// Decides on an inspection in this session.
+    /// Decides on an inspection in this session. Sent before the server answered what was
+    /// sent ahead of it (a BEGIN, a COMMIT pipelined before it), a statement may run inside
+    /// a transaction block or outside one whatever the last ReadyForQuery said: it is
+    /// decided both ways, and the stricter decision stands.
     pub fn decide(&self, ins: &Inspection, view: &View<'_>) -> Decision {
+        let in_transaction = view.tx != TxStatus::Idle;
+        let mut d = self.decide_in(ins, view, in_transaction);
+        if !view.settled && !d.action.refuses() {
+            let again = self.decide_in(ins, view, !in_transaction);
+            if again.action > d.action || again.strictest > d.strictest {
+                d.action = d.action.max(again.action);
+                d.strictest = d.strictest.max(again.strictest);
+                d.matches.extend(again.matches);
+            }
+        }
+        d
+    }
+
+    fn decide_in(&self, ins: &Inspection, view: &View<'_>, in_transaction: bool) -> Decision {
         let policy = self.shared.policy.load();
         let executes = ins
             .statements
@@ -219,7 +236,7 @@ impl PolicyGate {
         ctx.role = self.effective_role(view);
         ctx.lock_timeout_set = self.ledger.lock_timeout_set();
         ctx.created = self.ledger.created().clone();
-        ctx.in_transaction = view.tx != TxStatus::Idle;
+        ctx.in_transaction = in_transaction;
         ctx.unreadable_encoding = view
             .params
             .client_encoding

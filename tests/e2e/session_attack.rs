@@ -513,3 +513,81 @@ async fn a_large_bind_is_decided_like_any_other() {
     .await;
     p.proxy.stop().await;
 }
+
+// ---- 2. Protocol bookkeeping --------------------------------------------------------------
+
+/// DELETE is refused inside a transaction block.
+const TX_RULES: &str = r#"
+[[rule]]
+id = "t.delete-in-tx"
+description = "DELETE inside a transaction block"
+action = "block"
+message = "no DELETE in a transaction"
+[rule.match]
+tags = ["DELETE"]
+[rule.session]
+in_transaction = true
+"#;
+
+/// BEGIN sent ahead, its ReadyForQuery not yet read: what follows runs in the transaction
+/// block, and is decided as such.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn statements_pipelined_behind_begin_are_decided_in_the_transaction() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("rules.toml"), TX_RULES).unwrap();
+    let path = dir.path().to_path_buf();
+    let proxy = Proxy::start_with(|c| c.policies = path).await;
+    let p = Pack { proxy, _dir: dir };
+    let t = unique("pgw_pipe");
+    old_table(&t).await;
+    let attempts: Vec<(&str, Vec<u8>)> = vec![
+        ("Query after Query", {
+            let mut b = query("BEGIN");
+            b.extend(query(&format!("DELETE FROM {t}")));
+            b.extend(query("COMMIT"));
+            b
+        }),
+        ("extended after Query", {
+            let mut b = query("BEGIN");
+            b.extend(pbe(&format!("DELETE FROM {t}")));
+            b.extend(sync());
+            b.extend(query("COMMIT"));
+            b
+        }),
+        ("Bind before BEGIN, Execute after", {
+            let mut b = parse("", &format!("DELETE FROM {t}"));
+            b.extend(bind("", ""));
+            b.extend(query("BEGIN"));
+            b.extend(execute("", 0));
+            b.extend(sync());
+            b.extend(query("COMMIT"));
+            b
+        }),
+        ("BEGIN in the extended batch", {
+            let mut b = pbe("BEGIN");
+            b.extend(pbe(&format!("DELETE FROM {t}")));
+            b.extend(sync());
+            b.extend(query("COMMIT"));
+            b
+        }),
+    ];
+    let mut left = Vec::new();
+    for (what, b) in attempts {
+        let mut s = session(&p).await;
+        s.write_all(&b).await.unwrap();
+        let mut answers = Vec::new();
+        for _ in 0..3 {
+            answers.push(answer(&mut s).await);
+            if answers.last().is_some_and(|a| a.status == b'I') && answers.len() >= 2 {
+                break;
+            }
+        }
+        if rows(&t).await != Some(2) {
+            left.push(format!("{what}: {answers:?}"));
+            old_table(&t).await;
+        }
+    }
+    assert!(left.is_empty(), "got through: {left:?}");
+    cleanup(&format!("DROP TABLE IF EXISTS {t}")).await;
+    p.proxy.stop().await;
+}
