@@ -77,6 +77,8 @@ pub struct PolicyGate {
     /// earlier message of the batch failed) leaves the statement it had in place, and so its
     /// record and its one-run limit.
     pending_parses: std::collections::VecDeque<PendingParse>,
+    /// The statement of the last Bind decided resolves what it names when its portal runs.
+    bind_late: bool,
 }
 
 /// How many inspections' fingerprints a session remembers.
@@ -128,6 +130,7 @@ impl PolicyGate {
             parse_record: None,
             parse_effects: None,
             pending_parses: Default::default(),
+            bind_late: false,
         }
     }
 
@@ -1114,6 +1117,7 @@ impl Gate for PolicyGate {
             // replaces it, and its record, once the server confirms it (`on_parse_answer`);
             // a refused Parse leaves the name as it was (the server keeps its statement).
             let record = self.parse_record.take();
+            let late = self.parse_effects.as_deref().is_none_or(resolves_late);
             let effects = self.parse_effects.take().filter(|i| !inert(i));
             if matches!(v, Verdict::Forward) {
                 // Every forwarded Parse is queued, to stay in step with the server's
@@ -1133,6 +1137,7 @@ impl Gate for PolicyGate {
                     record,
                     once_only: self.once_only,
                     once_used: false,
+                    late,
                 });
             }
         }
@@ -1156,6 +1161,7 @@ impl Gate for PolicyGate {
                         stamp: p.stamp,
                         record: p.record,
                         once: p.once_only.then_some(!p.once_used),
+                        late: p.late,
                     },
                 );
             }
@@ -1178,6 +1184,11 @@ impl Gate for PolicyGate {
             .pending_parses
             .iter()
             .rposition(|p| p.name == statement);
+        // What runs is the newest Parse of the name (or the confirmed one): either may be
+        // a utility statement, whose names resolve at Execute.
+        self.bind_late = pending.is_some_and(|i| self.pending_parses[i].late)
+            || self.named.get(statement).is_some_and(|n| n.late);
+
         if pending.is_none() && !self.named.contains_key(statement) {
             // A statement SQL PREPARE made, run by a protocol Bind: decided (and recorded)
             // again as the EXECUTE it amounts to.
@@ -1294,6 +1305,14 @@ impl Gate for PolicyGate {
         self.remove_named(statement);
     }
 
+    fn bound_stamp(&self) -> Option<u64> {
+        self.bind_late.then(|| self.ledger.generation())
+    }
+
+    fn facts_stamp(&self) -> u64 {
+        self.ledger.generation()
+    }
+
     fn resume(&mut self, answer: Resumed) {
         match answer {
             Resumed::Answers { key, answers } => {
@@ -1376,6 +1395,24 @@ impl PolicyGate {
         }
         self.enforce(first, view, text.as_bytes())
     }
+}
+
+/// Whether a prepared statement names objects PostgreSQL resolves only when its portal
+/// runs: anything but SELECT, INSERT, UPDATE, DELETE and MERGE (planned at Bind), such as
+/// TRUNCATE, DDL, EXPLAIN or CALL.
+fn resolves_late(ins: &Inspection) -> bool {
+    ins.unparsed.is_some()
+        || ins.statements.iter().any(|s| {
+            s.ops
+                .iter()
+                .filter(|o| o.nesting == crate::sql::Nesting::TopLevel)
+                .any(|o| {
+                    !matches!(
+                        o.tag.as_str(),
+                        "SELECT" | "INSERT" | "UPDATE" | "DELETE" | "MERGE"
+                    )
+                })
+        })
 }
 
 /// An inspection that could not be made: refused by the unparsed-statement rule.

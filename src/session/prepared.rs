@@ -28,6 +28,8 @@ pub(super) struct PendingParse {
     pub(super) once_only: bool,
     /// A Bind already ran it before the server confirmed it.
     pub(super) once_used: bool,
+    /// It names objects the server resolves only when its portal runs.
+    pub(super) late: bool,
 }
 
 /// A prepared statement (extended protocol) the server confirmed.
@@ -40,6 +42,8 @@ pub(super) struct Named {
     pub(super) record: Option<StatementRecord>,
     /// Let through by a ticket, an approval or break-glass: whether its one run is unused.
     pub(super) once: Option<bool>,
+    /// It names objects the server resolves only when its portal runs.
+    pub(super) late: bool,
 }
 
 /// What a decision rested on, beyond the statement's text: when any of it differs at a

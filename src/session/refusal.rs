@@ -16,6 +16,8 @@ const SYNTAX_ERROR: &str = "42601";
 const UNDEFINED_FUNCTION: &str = "42883";
 /// What the server answers a Bind of a prepared statement that does not exist.
 const UNDEFINED_PSTATEMENT: &str = "26000";
+/// What the server answers an Execute of a portal that does not exist.
+const UNDEFINED_CURSOR: &str = "34000";
 
 #[derive(Debug)]
 struct Pending {
@@ -56,6 +58,14 @@ impl Refusals {
     pub fn refuse_bind(&mut self, error: PgError, batch_end: u64) -> String {
         let marker = marker();
         self.push(UNDEFINED_PSTATEMENT, Some(marker.clone()), error, batch_end);
+        marker
+    }
+
+    /// Records a refused Execute and returns the name of the (nonexistent) portal its
+    /// stand-in ([`execute_frame`]) runs.
+    pub fn refuse_execute(&mut self, error: PgError, batch_end: u64) -> String {
+        let marker = marker();
+        self.push(UNDEFINED_CURSOR, Some(marker.clone()), error, batch_end);
         marker
     }
 
@@ -137,6 +147,17 @@ pub fn parse_frame(name: &[u8], text: &str) -> Vec<u8> {
     f.extend_from_slice(text.as_bytes());
     f.push(0);
     f.extend_from_slice(&0i16.to_be_bytes());
+    f
+}
+
+/// An Execute of portal `portal`, all rows.
+pub fn execute_frame(portal: &str) -> Vec<u8> {
+    let len = 4 + portal.len() + 1 + 4;
+    let mut f = vec![b'E'];
+    f.extend_from_slice(&(len as u32).to_be_bytes());
+    f.extend_from_slice(portal.as_bytes());
+    f.push(0);
+    f.extend_from_slice(&0i32.to_be_bytes());
     f
 }
 

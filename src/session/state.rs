@@ -12,7 +12,9 @@ use bytes::{Buf, BytesMut};
 
 use super::batches::{Batches, Ready, Sent};
 pub use super::params::ServerParams;
-use super::refusal::{bind_frame, function_call_frame, parse_frame, query_frame, Refusals};
+use super::refusal::{
+    bind_frame, execute_frame, function_call_frame, parse_frame, query_frame, Refusals,
+};
 use super::verdict::{Gate, Verdict, View, Waiting};
 use crate::wire::frame::{parse_header, read_cstr, FrameError, Limits, HEADER_LEN};
 use crate::wire::messages::PgError;
@@ -41,6 +43,9 @@ pub struct Links {
 /// Frames bigger than this are streamed through instead of being held whole, when their type
 /// allows it.
 const READ_LIMIT: usize = 64 * 1024;
+
+/// Portals of utility statements a session may hold open (see `late_portals`).
+const MAX_LATE_PORTALS: usize = 1024;
 
 /// The protocol state of one session.
 #[derive(Debug)]
@@ -97,6 +102,10 @@ pub struct SessionState {
     pub parse_answers: Vec<ParseAnswer>,
     /// Whether Parse answers are watched (set by the relay from the gate).
     pub watch_parses: bool,
+    /// Portals bound to statements that resolve what they name when they run: the batch of
+    /// their Bind and the gate's facts stamp then. An Execute in another batch, or after the
+    /// facts moved, is refused (see [`Gate::bound_stamp`]).
+    late_portals: std::collections::HashMap<Vec<u8>, (u64, u64)>,
 }
 
 /// The server's word on the Parse messages of a batch.
@@ -154,6 +163,7 @@ impl SessionState {
             answer: BatchAnswer::default(),
             parse_answers: Vec::new(),
             watch_parses: false,
+            late_portals: Default::default(),
         }
     }
 
@@ -351,14 +361,59 @@ impl SessionState {
             let statement = read_cstr(body, &mut pos)
                 .ok_or_else(|| protocol_violation("invalid Bind message"))?;
             let view = self.view(None);
-            return Ok(match gate.check_bind(statement, &view) {
+            let verdict = match gate.check_bind(statement, &view) {
+                Verdict::Forward => match gate.bound_stamp() {
+                    None => {
+                        self.late_portals.remove(portal);
+                        Verdict::Forward
+                    }
+                    Some(_) if self.late_portals.len() >= MAX_LATE_PORTALS => {
+                        Verdict::Refuse(PgError::error(
+                            SqlState::PROGRAM_LIMIT_EXCEEDED,
+                            format!("pgwarden: more than {MAX_LATE_PORTALS} portals of utility statements are open in this session"),
+                        ).with_hint("Execute portals of utility statements (TRUNCATE, DROP, ALTER) right after their Bind, or end the transaction."))
+                    }
+                    Some(stamp) => {
+                        self.late_portals
+                            .insert(portal.to_vec(), (self.batch_end(), stamp));
+                        Verdict::Forward
+                    }
+                },
+                other => other,
+            };
+            return Ok(match verdict {
                 Verdict::Forward => Gated::Forward,
                 Verdict::Wait(p) => Gated::Wait(p),
                 Verdict::Refuse(error) => {
+                    self.late_portals.remove(portal);
                     let marker = self.refusals.refuse_bind(error, self.batch_end());
                     Gated::StandIn(bind_frame(portal, &marker))
                 }
             });
+        }
+        if tag == b'E' {
+            let mut pos = 0;
+            let portal = read_cstr(body, &mut pos)
+                .ok_or_else(|| protocol_violation("invalid Execute message"))?;
+            if let Some(&(batch, stamp)) = self.late_portals.get(portal) {
+                if batch != self.batch_end() || stamp != gate.facts_stamp() {
+                    let name = if portal.is_empty() {
+                        "the unnamed portal".to_owned()
+                    } else {
+                        format!("portal \"{}\"", String::from_utf8_lossy(portal))
+                    };
+                    let error = PgError::error(
+                        SqlState::INSUFFICIENT_PRIVILEGE,
+                        format!("pgwarden: {name} was decided before the session changed"),
+                    )
+                    .with_detail("Its statement names objects it resolves only when it runs, and what the decision at Bind rested on has changed since (or the Bind was in an earlier batch).")
+                    .with_hint("Bind it again, and Execute it right after the Bind.");
+                    tracing::warn!(portal = %name, "Execute refused: decided before the session changed");
+                    let marker = self.refusals.refuse_execute(error, self.batch_end());
+                    return Ok(Gated::StandIn(execute_frame(&marker)));
+                }
+            }
+            return Ok(Gated::Forward);
         }
         if tag == b'C' {
             // Close: of a prepared statement, the gate forgets it (a Close the server skips
@@ -368,6 +423,10 @@ impl SessionState {
                 let name = read_cstr(body, &mut pos)
                     .ok_or_else(|| protocol_violation("invalid Close message"))?;
                 gate.on_close(name);
+            } else if body.first() == Some(&b'P') {
+                if let Some(name) = read_cstr(body, &mut pos) {
+                    self.late_portals.remove(name);
+                }
             }
             return Ok(Gated::Forward);
         }
@@ -580,6 +639,10 @@ impl SessionState {
                 };
                 if !self.batches.awaiting_ready() {
                     self.executed = false;
+                    if self.tx == TxStatus::Idle {
+                        // No transaction, nothing sent ahead: no portal is open.
+                        self.late_portals.clear();
+                    }
                 }
                 if let Some(Ready::Closed(closed)) = ready {
                     self.refusals.on_ready(closed);

@@ -52,6 +52,18 @@ pub trait Gate {
     /// A Close of prepared statement `statement` was forwarded: the server forgets it.
     fn on_close(&mut self, _statement: &[u8]) {}
 
+    /// After a Bind was forwarded: `Some(stamp)` when the statement bound resolves what it
+    /// names only when its portal runs (utility statements: TRUNCATE, DROP, ALTER), so that
+    /// an Execute of the portal is refused once [`Self::facts_stamp`] moved past it.
+    fn bound_stamp(&self) -> Option<u64> {
+        None
+    }
+
+    /// A number that changes whenever something decisions read may have changed.
+    fn facts_stamp(&self) -> u64 {
+        0
+    }
+
     /// Decides on a FunctionCall message (the fast-path protocol large objects use).
     fn check_function_call(&mut self, _oid: u32, _view: &View<'_>) -> Verdict {
         Verdict::Forward

@@ -166,7 +166,6 @@ async fn cleanup(sql: &str) {
 /// transaction) after an old table was renamed into the name: TRUNCATE resolves its table
 /// when it runs, not at Bind.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "bypass: Execute of a portal bound before the table name changed runs TRUNCATE on the old table"]
 async fn a_portal_bound_before_the_name_changed_does_not_run_on_the_old_table() {
     let p = pack().await;
     let mut s = session(&p).await;
@@ -180,11 +179,9 @@ async fn a_portal_bound_before_the_name_changed_does_not_run_on_the_old_table() 
     b.extend(execute("p", 0));
     b.extend(sync());
     let a = send(&mut s, &b).await;
-    assert_eq!(
-        rows(&x).await,
-        Some(2),
-        "the old table keeps its rows: {a:?}"
-    );
+    assert!(a.refused(), "{a:?}");
+    // Refused: the batch (the rename with it) is rolled back.
+    assert_eq!(rows(&old).await, Some(2), "the old table keeps its rows");
     // The same across batches inside a transaction block (named portals live until its end).
     let (y, old2) = (unique("pgw_pt"), unique("pgw_ptold"));
     old_table(&old2).await;
@@ -202,14 +199,20 @@ async fn a_portal_bound_before_the_name_changed_does_not_run_on_the_old_table() 
     let mut b = execute("p2", 0);
     b.extend(sync());
     let a = send(&mut s, &b).await;
+    assert!(a.refused(), "{a:?}");
     let _ = q(&mut s, "COMMIT").await;
-    assert_eq!(
-        rows(&y).await,
-        Some(2),
-        "the old table keeps its rows: {a:?}"
-    );
+    assert_eq!(rows(&old2).await, Some(2), "the old table keeps its rows");
+    // Bound and executed with nothing between, a utility portal runs.
+    let z = unique("pgw_pt");
+    assert!(q(&mut s, &format!("CREATE TABLE {z} (a int)")).await.ok());
+    let mut b = parse("w3", &format!("TRUNCATE {z}"));
+    b.extend(bind("p3", "w3"));
+    b.extend(execute("p3", 0));
+    b.extend(sync());
+    let a = send(&mut s, &b).await;
+    assert!(a.ok(), "{a:?}");
     cleanup(&format!(
-        "DROP TABLE IF EXISTS {x}; DROP TABLE IF EXISTS {old}; DROP TABLE IF EXISTS {y}; DROP TABLE IF EXISTS {old2}"
+        "DROP TABLE IF EXISTS {x}; DROP TABLE IF EXISTS {old}; DROP TABLE IF EXISTS {y}; DROP TABLE IF EXISTS {old2}; DROP TABLE IF EXISTS {z}"
     ))
     .await;
     p.proxy.stop().await;
