@@ -96,8 +96,21 @@ async fn statements_are_recorded_with_their_outcomes_and_the_log_verifies() {
         .await
         .unwrap_err();
     assert_eq!(sqlstate(&e).as_deref(), Some("23505"));
-    proxy.shared.audit.as_ref().unwrap().flush().await;
-    let recs = records(&file);
+    // The client has the error as soon as the ErrorResponse arrives; the outcome is
+    // recorded when the ReadyForQuery behind it does, which may be a read later.
+    let log = proxy.shared.audit.as_ref().unwrap();
+    let recs = eventually(
+        Duration::from_secs(30),
+        "the failed INSERT's outcome",
+        || async {
+            log.flush().await;
+            let recs = records(&file);
+            recs.iter()
+                .any(|r| r["type"] == "outcome" && r["error"]["sqlstate"] == "23505")
+                .then_some(recs)
+        },
+    )
+    .await;
 
     // CREATE TABLE: recorded before it ran, its outcome after.
     let create = statements(&recs, "CREATE TABLE");
