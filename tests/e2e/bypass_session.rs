@@ -9,8 +9,11 @@ use std::time::Duration;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
-use crate::support::raw::{login, msg, query, read_msg, Msg};
-use crate::support::{direct, unique, within, Proxy, PG_DB, PG_USER};
+use crate::support::raw::{
+    self, answer, bind, close_statement, execute, flush, login, msg, parse, q, query, sync, Answer,
+    Msg,
+};
+use crate::support::{direct, unique, with_rules, within, RulesProxy, PG_DB, PG_USER};
 
 const BOUND: Duration = Duration::from_secs(60);
 
@@ -44,125 +47,24 @@ message = "refused marker"
 objects = ["*pgw_refused_marker*"]
 "#;
 
-struct Pack {
-    proxy: Proxy,
-    dir: tempfile::TempDir,
-}
+type Pack = RulesProxy;
 
 async fn pack() -> Pack {
-    pack_with(RULES).await
+    with_rules(RULES).await
 }
 
 async fn pack_with(rules: &str) -> Pack {
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("rules.toml"), rules).unwrap();
-    let path = dir.path().to_path_buf();
-    let proxy = Proxy::start_with(|c| c.policies = path).await;
-    Pack { proxy, dir }
-}
-
-fn cstr(b: &mut Vec<u8>, s: &[u8]) {
-    b.extend_from_slice(s);
-    b.push(0);
-}
-
-fn parse(name: &str, sql: &str) -> Vec<u8> {
-    let mut b = Vec::new();
-    cstr(&mut b, name.as_bytes());
-    cstr(&mut b, sql.as_bytes());
-    b.extend_from_slice(&0i16.to_be_bytes());
-    msg(b'P', &b)
-}
-
-fn bind(portal: &str, statement: &str) -> Vec<u8> {
-    let mut b = Vec::new();
-    cstr(&mut b, portal.as_bytes());
-    cstr(&mut b, statement.as_bytes());
-    b.extend_from_slice(&[0; 6]);
-    msg(b'B', &b)
-}
-
-fn execute(portal: &str) -> Vec<u8> {
-    let mut b = Vec::new();
-    cstr(&mut b, portal.as_bytes());
-    b.extend_from_slice(&0i32.to_be_bytes());
-    msg(b'E', &b)
-}
-
-fn close_statement(name: &str) -> Vec<u8> {
-    let mut b = vec![b'S'];
-    cstr(&mut b, name.as_bytes());
-    msg(b'C', &b)
-}
-
-fn sync() -> Vec<u8> {
-    msg(b'S', b"")
-}
-
-fn flush() -> Vec<u8> {
-    msg(b'H', b"")
-}
-
-/// What one batch answered: the SQLSTATEs of its errors, and the status of its ReadyForQuery.
-#[derive(Debug)]
-struct Answer {
-    errors: Vec<String>,
-    messages: Vec<String>,
-    status: u8,
-}
-
-impl Answer {
-    fn ok(&self) -> bool {
-        self.errors.is_empty()
-    }
-    fn refused(&self) -> bool {
-        self.errors.iter().any(|e| e == "42501")
-    }
-}
-
-/// Reads up to and including the next ReadyForQuery.
-async fn answer(s: &mut TcpStream) -> Answer {
-    let mut a = Answer {
-        errors: Vec::new(),
-        messages: Vec::new(),
-        status: 0,
-    };
-    within(BOUND, "ReadyForQuery", async {
-        loop {
-            let m: Msg = read_msg(s).await.expect("the session answers");
-            match m.tag {
-                b'E' => {
-                    a.errors.push(m.sqlstate().unwrap_or_default());
-                    a.messages.push(m.field(b'M').unwrap_or_default());
-                }
-                b'Z' => {
-                    a.status = m.body[0];
-                    return;
-                }
-                _ => {}
-            }
-        }
-    })
-    .await;
-    a
+    with_rules(rules).await
 }
 
 async fn session(p: &Pack) -> TcpStream {
-    let mut s = TcpStream::connect(p.proxy.addr).await.unwrap();
-    within(BOUND, "login", login(&mut s, PG_USER, PG_DB)).await;
-    s
-}
-
-/// Sends a simple Query and reads its answer.
-async fn q(s: &mut TcpStream, sql: &str) -> Answer {
-    s.write_all(&query(sql)).await.unwrap();
-    answer(s).await
+    raw::session(p.proxy.addr).await
 }
 
 /// Runs prepared statement `name` (Bind, Execute, Sync).
 async fn run(s: &mut TcpStream, name: &str) -> Answer {
     let mut b = bind("", name);
-    b.extend(execute(""));
+    b.extend(execute("", 0));
     b.extend(sync());
     s.write_all(&b).await.unwrap();
     answer(s).await
@@ -404,9 +306,9 @@ async fn bind_in_the_same_batch_after_an_execute_that_changes_the_context() {
     let mut b = parse("trunc", &format!("TRUNCATE {t}"));
     b.extend(parse("sp", &format!("SET search_path = {old}")));
     b.extend(bind("", "sp"));
-    b.extend(execute(""));
+    b.extend(execute("", 0));
     b.extend(bind("", "trunc"));
-    b.extend(execute(""));
+    b.extend(execute("", 0));
     b.extend(sync());
     s.write_all(&b).await.unwrap();
     let a = answer(&mut s).await;
@@ -491,7 +393,7 @@ async fn a_query_inside_an_extended_batch_and_lone_syncs_and_flushes() {
     // A Query in the middle of an extended batch is answered with its own ReadyForQuery.
     let mut b = parse("", "SELECT 1");
     b.extend(bind("", ""));
-    b.extend(execute(""));
+    b.extend(execute("", 0));
     b.extend(query("BEGIN"));
     b.extend(sync());
     send(&mut s, &b).await;
@@ -547,7 +449,7 @@ async fn syncs_swallowed_by_copy_do_not_shift_the_count() {
     for data in ["3\n", "not a number\n"] {
         let mut b = parse("", &format!("COPY {t} FROM STDIN"));
         b.extend(bind("", ""));
-        b.extend(execute(""));
+        b.extend(execute("", 0));
         b.extend(sync());
         send(&mut s, &b).await;
         until(&mut s, b'G').await;
@@ -569,7 +471,7 @@ async fn syncs_swallowed_by_copy_do_not_shift_the_count() {
     for data_first in [true, false] {
         let mut b = parse("", &format!("COPY {v} FROM STDIN"));
         b.extend(bind("", ""));
-        b.extend(execute(""));
+        b.extend(execute("", 0));
         b.extend(sync());
         send(&mut s, &b).await;
         until(&mut s, b'G').await;
@@ -637,7 +539,7 @@ async fn refused_statements_in_hostile_orderings_keep_the_session_in_step() {
     let mut b = parse("r1", &format!("DROP TABLE {old}"));
     b.extend(query("BEGIN"));
     b.extend(bind("", "r1"));
-    b.extend(execute(""));
+    b.extend(execute("", 0));
     b.extend(sync());
     send(&mut s, &b).await;
     let a = answer(&mut s).await;

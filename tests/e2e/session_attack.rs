@@ -3,15 +3,11 @@
 //! created-in-session exemption). Every attempt runs through the real proxy against real
 //! PostgreSQL, and what happened is checked on the server directly.
 
-use std::time::Duration;
-
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
-use crate::support::raw::{login, msg, query, read_msg, Msg};
-use crate::support::{direct, unique, within, Proxy, PG_DB, PG_USER};
-
-const BOUND: Duration = Duration::from_secs(60);
+use crate::support::raw::{self, answer, bind, cstr, execute, msg, parse, q, query, send, sync};
+use crate::support::{direct, unique, with_rules, RulesProxy};
 
 /// DROP / TRUNCATE of a table this session did not create is refused; nothing else is.
 const DROP_RULES: &str = r#"
@@ -25,49 +21,10 @@ tags = ["DROP TABLE", "TRUNCATE TABLE", "TRUNCATE"]
 created_in_session = false
 "#;
 
-struct Pack {
-    proxy: Proxy,
-    _dir: tempfile::TempDir,
-}
+type Pack = RulesProxy;
 
 async fn pack() -> Pack {
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("rules.toml"), DROP_RULES).unwrap();
-    let path = dir.path().to_path_buf();
-    let proxy = Proxy::start_with(|c| c.policies = path).await;
-    Pack { proxy, _dir: dir }
-}
-
-fn cstr(b: &mut Vec<u8>, s: &[u8]) {
-    b.extend_from_slice(s);
-    b.push(0);
-}
-
-fn parse(name: &str, sql: &str) -> Vec<u8> {
-    let mut b = Vec::new();
-    cstr(&mut b, name.as_bytes());
-    cstr(&mut b, sql.as_bytes());
-    b.extend_from_slice(&0i16.to_be_bytes());
-    msg(b'P', &b)
-}
-
-fn bind(portal: &str, statement: &str) -> Vec<u8> {
-    let mut b = Vec::new();
-    cstr(&mut b, portal.as_bytes());
-    cstr(&mut b, statement.as_bytes());
-    b.extend_from_slice(&[0; 6]);
-    msg(b'B', &b)
-}
-
-fn execute(portal: &str, max_rows: i32) -> Vec<u8> {
-    let mut b = Vec::new();
-    cstr(&mut b, portal.as_bytes());
-    b.extend_from_slice(&max_rows.to_be_bytes());
-    msg(b'E', &b)
-}
-
-fn sync() -> Vec<u8> {
-    msg(b'S', b"")
+    with_rules(DROP_RULES).await
 }
 
 /// Parse, Bind and Execute `sql` as the unnamed statement and portal.
@@ -78,62 +35,8 @@ fn pbe(sql: &str) -> Vec<u8> {
     b
 }
 
-#[derive(Debug)]
-struct Answer {
-    errors: Vec<String>,
-    messages: Vec<String>,
-    status: u8,
-}
-
-impl Answer {
-    fn ok(&self) -> bool {
-        self.errors.is_empty()
-    }
-    fn refused(&self) -> bool {
-        self.errors.iter().any(|e| e == "42501")
-    }
-}
-
-async fn answer(s: &mut TcpStream) -> Answer {
-    let mut a = Answer {
-        errors: Vec::new(),
-        messages: Vec::new(),
-        status: 0,
-    };
-    within(BOUND, "ReadyForQuery", async {
-        loop {
-            let m: Msg = read_msg(s).await.expect("the session answers");
-            match m.tag {
-                b'E' => {
-                    a.errors.push(m.sqlstate().unwrap_or_default());
-                    a.messages.push(m.field(b'M').unwrap_or_default());
-                }
-                b'Z' => {
-                    a.status = m.body[0];
-                    return;
-                }
-                _ => {}
-            }
-        }
-    })
-    .await;
-    a
-}
-
 async fn session(p: &Pack) -> TcpStream {
-    let mut s = TcpStream::connect(p.proxy.addr).await.unwrap();
-    within(BOUND, "login", login(&mut s, PG_USER, PG_DB)).await;
-    s
-}
-
-async fn q(s: &mut TcpStream, sql: &str) -> Answer {
-    s.write_all(&query(sql)).await.unwrap();
-    answer(s).await
-}
-
-async fn send(s: &mut TcpStream, b: &[u8]) -> Answer {
-    s.write_all(b).await.unwrap();
-    answer(s).await
+    raw::session(p.proxy.addr).await
 }
 
 /// Rows in `t` as the server says (None: no such table).
@@ -536,11 +439,7 @@ in_transaction = true
 /// block, and is decided as such.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn statements_pipelined_behind_begin_are_decided_in_the_transaction() {
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("rules.toml"), TX_RULES).unwrap();
-    let path = dir.path().to_path_buf();
-    let proxy = Proxy::start_with(|c| c.policies = path).await;
-    let p = Pack { proxy, _dir: dir };
+    let p = with_rules(TX_RULES).await;
     let t = unique("pgw_pipe");
     old_table(&t).await;
     let attempts: Vec<(&str, Vec<u8>)> = vec![

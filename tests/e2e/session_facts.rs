@@ -2,15 +2,7 @@
 //! SET LOCAL), the effective role after SET ROLE / SET LOCAL ROLE / RESET ROLE, and tables
 //! created in the session, each observed through a rule that refuses on it.
 
-use crate::support::{direct, sqlstate, unique, via, Proxy};
-
-/// A proxy whose only policy file is `rules`.
-async fn with_rules(rules: &str) -> (Proxy, tempfile::TempDir) {
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("rules.toml"), rules).unwrap();
-    let path = dir.path().to_path_buf();
-    (Proxy::start_with(|c| c.policies = path).await, dir)
-}
+use crate::support::{direct, sqlstate, unique, via, with_rules, RulesProxy};
 
 fn refused(r: Result<(), tokio_postgres::Error>) -> bool {
     match r {
@@ -24,7 +16,7 @@ fn refused(r: Result<(), tokio_postgres::Error>) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lock_timeout_session_and_local() {
-    let (p, _d) = with_rules(
+    let RulesProxy { proxy: p, dir: _d } = with_rules(
         r#"
 [[rule]]
 id = "t.needs-lock-timeout"
@@ -90,7 +82,7 @@ lock_timeout_set = false
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn effective_role_follows_set_role() {
     let role = unique("pgw_ro");
-    let (p, _d) = with_rules(&format!(
+    let RulesProxy { proxy: p, dir: _d } = with_rules(&format!(
         r#"
 [[rule]]
 id = "t.read-only-role"
@@ -147,7 +139,7 @@ roles = ["{role}"]
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn created_in_session_follows_search_path_and_renames() {
-    let (p, _d) = with_rules(
+    let RulesProxy { proxy: p, dir: _d } = with_rules(
         r#"
 [[rule]]
 id = "t.index-existing"

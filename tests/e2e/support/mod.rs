@@ -212,3 +212,18 @@ pub fn psql(conninfo: &str, args: &[&str], stdin: Option<&str>) -> (i32, String,
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
 }
+
+/// A proxy whose only policy file is `rules.toml` holding `rules`; the directory lives as long
+/// as this does (a test may rewrite the file and reload).
+pub struct RulesProxy {
+    pub proxy: Proxy,
+    pub dir: tempfile::TempDir,
+}
+
+pub async fn with_rules(rules: &str) -> RulesProxy {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("rules.toml"), rules).unwrap();
+    let path = dir.path().to_path_buf();
+    let proxy = Proxy::start_with(|c| c.policies = path).await;
+    RulesProxy { proxy, dir }
+}

@@ -108,3 +108,118 @@ pub async fn read_error_then_eof<R: AsyncRead + Unpin>(r: &mut R) -> Option<Msg>
     }
     err
 }
+
+/// Appends `s` and its NUL terminator.
+pub fn cstr(b: &mut Vec<u8>, s: &[u8]) {
+    b.extend_from_slice(s);
+    b.push(0);
+}
+
+/// Parse of `sql` as statement `name`, no parameter types.
+pub fn parse(name: &str, sql: &str) -> Vec<u8> {
+    let mut b = Vec::new();
+    cstr(&mut b, name.as_bytes());
+    cstr(&mut b, sql.as_bytes());
+    b.extend_from_slice(&0i16.to_be_bytes());
+    msg(b'P', &b)
+}
+
+/// Bind of `statement` to `portal`, no parameters, text results.
+pub fn bind(portal: &str, statement: &str) -> Vec<u8> {
+    let mut b = Vec::new();
+    cstr(&mut b, portal.as_bytes());
+    cstr(&mut b, statement.as_bytes());
+    b.extend_from_slice(&[0; 6]);
+    msg(b'B', &b)
+}
+
+/// Execute of `portal`, at most `max_rows` rows (0: all).
+pub fn execute(portal: &str, max_rows: i32) -> Vec<u8> {
+    let mut b = Vec::new();
+    cstr(&mut b, portal.as_bytes());
+    b.extend_from_slice(&max_rows.to_be_bytes());
+    msg(b'E', &b)
+}
+
+pub fn close_statement(name: &str) -> Vec<u8> {
+    let mut b = vec![b'S'];
+    cstr(&mut b, name.as_bytes());
+    msg(b'C', &b)
+}
+
+pub fn sync() -> Vec<u8> {
+    msg(b'S', b"")
+}
+
+pub fn flush() -> Vec<u8> {
+    msg(b'H', b"")
+}
+
+/// What one batch answered: the SQLSTATEs and messages of its errors, and the status of
+/// its ReadyForQuery.
+#[derive(Debug)]
+pub struct Answer {
+    pub errors: Vec<String>,
+    pub messages: Vec<String>,
+    pub status: u8,
+}
+
+impl Answer {
+    pub fn ok(&self) -> bool {
+        self.errors.is_empty()
+    }
+
+    pub fn refused(&self) -> bool {
+        self.errors.iter().any(|e| e == "42501")
+    }
+}
+
+/// Reads up to and including the next ReadyForQuery (within a minute).
+pub async fn answer<R: AsyncRead + Unpin>(s: &mut R) -> Answer {
+    let mut a = Answer {
+        errors: Vec::new(),
+        messages: Vec::new(),
+        status: 0,
+    };
+    super::within(std::time::Duration::from_secs(60), "ReadyForQuery", async {
+        loop {
+            let m: Msg = read_msg(s).await.expect("the session answers");
+            match m.tag {
+                b'E' => {
+                    a.errors.push(m.sqlstate().unwrap_or_default());
+                    a.messages.push(m.field(b'M').unwrap_or_default());
+                }
+                b'Z' => {
+                    a.status = m.body[0];
+                    return;
+                }
+                _ => {}
+            }
+        }
+    })
+    .await;
+    a
+}
+
+/// A raw session to `addr`, logged in as the tests' user.
+pub async fn session(addr: std::net::SocketAddr) -> tokio::net::TcpStream {
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    super::within(
+        std::time::Duration::from_secs(60),
+        "login",
+        login(&mut s, super::PG_USER, super::PG_DB),
+    )
+    .await;
+    s
+}
+
+/// Sends `bytes` and reads the answer up to the next ReadyForQuery.
+pub async fn send<S: AsyncRead + AsyncWrite + Unpin>(s: &mut S, bytes: &[u8]) -> Answer {
+    s.write_all(bytes).await.unwrap();
+    answer(s).await
+}
+
+/// Sends a simple Query and reads its answer.
+pub async fn q<S: AsyncRead + AsyncWrite + Unpin>(s: &mut S, sql: &str) -> Answer {
+    send(s, &query(sql)).await
+}
