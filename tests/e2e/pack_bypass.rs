@@ -7,7 +7,9 @@
 
 use tokio_postgres::Client;
 
-use crate::support::{direct, shipped_policies, sqlstate, unique, via, Proxy};
+use crate::support::{
+    direct, keyed_table, scalar_i64, shipped_policies, sqlstate, unique, via, Proxy,
+};
 
 async fn pack() -> Proxy {
     Proxy::start_with(|c| c.policies = shipped_policies()).await
@@ -15,20 +17,7 @@ async fn pack() -> Proxy {
 
 /// A table `{t} (id int primary key, v int)` with `rows` rows, made directly.
 async fn table(rows: i32) -> String {
-    let t = unique("byp");
-    direct()
-        .await
-        .batch_execute(&format!(
-            "CREATE TABLE {t} (id int PRIMARY KEY, v int); \
-             INSERT INTO {t} SELECT g, g FROM generate_series(1, {rows}) g"
-        ))
-        .await
-        .unwrap();
-    t
-}
-
-async fn scalar_i64(sql: &str) -> i64 {
-    direct().await.query_one(sql, &[]).await.unwrap().get(0)
+    keyed_table("byp", rows).await
 }
 
 async fn exists(sql_regclass: &str) -> bool {

@@ -227,3 +227,23 @@ pub async fn with_rules(rules: &str) -> RulesProxy {
     let proxy = Proxy::start_with(|c| c.policies = path).await;
     RulesProxy { proxy, dir }
 }
+
+/// A table `{t} (id int primary key, v int)` with `rows` rows, made directly; its name starts
+/// with `prefix`.
+pub async fn keyed_table(prefix: &str, rows: i32) -> String {
+    let t = unique(prefix);
+    direct()
+        .await
+        .batch_execute(&format!(
+            "CREATE TABLE {t} (id int PRIMARY KEY, v int); \
+             INSERT INTO {t} SELECT g, g FROM generate_series(1, {rows}) g"
+        ))
+        .await
+        .unwrap();
+    t
+}
+
+/// The one bigint `sql` returns, asked directly.
+pub async fn scalar_i64(sql: &str) -> i64 {
+    direct().await.query_one(sql, &[]).await.unwrap().get(0)
+}
