@@ -387,53 +387,13 @@ impl Inspection {
         i: usize,
         created: &std::collections::HashSet<String>,
     ) -> Option<std::collections::HashSet<String>> {
-        // Only statements with an operation that changes what counts as created matter,
-        // and callers ask for each statement in turn: the walk resumes from the last answer
-        // for the same `created` (linear in the statements, not quadratic, for a text of
-        // 10,000 statements).
-        let changers = self.memo.changers.get_or_init(|| {
-            self.statements
-                .iter()
-                .enumerate()
-                .filter(|(_, s)| {
-                    s.ops
-                        .iter()
-                        .enumerate()
-                        .any(|(k, op)| affects_created(op, k))
-                })
-                .map(|(j, _)| j)
-                .collect()
-        });
-        let upto = changers.partition_point(|&j| j < i);
-        let mut guard = self
-            .memo
-            .created
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let mut state = match guard.take() {
-            Some(st) if st.done <= upto && st.created == *created => st,
-            _ => Box::new(CreatedState {
-                done: 0,
-                created: created.clone(),
-                out: None,
-                indexes: Vec::new(),
-            }),
-        };
-        for &j in &changers[state.done..upto] {
-            let s = &self.statements[j];
-            for (k, op) in s.ops.iter().enumerate() {
-                apply_created(op, k, created, &mut state.out, &mut state.indexes);
-            }
-        }
-        state.done = upto;
-        let out = state.out.clone();
-        *guard = Some(state);
-        out
+        CreatedWalk::new(self, created).at(i).cloned()
     }
 }
 
-/// [`Inspection::created_at`] for statements visited in order, for callers that hold their
-/// own walk (the catalog's questions and answers): each earlier statement is applied once.
+/// [`Inspection::created_at`] for statements visited in order (the decision, the catalog's
+/// questions and answers, the ledger): each earlier statement is applied once, so a text of
+/// n statements is followed in O(n).
 pub struct CreatedWalk<'a> {
     ins: &'a Inspection,
     base: &'a std::collections::HashSet<String>,
@@ -475,35 +435,6 @@ impl<'a> CreatedWalk<'a> {
         let base = self.base;
         self.at(i).unwrap_or(base)
     }
-}
-
-/// Where [`Inspection::created_at`] got to: changer statements walked, for which `created`.
-pub(crate) struct CreatedState {
-    done: usize,
-    created: std::collections::HashSet<String>,
-    out: Option<std::collections::HashSet<String>>,
-    /// Indexes created here, with their tables: dropping the table drops them.
-    indexes: Vec<(String, String)>,
-}
-
-/// Does operation `op` (the `k`th of its statement) change what counts as created, as
-/// [`apply_created`] follows it?
-fn affects_created(op: &Facts, k: usize) -> bool {
-    if op.nesting == Nesting::FunctionBody {
-        return false;
-    }
-    op.set.is_some()
-        || op.tag == "DISCARD"
-        || op.tag.starts_with("ROLLBACK")
-        || op.tag == "ABORT"
-        || op
-            .subcommands
-            .iter()
-            .any(|c| c == "RENAME" || c == "SET SCHEMA")
-        || op.tag.starts_with("DROP ")
-        || op.creates_table(k == 0)
-        || op.tag == "ATTACH PARTITION"
-        || !op.created_index_names(k == 0).is_empty()
 }
 
 /// Follows operation `op` (the `k`th of its statement) as the session does: creations add;
@@ -587,10 +518,6 @@ fn apply_created(
 #[derive(Default)]
 pub struct Memo {
     matches: arc_swap::ArcSwapOption<(String, Vec<(u32, u32)>)>,
-    /// Statements with an operation that changes what counts as created.
-    changers: std::sync::OnceLock<Vec<usize>>,
-    /// The last answer of [`Inspection::created_at`], to resume from.
-    created: std::sync::Mutex<Option<Box<CreatedState>>>,
 }
 
 impl Memo {
