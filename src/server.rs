@@ -40,7 +40,7 @@ pub enum ServerError {
     },
     #[error(transparent)]
     Tls(#[from] crate::tls::TlsError),
-    #[error("cannot open the state store in {dir}: {error}")]
+    #[error("cannot open the state store ({dir}): {error}")]
     State { dir: String, error: String },
     #[error("cannot open the audit log {file}: {error}")]
     Audit { file: String, error: String },
@@ -87,11 +87,8 @@ impl Server {
         let metrics = crate::telemetry::install();
         crate::telemetry::watch_events(&events);
         crate::alerts::start(config.webhooks.clone(), &events, shutdown.clone());
-        let approvals = crate::approval::Approvals::open(&config.state_dir, events.clone())
-            .map_err(|e| ServerError::State {
-                dir: config.state_dir.display().to_string(),
-                error: e.to_string(),
-            })?;
+        let port = listener.local_addr().map(|a| a.port()).unwrap_or(0);
+        let approvals = open_state(&config, port, events.clone()).await?;
         let tokens = Arc::new(match &config.admin.tokens {
             Some(p) => crate::admin::auth::TokenSet::load(p)
                 .map_err(|e| ServerError::Tokens(e.to_string()))?,
@@ -215,6 +212,12 @@ impl Server {
             move || crate::reload::reload_and_log(watched.reload_target(), "policy files changed"),
         ));
         let expiry = self.shared.approvals.as_ref().map(|a| a.spawn_expiry());
+        let _remote = self
+            .shared
+            .approvals
+            .as_ref()
+            .and_then(|a| a.spawn_remote())
+            .map(tokio_util::task::AbortOnDropHandle::new);
         let admin = self.admin.map(|a| {
             tracing::info!(address = ?a.listener.local_addr().ok(), "admin API serving");
             tokio::spawn(crate::admin::serve(
@@ -298,4 +301,52 @@ impl Server {
         }
         tracing::info!("pgwarden stopped");
     }
+}
+
+/// Opens the state store the config names: the embedded file, or the shared control schema
+/// (connected and migrated off the async threads).
+async fn open_state(
+    config: &Config,
+    port: u16,
+    events: crate::approval::events::EventSink,
+) -> Result<crate::approval::Approvals, ServerError> {
+    use crate::config::StateBackend;
+    match &config.state.backend {
+        StateBackend::Sqlite => crate::approval::Approvals::open(&config.state_dir, events)
+            .map_err(|e| ServerError::State {
+                dir: config.state_dir.display().to_string(),
+                error: e.to_string(),
+            }),
+        StateBackend::Postgres { dsn, schema } => {
+            let target = crate::approval::store::PgTarget {
+                dsn: dsn.clone(),
+                schema: schema.clone(),
+                instance: config
+                    .state
+                    .instance
+                    .clone()
+                    .unwrap_or_else(|| default_instance(port)),
+            };
+            let what = format!("control schema {schema} ({})", target.instance);
+            let opened = tokio::task::spawn_blocking(move || {
+                crate::approval::Approvals::open_postgres(target, events)
+            })
+            .await;
+            let opened = match opened {
+                Ok(r) => r.map_err(|e| e.to_string()),
+                Err(e) => Err(e.to_string()),
+            };
+            opened.map_err(|error| ServerError::State { dir: what, error })
+        }
+    }
+}
+
+/// `<hostname>:<listen port>`: distinct for instances on one host, stable across restarts.
+fn default_instance(port: u16) -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "pgwarden".into());
+    format!("{host}:{port}")
 }

@@ -19,6 +19,8 @@ use super::{lifecycle, lock, ApprovalError, Approvals, HoldStatus, Shared};
 pub const RECHECK: Duration = Duration::from_secs(30);
 /// The wait before trying again after the store failed.
 const RETRY: Duration = Duration::from_secs(1);
+/// How long after its deadline a hold another instance opened is expired here.
+pub const FOREIGN_GRACE: Duration = Duration::from_secs(30);
 
 impl Approvals {
     /// Background task: expires pending holds at their timeout and tickets at valid_until
@@ -90,6 +92,7 @@ fn expire_in_store(
     due: &[u64],
     now: jiff::Timestamp,
 ) -> Result<Option<SignedDuration>, ApprovalError> {
+    let mut failed = None;
     for &id in due {
         let r = s.change_hold(id, |hold| Event::HoldExpired { hold }, &mut |h| {
             lifecycle::expire_hold(h, now)
@@ -99,6 +102,29 @@ fn expire_in_store(
             // It ended some other way that its watcher has not seen (another process):
             // show the stored state.
             Err(ApprovalError::Refused(_)) => s.resync(id)?,
+            Err(e) => {
+                // Its session hears now (no approval can be given after the deadline);
+                // the store hears on a later pass.
+                s.expire_unrecorded(id, now, &e);
+                failed = Some(e);
+            }
+        }
+    }
+    if let Some(e) = failed {
+        return Err(e);
+    }
+    // Holds other instances opened and did not end (an instance that stopped for good):
+    // expired by whoever sees them first, a grace period after their deadline.
+    let grace = SignedDuration::try_from(FOREIGN_GRACE).unwrap_or(SignedDuration::ZERO);
+    let overdue = now.checked_sub(grace).unwrap_or(now);
+    for id in s.store.holds_overdue(overdue)? {
+        if lock(&s.live).contains_key(&id) {
+            continue;
+        }
+        match s.change_hold(id, |hold| Event::HoldExpired { hold }, &mut |h| {
+            lifecycle::expire_hold(h, now)
+        }) {
+            Ok(_) | Err(ApprovalError::Refused(_)) => {}
             Err(e) => return Err(e),
         }
     }
@@ -119,12 +145,41 @@ fn expire_in_store(
 }
 
 impl Shared {
+    /// Tells the session waiting on hold `id` that it expired at `now`, while the store,
+    /// failing with `e`, cannot record that; the hold stays due, so the next pass records
+    /// it (with its event).
+    fn expire_unrecorded(&self, id: u64, now: jiff::Timestamp, e: &ApprovalError) {
+        let mut live = lock(&self.live);
+        let Some(l) = live.get_mut(&id) else {
+            return;
+        };
+        if l.expired_unrecorded {
+            return;
+        }
+        let mut h = l.tx.borrow().clone();
+        if lifecycle::expire_hold(&mut h, now).is_ok() {
+            h.reason = Some(format!(
+                "nobody approved or denied it before it expired (not yet recorded: {e})"
+            ));
+            tracing::error!(hold = id, error = %e, "a hold expired while the state store cannot record it; its session is told, the store will be");
+            l.tx.send_replace(h);
+            l.expired_unrecorded = true;
+        }
+    }
+
     /// Shows hold `id`'s stored state to its watcher, and forgets it once it has ended.
     pub(super) fn resync(&self, id: u64) -> Result<(), ApprovalError> {
         let stored = self.store.hold(id)?;
         let mut live = lock(&self.live);
         match stored {
-            Some(h) if h.status == HoldStatus::Pending => {}
+            Some(h) if h.status == HoldStatus::Pending => {
+                // Approvals given through another instance, not yet enough.
+                if let Some(l) = live.get(&id) {
+                    if !l.expired_unrecorded && l.tx.borrow().approvals != h.approvals {
+                        l.tx.send_replace(h);
+                    }
+                }
+            }
             Some(h) => {
                 if let Some(l) = live.remove(&id) {
                     l.tx.send_replace(h);

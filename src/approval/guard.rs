@@ -101,16 +101,23 @@ impl HoldGuard {
 }
 
 impl Drop for HoldGuard {
-    /// Withdraws a still-pending hold synchronously: a short local write, and a spawned
-    /// task could be lost to a runtime that is shutting down.
+    /// Withdraws a still-pending hold synchronously: a spawned task could be lost to a
+    /// runtime that is shutting down. The write runs on a scoped thread of its own, since
+    /// a store's blocking client may not run on a thread that drives async tasks.
     fn drop(&mut self) {
         if self.settled || self.rx.borrow().status != HoldStatus::Pending {
             return;
         }
         let now = self.approvals.now();
-        let shared = &self.approvals.shared;
-        let r = shared.change_hold(self.id, |hold| Event::HoldWithdrawn { hold }, &mut |h| {
-            lifecycle::withdraw_hold(h, DISCONNECTED, now)
+        let (shared, id) = (&self.approvals.shared, self.id);
+        let withdraw = || {
+            shared.change_hold(id, |hold| Event::HoldWithdrawn { hold }, &mut |h| {
+                lifecycle::withdraw_hold(h, DISCONNECTED, now)
+            })
+        };
+        let r = std::thread::scope(|s| match s.spawn(withdraw).join() {
+            Ok(r) => r,
+            Err(panic) => std::panic::resume_unwind(panic),
         });
         match r {
             Ok(_) | Err(ApprovalError::Refused(Refused::Conflict(_))) => {}

@@ -267,6 +267,14 @@ pub fn approve_hold(
 ) -> Result<(), Refused> {
     need(by, Role::Approver, "approve holds")?;
     hold_pending(h, "approved")?;
+    if now >= h.expires_at {
+        // Its session is told it expired at this time, whether or not the expiry is
+        // recorded yet (the store may be unreachable from the session's instance).
+        return Err(Refused::Conflict(format!(
+            "hold {} expired at {}",
+            h.id, h.expires_at
+        )));
+    }
     may_approve(by, &hold_requester(h), &h.approver_groups, &h.approvals)?;
     h.approvals.push(approval(by, comment, now));
     if h.approvals.len() >= h.approvals_required as usize {

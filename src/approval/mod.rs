@@ -17,6 +17,7 @@ mod expiry;
 mod guard;
 pub mod lifecycle;
 pub mod model;
+mod remote;
 pub mod store;
 #[cfg(test)]
 mod tests;
@@ -37,7 +38,7 @@ pub use model::{
 };
 
 use events::{Event, EventSink};
-use store::{SqliteStore, Store};
+use store::{PgStore, PgTarget, SqliteStore, Store};
 
 pub type Result<T> = std::result::Result<T, ApprovalError>;
 
@@ -107,6 +108,8 @@ struct Shared {
 struct Live {
     tx: watch::Sender<Hold>,
     deadline: Instant,
+    /// Shown to its session as expired while the store could not record that yet.
+    expired_unrecorded: bool,
 }
 
 impl Drop for Shared {
@@ -150,19 +153,28 @@ impl Approvals {
         Approvals::with_store(Box::new(store), events)
     }
 
+    /// Connects to the control schema of a PostgreSQL store shared by several instances
+    /// (creating and migrating it); withdraws the holds this instance left pending.
+    /// Blocking: call it off the async threads. Then [`Approvals::spawn_remote`] listens
+    /// for the other instances' changes.
+    pub fn open_postgres(target: PgTarget, events: EventSink) -> Result<Approvals> {
+        let store = PgStore::open(target)?;
+        Approvals::with_store(Box::new(store), events)
+    }
+
     /// The same over any [`Store`].
     pub fn with_store(store: Box<dyn Store>, events: EventSink) -> Result<Approvals> {
         Approvals::build(store, events, Clock::System)
     }
 
-    /// Records times by tokio's clock, so `tokio::time::pause()` moves them too.
+    /// Records times by tokio's clock, so `tokio::time::pause()` moves them too. Blocking.
     #[cfg(test)]
-    fn open_on_tokio_clock(dir: &Path, events: EventSink) -> Result<Approvals> {
+    fn on_tokio_clock(store: Box<dyn Store>, events: EventSink) -> Result<Approvals> {
         let clock = Clock::Tokio {
             base: Timestamp::now(),
             at: Instant::now(),
         };
-        Approvals::build(Box::new(SqliteStore::open(dir)?), events, clock)
+        Approvals::build(store, events, clock)
     }
 
     fn build(store: Box<dyn Store>, events: EventSink, clock: Clock) -> Result<Approvals> {
@@ -174,7 +186,7 @@ impl Approvals {
             wake: Arc::new(Notify::new()),
             clock,
         };
-        for h in shared.store.holds(Some(HoldStatus::Pending))? {
+        for h in shared.store.own_pending_holds()? {
             let now = shared.clock.now();
             let hold = shared
                 .store
@@ -374,7 +386,14 @@ impl Approvals {
             let w = lock(&s.writes);
             let hold = s.store.insert_hold(lifecycle::new_hold(new, now))?;
             let (tx, rx) = watch::channel(hold.clone());
-            lock(&s.live).insert(hold.id, Live { tx, deadline });
+            lock(&s.live).insert(
+                hold.id,
+                Live {
+                    tx,
+                    deadline,
+                    expired_unrecorded: false,
+                },
+            );
             s.events.emit(Event::HoldOpened { hold });
             drop(w);
             s.wake.notify_one();

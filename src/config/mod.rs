@@ -39,8 +39,11 @@ pub struct Config {
     pub catalog: Option<catalog::CatalogConfig>,
     /// The admin HTTP listener (`[admin]`).
     pub admin: Admin,
-    /// Where durable state (tickets, holds, reviews) lives (`[state] dir`).
+    /// Where durable state (tickets, holds, reviews) lives (`[state] dir`): the embedded
+    /// store's file and the audit log's default place.
     pub state_dir: PathBuf,
+    /// Which store keeps that state (`[state] backend`, `dsn`, `schema`, `instance`).
+    pub state: State,
     /// How held statements wait (`[holds]`).
     pub holds: Holds,
     /// The audit log (`[audit]`, `--audit-file`).
@@ -130,6 +133,32 @@ pub struct Admin {
     pub tls_cert: Option<PathBuf>,
     pub tls_key: Option<PathBuf>,
 }
+
+/// `[state]`: the store of tickets, holds and reviews.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct State {
+    pub backend: StateBackend,
+    /// This instance's name among those sharing a PostgreSQL store; stored with the holds
+    /// it opens. Default: `<hostname>:<listen port>`.
+    pub instance: Option<String>,
+}
+
+/// `[state] backend`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StateBackend {
+    /// `"sqlite"` (the default): `<state dir>/pgwarden.db`, for one instance.
+    Sqlite,
+    /// `"postgres"`: a control schema many instances share.
+    Postgres {
+        /// `[state] dsn` (or `PGWARDEN_STATE_DSN`).
+        dsn: String,
+        /// `[state] schema`, default `pgwarden`.
+        schema: String,
+    },
+}
+
+/// The control schema's default name.
+pub const DEFAULT_STATE_SCHEMA: &str = "pgwarden";
 
 /// How held statements wait for a verdict.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -253,6 +282,10 @@ impl Default for Config {
                 tls_key: None,
             },
             state_dir: PathBuf::from("pgwarden-state"),
+            state: State {
+                backend: StateBackend::Sqlite,
+                instance: None,
+            },
             holds: Holds {
                 timeout: Duration::from_secs(15 * 60),
                 reminder: Duration::from_secs(30),

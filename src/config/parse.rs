@@ -189,7 +189,7 @@ pub(super) fn apply_toml(cfg: &mut Config, file: &Path, text: &str, errors: &mut
             }
             "state" => {
                 if let Some(t) = table(&mut cx, item, key) {
-                    apply_state(cfg, &mut cx, t);
+                    apply_state(cfg, &mut cx, item, t);
                 }
             }
             "audit" => {
@@ -388,7 +388,8 @@ fn apply_admin(cfg: &mut Config, cx: &mut Ctx<'_>, t: &Table) {
     }
 }
 
-fn apply_state(cfg: &mut Config, cx: &mut Ctx<'_>, t: &Table) {
+fn apply_state(cfg: &mut Config, cx: &mut Ctx<'_>, whole: &Item, t: &Table) {
+    let (mut postgres, mut dsn, mut schema) = (false, None, None);
     for (key, item) in t.iter() {
         let full = format!("state.{key}");
         match key {
@@ -397,8 +398,65 @@ fn apply_state(cfg: &mut Config, cx: &mut Ctx<'_>, t: &Table) {
                     cfg.state_dir = p;
                 }
             }
+            "backend" => match string(cx, item, &full).as_deref() {
+                Some("sqlite") => postgres = false,
+                Some("postgres") => postgres = true,
+                Some(v) => cx.err(item, &full, format!("{v:?} is not one of sqlite, postgres")),
+                None => {}
+            },
+            "dsn" => {
+                if let Some(v) = string(cx, item, &full) {
+                    match v.parse::<tokio_postgres::Config>() {
+                        Ok(_) => dsn = Some(v),
+                        Err(e) => cx.err(item, &full, format!("not a connection string: {e}")),
+                    }
+                }
+            }
+            "schema" => {
+                if let Some(v) = string(cx, item, &full) {
+                    if crate::approval::store::valid_schema(&v) {
+                        schema = Some(v);
+                    } else {
+                        cx.err(item, &full, "expected a plain lower-case identifier ([a-z_][a-z0-9_]*, at most 63 bytes)");
+                    }
+                }
+            }
+            "instance" => {
+                if let Some(v) = string(cx, item, &full) {
+                    if v.is_empty() || v.len() > 200 || v.chars().any(|c| c.is_control()) {
+                        cx.err(
+                            item,
+                            &full,
+                            "expected a name of 1 to 200 printable characters",
+                        );
+                    } else {
+                        cfg.state.instance = Some(v);
+                    }
+                }
+            }
             _ => unknown(cx, t.key(key).and_then(|k| k.span()), &full),
         }
+    }
+    if !postgres {
+        return;
+    }
+    // The DSN may carry a password: the environment can give it instead of the file.
+    let dsn = std::env::var("PGWARDEN_STATE_DSN")
+        .ok()
+        .filter(|v| !v.is_empty())
+        .or(dsn);
+    match dsn {
+        Some(dsn) => {
+            cfg.state.backend = crate::config::StateBackend::Postgres {
+                dsn,
+                schema: schema.unwrap_or_else(|| crate::config::DEFAULT_STATE_SCHEMA.into()),
+            }
+        }
+        None => cx.err(
+            whole,
+            "state.dsn",
+            "backend = \"postgres\" needs dsn (or PGWARDEN_STATE_DSN), e.g. \"host=10.0.0.5 user=pgwarden dbname=pgwarden\"",
+        ),
     }
 }
 

@@ -1,10 +1,14 @@
 //! Where tickets, holds and break-glass reviews are kept. [`Store`] is the seam (sync
 //! methods, called off the async threads) so another backend can be added; every change is
 //! load-check-write in one transaction, the check being a [`super::lifecycle`] rule.
-//! [`SqliteStore`] (in `store/sqlite.rs`) is the one implementation.
+//! [`SqliteStore`] (`store/sqlite.rs`, a file for one instance, the default) and
+//! [`PgStore`] (`store/pg.rs`, a control schema in PostgreSQL that many instances
+//! share) implement it; both pass the same test suite (`approval/tests.rs`).
 
+mod pg;
 mod sqlite;
 
+pub use pg::{valid_schema, Changed, Notice, PgStore, PgTarget, MIGRATIONS};
 pub use sqlite::{SqliteStore, FILE};
 
 use std::path::PathBuf;
@@ -58,6 +62,27 @@ pub trait Store: Send + Sync {
     /// Reviews, oldest first; only those nobody has reviewed when `pending_only`.
     fn reviews(&self, pending_only: bool) -> Result<Vec<Review>>;
     fn update_review(&self, id: u64, change: Change<'_, Review>) -> Result<Review>;
+
+    /// Pending holds this instance opened (at start: its sessions are gone). One instance
+    /// per store: all of them.
+    fn own_pending_holds(&self) -> Result<Vec<Hold>> {
+        self.holds(Some(HoldStatus::Pending))
+    }
+    /// Ids of pending holds whose `expires_at` is at or before `at`, whoever opened them.
+    fn holds_overdue(&self, at: Timestamp) -> Result<Vec<u64>>;
+    /// Where other instances sharing this store announce their changes (none: this
+    /// instance is alone with it).
+    fn remote(&self) -> Option<&PgTarget> {
+        None
+    }
+}
+
+/// A timestamp as fixed-width RFC 3339 text (nanoseconds, `Z`): readable by people, and
+/// text order is time order.
+pub(crate) fn ts_text(t: Timestamp) -> String {
+    jiff::fmt::temporal::DateTimePrinter::new()
+        .precision(Some(9))
+        .timestamp_to_string(&t)
 }
 
 /// What went wrong in the store itself (always our side, never the client's).
@@ -81,6 +106,15 @@ pub enum StoreError {
     },
     #[error("sqlite: {0}")]
     Sqlite(#[from] rusqlite::Error),
+    /// The control database (PostgreSQL backend), with what was being done.
+    #[error("{0}")]
+    Postgres(String),
+}
+
+impl From<StoreError> for UseError {
+    fn from(e: StoreError) -> Self {
+        UseError::Store(e.to_string())
+    }
 }
 
 impl From<StoreError> for ApprovalError {

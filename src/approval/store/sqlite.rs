@@ -16,7 +16,7 @@ use rusqlite::{
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use super::{Change, Store, StoreError};
+use super::{ts_text, Change, Store, StoreError};
 use crate::approval::cover::Uncovered;
 use crate::approval::model::{Hold, HoldStatus, Refused, Review, Ticket, TicketStatus};
 use crate::approval::{Result, UseError};
@@ -193,15 +193,8 @@ fn migrate(conn: &mut Connection, path: &Path) -> std::result::Result<(), StoreE
     Ok(())
 }
 
-/// A timestamp as fixed-width RFC 3339 text (nanoseconds, `Z`): readable with the sqlite3
-/// shell, and text order is time order.
+/// A timestamp as [`ts_text`]: readable with the sqlite3 shell, and text order is time order.
 struct Ts(Timestamp);
-
-fn ts_text(t: Timestamp) -> String {
-    jiff::fmt::temporal::DateTimePrinter::new()
-        .precision(Some(9))
-        .timestamp_to_string(&t)
-}
 
 impl ToSql for Ts {
     fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
@@ -550,6 +543,16 @@ impl Store for SqliteStore {
             save_hold(tx, Some(rid), &h)?;
             Ok(h)
         })
+    }
+
+    fn holds_overdue(&self, at: Timestamp) -> Result<Vec<u64>> {
+        let c = self.conn();
+        Ok(all(
+            &c,
+            "SELECT id FROM holds WHERE status = 'pending' AND expires_at <= ?1 ORDER BY id",
+            [Ts(at)],
+            |r| r.get::<_, i64>(0).map(|id| id as u64),
+        )?)
     }
 
     fn insert_review(&self, mut review: Review) -> Result<Review> {
