@@ -59,18 +59,20 @@ enum Command {
 #[derive(Subcommand)]
 enum AuditCommand {
     /// Check that audit files (rotated ones first, in order, then the active one) form one
-    /// intact chain; with checkpoints, that nothing was cut off the end. Exit 0 only when
-    /// intact; 1 names the first broken record and why.
+    /// intact chain per log (files of several instances are grouped by their log_id); with
+    /// checkpoints, that nothing was cut off the end. Exit 0 only when every log is intact;
+    /// 1 names the first broken record and why.
     Verify {
         #[arg(required = true)]
         files: Vec<PathBuf>,
-        /// The signed checkpoints file (default: none).
+        /// A signed checkpoints file (default: none); once per log when the files are of
+        /// several instances' logs.
         #[arg(long, value_name = "FILE")]
-        checkpoints: Option<PathBuf>,
-        /// The checkpoint signing key's public half: 64 hex digits or a file of them
-        /// (`audit-signing.pub` in the state dir).
+        checkpoints: Vec<PathBuf>,
+        /// A checkpoint signing key's public half: 64 hex digits or a file of them
+        /// (`audit-signing.pub` in the state dir); once per instance's key.
         #[arg(long, value_name = "KEY")]
-        public_key: Option<String>,
+        public_key: Vec<String>,
     },
     /// Changes by ticket, user and database; refusals; holds and their approvers;
     /// break-glass uses.
@@ -321,7 +323,7 @@ fn main() -> anyhow::Result<()> {
                 files,
                 checkpoints,
                 public_key,
-            } => commands::audit::verify(&files, checkpoints.as_deref(), public_key.as_deref()),
+            } => commands::audit::verify(&files, &checkpoints, &public_key),
         },
         Command::Holds(a) => commands::holds::run(a),
         Command::Tickets(a) => commands::tickets::run(a),

@@ -22,6 +22,7 @@ mod pack_attack;
 mod pack_bypass;
 mod protocol;
 mod reload;
+mod scaleout;
 mod session_attack;
 mod session_facts;
 mod tickets;

@@ -165,6 +165,53 @@ impl Cluster {
     }
 }
 
+impl Cluster {
+    /// Stops the server (`-m fast`: clients are disconnected, the shutdown checkpoint runs).
+    pub fn stop_fast(&self) {
+        let out = as_postgres(
+            &self.bindir,
+            "pg_ctl",
+            &[
+                "-D",
+                self.data.to_str().unwrap(),
+                "-m",
+                "fast",
+                "-w",
+                "stop",
+            ],
+        );
+        assert!(
+            out.status.success(),
+            "pg_ctl stop: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// Starts the stopped server again, on the same port and data.
+    pub fn start_again(&self) {
+        let log = self.dir.path().join("log");
+        let out = as_postgres(
+            &self.bindir,
+            "pg_ctl",
+            &[
+                "-D",
+                self.data.to_str().unwrap(),
+                "-l",
+                log.to_str().unwrap(),
+                "-w",
+                "-t",
+                "60",
+                "start",
+            ],
+        );
+        assert!(
+            out.status.success(),
+            "pg_ctl start: {}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+    }
+}
+
 impl Drop for Cluster {
     fn drop(&mut self) {
         self.stop_immediate();
