@@ -77,12 +77,13 @@ impl Pair {
                      [state]\ndir = \"{}\"\nbackend = \"postgres\"\ndsn = \"{control_dsn}\"\n\
                      schema = \"{schema}\"\ninstance = \"{name}\"\n\
                      [admin]\nlisten = \"127.0.0.1:0\"\ntokens = \"{}\"\n\
-                     [audit]\nfile = \"{}\"\n\
+                     [audit]\nfile = \"{}\"\nsigning_key = \"{}\"\ncheckpoint_interval = \"100ms\"\n\
                      [upstream]\naddress = \"{PG_HOST}:{PG_PORT}\"\n",
                     policies.path().display(),
                     dir.path().join(format!("{name}-state")).display(),
                     tokens.file.display(),
                     audit_file(dir.path(), name).display(),
+                    dir.path().join(format!("{name}.key")).display(),
                 ),
             )
             .unwrap();
@@ -99,6 +100,18 @@ impl Pair {
 
     fn audit(&self, name: &str) -> PathBuf {
         audit_file(self.dir.path(), name)
+    }
+
+    /// The instance's signed checkpoints (beside its log, the default place).
+    fn checkpoints(&self, name: &str) -> PathBuf {
+        let mut p = self.audit(name).into_os_string();
+        p.push(".checkpoints");
+        PathBuf::from(p)
+    }
+
+    /// The public half of the instance's signing key (written beside the key at start).
+    fn public_key(&self, name: &str) -> PathBuf {
+        self.dir.path().join(format!("{name}.pub"))
     }
 }
 
@@ -215,17 +228,29 @@ async fn a_hold_opened_on_one_instance_is_approved_through_another() {
     .await;
     assert_eq!(t["uses"], 2, "{t}");
 
-    // Each instance keeps its own chain; verified together, both are intact.
+    // Each instance keeps its own chain, signed with its own key; verified together (the
+    // keys given in the other order: each log's checkpoints name theirs), both are intact.
     let (la, lb) = (pair.audit("a"), pair.audit("b"));
     let out = eventually(BOUND, "both audit logs to verify", || async {
         let out = Command::new(env!("CARGO_BIN_EXE_pgwarden"))
             .args(["audit", "verify"])
             .arg(&la)
             .arg(&lb)
+            .arg("--checkpoints")
+            .arg(pair.checkpoints("b"))
+            .arg("--checkpoints")
+            .arg(pair.checkpoints("a"))
+            .arg("--public-key")
+            .arg(pair.public_key("b"))
+            .arg("--public-key")
+            .arg(pair.public_key("a"))
             .output()
             .unwrap();
         let text = String::from_utf8_lossy(&out.stdout).into_owned();
-        (out.status.success() && text.matches("intact:").count() == 2).then_some(text)
+        (out.status.success()
+            && text.matches("intact:").count() == 2
+            && text.matches("checkpoint(s) verified").count() == 2)
+            .then_some(text)
     })
     .await;
     let ids: Vec<&str> = out
